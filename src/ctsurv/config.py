@@ -1,0 +1,186 @@
+"""Experiment configuration: frozen dataclasses, YAML in and out, ``key=value`` overrides.
+
+Every run and checkpoint saves its ``config.yaml`` so that the model and data pipeline can
+be rebuilt from the folder alone. Unknown keys are errors (with a "did you mean" hint),
+never silently ignored: a typo in a config must not quietly train a different model.
+
+Spatial tuples follow the command line and are ordered (Z, Y, X): slice axis first, then
+anterior-posterior, then left-right. Arrays inside the package are (X, Y, Z) in RAS, as
+MONAI and nibabel index them; :mod:`ctsurv.data.transforms` does the conversion.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from ctsurv.errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How to read the cohort table and preprocess its volumes."""
+
+    # cohort table columns
+    id_column: str = "id"
+    volume_column: str = "volume"
+    time_column: str = "time"
+    event_column: str = "event"
+    findings_column: str = "findings"
+    impression_column: str = "impression"
+    numeric_columns: tuple[str, ...] = ()
+    categorical_columns: tuple[str, ...] = ()
+    # spacing of .npy/.npz volumes, which carry none: per-row columns, else this default
+    spacing_columns: tuple[str, str, str] = ("spacing_z", "spacing_y", "spacing_x")
+    array_spacing_zyx: tuple[float, float, float] | None = None
+    # preprocessing (MONAI): orient RAS, resample, HU window -> [0, 1], crop/pad
+    target_spacing_zyx: tuple[float, float, float] = (6.0, 5.0, 5.0)
+    target_shape_zyx: tuple[int, int, int] = (48, 64, 64)
+    hu_window: tuple[float, float] = (-1000.0, 400.0)
+    crop: Literal["center", "foreground"] = "center"
+    cache_dir: str | None = None  # on-disk cache of preprocessed volumes; None disables it
+
+    def __post_init__(self) -> None:
+        if len(self.target_shape_zyx) != 3 or min(self.target_shape_zyx) < 1:
+            raise ConfigError(f"data.target_shape_zyx must be three positive integers (Z Y X), got {self.target_shape_zyx}")
+        if len(self.target_spacing_zyx) != 3 or min(self.target_spacing_zyx) <= 0:
+            raise ConfigError(f"data.target_spacing_zyx must be three positive numbers in mm (Z Y X), got {self.target_spacing_zyx}")
+        lo, hi = self.hu_window
+        if not lo < hi:
+            raise ConfigError(f"data.hu_window must be [low, high] with low < high, got {self.hu_window}")
+        overlap = set(self.numeric_columns) & set(self.categorical_columns)
+        if overlap:
+            raise ConfigError(f"columns {sorted(overlap)} are declared both numeric and categorical; pick one")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """The whole experiment. Later stages add their sections here."""
+
+    name: str = "ctsurv"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+# --------------------------------------------------------------------------- YAML in/out
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain dict (tuples as lists) that ``yaml.safe_dump`` can write."""
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (tuple, list)):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(cfg)
+
+
+def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
+    """Write ``cfg`` as YAML, atomically (a crash never leaves half a file)."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    tmp.replace(path)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """Read a YAML config (or the defaults when ``path`` is None) and apply ``key=value`` overrides.
+
+    Overrides use dotted keys and YAML values: ``data.target_shape_zyx=[32,48,48]``, ``seed=3``.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; pass an existing YAML file (see configs/)")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(raw).__name__}")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. data.target_shape_zyx=[32,48,48])")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML") from None
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        node[parts[-1]] = parsed
+    return from_dict(ExperimentConfig, raw, where="config")
+
+
+def from_dict(cls: type[T], raw: dict[str, Any], where: str) -> T:
+    """Build dataclass ``cls`` from ``raw``, checking keys and coercing lists to tuples."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(fields)}"
+            raise ConfigError(f"unknown key {where}.{key}{hint}")
+        kwargs[key] = _coerce(hints[key], value, f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value or {}, where)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, where)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where} must be one of {list(args)}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, where) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{where} must have {len(args)} entries, got {len(value)}: {value!r}")
+        return tuple(_coerce(a, v, where) for a, v in zip(args, value))
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    return value
