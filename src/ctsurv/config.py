@@ -63,12 +63,74 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class VisionConfig:
+    """The 3D vision encoder: a small ViT trained from scratch, or the pretrained I3ResNet-152."""
+
+    encoder: Literal["vit3d", "i3resnet152"] = "vit3d"
+    # vit3d only (the I3ResNet-152 architecture is fixed by its weights)
+    patch_size_zyx: tuple[int, int, int] = (8, 8, 8)
+    dim: int = 128
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.encoder == "vit3d" and self.dim % self.heads:
+            raise ConfigError(f"vision.dim ({self.dim}) must be divisible by vision.heads ({self.heads})")
+
+
+@dataclass(frozen=True)
+class ProjectorConfig:
+    """Visual feature grid -> N tokens in the language model's embedding space (LLaVA-1.5's MLP)."""
+
+    tokens_zyx: tuple[int, int, int] = (2, 4, 4)  # adaptive average pooling of the feature grid; N = product
+    layers: int = 2  # 1 = linear, 2 = Linear-GELU-Linear
+
+    @property
+    def num_tokens(self) -> int:
+        z, y, x = self.tokens_zyx
+        return z * y * x
+
+
+@dataclass(frozen=True)
+class LanguageConfig:
+    """The causal language model: a tiny LLaMA built from this config, or a local Hugging Face model."""
+
+    model: str = "tiny"  # "tiny", or the path of a local Hugging Face causal-LM folder (never a hub id)
+    # tiny model and its BPE tokenizer (trained on the pretraining reports)
+    vocab_size: int = 2000
+    hidden_size: int = 128
+    intermediate_size: int = 344
+    layers: int = 2
+    heads: int = 4
+    max_length: int = 384
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    gradient_checkpointing: bool = False
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    """LoRA adapters (PEFT) on the language model; used for pretrained models in the instruct stage."""
+
+    enabled: bool = False
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """The whole experiment. Later stages add their sections here."""
 
     name: str = "ctsurv"
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    language: LanguageConfig = field(default_factory=LanguageConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
 
 
 # --------------------------------------------------------------------------- YAML in/out

@@ -1,0 +1,69 @@
+"""3D vision encoders: both map a preprocessed CT (B, 1, X, Y, Z) in RAS to a feature grid.
+
+* ``ViT3D``: a small 3D Vision Transformer (MONAI's ``ViT``) trained from scratch, the CPU default.
+* ``I3ResNet152``: the pretrained CT encoder (see :mod:`ctsurv.models.i3resnet`).
+
+Both expose ``features(x) -> (B, D, gx, gy, gz)`` (the grid the projector pools) and
+``tokens(x) -> (B, N, D)``; ``out_dim`` is D. ``build_vision_encoder`` picks one from the config.
+"""
+
+from __future__ import annotations
+
+import torch
+from monai.networks.nets import ViT
+from torch import nn
+
+from ctsurv.config import VisionConfig
+from ctsurv.errors import ConfigError
+
+
+class ViT3D(nn.Module):
+    """A plain 3D ViT: conv patch embedding, learnable positions, pre-norm transformer blocks."""
+
+    def __init__(self, cfg: VisionConfig, image_size_xyz: tuple[int, int, int]) -> None:
+        super().__init__()
+        patch_xyz = tuple(reversed(cfg.patch_size_zyx))
+        for axis, (size, patch) in enumerate(zip(image_size_xyz, patch_xyz)):
+            if size % patch:
+                raise ConfigError(
+                    f"vision.patch_size_zyx {cfg.patch_size_zyx} does not divide the input shape "
+                    f"(Z Y X) {tuple(reversed(image_size_xyz))}; choose data.target_shape_zyx as multiples of the patch size"
+                )
+        self.grid_xyz = tuple(s // p for s, p in zip(image_size_xyz, patch_xyz))
+        self.out_dim = cfg.dim
+        self.vit = ViT(
+            in_channels=1,
+            img_size=image_size_xyz,
+            patch_size=patch_xyz,
+            hidden_size=cfg.dim,
+            mlp_dim=int(cfg.dim * cfg.mlp_ratio),
+            num_layers=cfg.depth,
+            num_heads=cfg.heads,
+            dropout_rate=cfg.dropout,
+            classification=False,
+            qkv_bias=True,
+        )
+        for block in self.vit.blocks:  # MONAI keeps an unused cross-attention norm for checkpoint compatibility
+            block.norm_cross_attn.requires_grad_(False)
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        tokens, _ = self.vit(x)  # (B, N, D), N = gx*gy*gz in row-major (x, y, z) order
+        return tokens
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        tokens = self.tokens(x)  # (B, N, D)
+        return tokens.transpose(1, 2).reshape(b, self.out_dim, *self.grid_xyz)  # (B, D, gx, gy, gz)
+
+    forward = features
+
+
+def build_vision_encoder(cfg: VisionConfig, image_size_xyz: tuple[int, int, int]) -> nn.Module:
+    """The encoder named by ``cfg.encoder`` for inputs of ``image_size_xyz`` voxels."""
+    if cfg.encoder == "vit3d":
+        return ViT3D(cfg, image_size_xyz)
+    if cfg.encoder == "i3resnet152":
+        from ctsurv.models.i3resnet import load_i3resnet152
+
+        return load_i3resnet152()
+    raise ConfigError(f"unknown vision.encoder {cfg.encoder!r}; use 'vit3d' or 'i3resnet152'")

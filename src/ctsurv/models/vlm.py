@@ -1,0 +1,157 @@
+"""CTVLM: a LLaVA-style vision-language model for 3D CT.
+
+    volume (B, 1, X, Y, Z) -> vision_encoder -> grid (B, Dv, gx, gy, gz)
+                           -> projector      -> visual tokens (B, N, D)
+    prompt with one <image> -> N image-token ids -> embeddings, visual tokens scattered in
+                           -> language_model  -> next-token loss / generated text / hidden states
+
+The three parts are named attributes composed here, never mixed into the LM class. A prompt
+is ``"<image>\\nQuestion: ...\\nAnswer:"`` and the target is the answer followed by EOS; the loss
+is computed on the answer tokens only.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from ctsurv.config import ExperimentConfig
+from ctsurv.models.language import IMAGE_TOKEN, apply_lora, build_language_model
+from ctsurv.models.projector import Projector
+from ctsurv.models.vision import build_vision_encoder
+
+IGNORE_INDEX = -100
+
+
+def format_prompt(question: str) -> str:
+    """The text a question is asked with; ``<image>`` marks where the visual tokens go."""
+    return f"{IMAGE_TOKEN}\nQuestion: {question}\nAnswer:"
+
+
+class CTVLM(nn.Module):
+    def __init__(
+        self,
+        vision_encoder: nn.Module,
+        projector: nn.Module,
+        language_model: nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        max_length: int,
+    ) -> None:
+        super().__init__()
+        self.vision_encoder = vision_encoder
+        self.projector = projector
+        self.language_model = language_model
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.image_token_id: int = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        self.num_image_tokens: int = projector.num_tokens
+
+    # ------------------------------------------------------------------ image side
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """Visual tokens of preprocessed volumes (B, 1, X, Y, Z) -> (B, N, D)."""
+        return self.projector(self.vision_encoder.features(images))
+
+    def project_features(self, grid: torch.Tensor) -> torch.Tensor:
+        """Visual tokens from cached encoder features (B, Dv, gx, gy, gz) -> (B, N, D)."""
+        return self.projector(grid)
+
+    # ------------------------------------------------------------------ text side
+
+    def tokenize(
+        self, prompts: list[str], answers: list[str] | None = None, padding_side: str = "right"
+    ) -> dict[str, torch.Tensor]:
+        """Token ids with each ``<image>`` expanded to N image tokens; labels mask all but the answers.
+
+        Sequences longer than ``max_length`` are cut at the end (the answer's tail), never in the image.
+        """
+        rows, labels = [], []
+        for i, prompt in enumerate(prompts):
+            ids = self.tokenizer(prompt, add_special_tokens=False).input_ids
+            if ids.count(self.image_token_id) != 1:
+                raise ValueError(f"prompt {i} must contain exactly one {IMAGE_TOKEN}, got {ids.count(self.image_token_id)}")
+            at = ids.index(self.image_token_id)
+            ids = [self.tokenizer.bos_token_id] + ids[:at] + [self.image_token_id] * self.num_image_tokens + ids[at + 1 :]
+            target = [IGNORE_INDEX] * len(ids)
+            if answers is not None:
+                answer = self.tokenizer(" " + answers[i], add_special_tokens=False).input_ids + [self.tokenizer.eos_token_id]
+                ids, target = ids + answer, target + answer
+            rows.append(ids[: self.max_length])
+            labels.append(target[: self.max_length])
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        batch = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        target_t = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        for i, (ids, tgt) in enumerate(zip(rows, labels)):
+            span = slice(width - len(ids), width) if padding_side == "left" else slice(0, len(ids))
+            batch[i, span] = torch.tensor(ids)
+            mask[i, span] = 1
+            target_t[i, span] = torch.tensor(tgt)
+        out = {"input_ids": batch, "attention_mask": mask}
+        if answers is not None:
+            out["labels"] = target_t
+        return out
+
+    def embed(self, input_ids: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
+        """LM input embeddings with the visual tokens scattered into the image-token positions."""
+        embeds = self.language_model.get_input_embeddings()(input_ids)  # (B, L, D)
+        mask = input_ids == self.image_token_id  # (B, L)
+        if int(mask.sum()) * embeds.shape[-1] != image_tokens.numel():
+            raise ValueError(
+                f"the prompts hold {int(mask.sum())} image-token positions but {image_tokens.shape[0]}×"
+                f"{image_tokens.shape[1]} visual tokens were given"
+            )
+        mask = mask.unsqueeze(-1).expand_as(embeds)
+        return embeds.masked_scatter(mask, image_tokens.to(embeds.dtype))
+
+    # ------------------------------------------------------------------ model
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        image_tokens: torch.Tensor,
+    ) -> CausalLMOutputWithPast:
+        """Next-token loss on the answer tokens, given visual tokens (B, N, D) from ``encode_image``."""
+        embeds = self.embed(input_ids, image_tokens)
+        return self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels)
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
+        """The LM's last hidden states (B, L, D): the representation read by the survival head."""
+        embeds = self.embed(input_ids, image_tokens)
+        out = self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, output_hidden_states=True)
+        return out.hidden_states[-1]
+
+    @torch.no_grad()
+    def generate(self, image_tokens: torch.Tensor, questions: list[str], max_new_tokens: int = 64) -> list[str]:
+        """Greedy answers to ``questions``, one per visual-token set in ``image_tokens`` (B, N, D)."""
+        batch = self.tokenize([format_prompt(q) for q in questions], padding_side="left")
+        batch = {k: v.to(image_tokens.device) for k, v in batch.items()}
+        embeds = self.embed(batch["input_ids"], image_tokens)
+        out = self.language_model.generate(
+            inputs_embeds=embeds,
+            attention_mask=batch["attention_mask"],
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+        )
+        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+
+def build_vlm(cfg: ExperimentConfig, texts: list[str] | None = None, tokenizer: PreTrainedTokenizerBase | None = None) -> CTVLM:
+    """A CTVLM as ``cfg`` describes it (weights random except for pretrained parts).
+
+    ``texts`` train the tiny model's tokenizer; a checkpoint passes its saved ``tokenizer`` instead.
+    """
+    image_size_xyz = tuple(reversed(cfg.data.target_shape_zyx))
+    vision = build_vision_encoder(cfg.vision, image_size_xyz)
+    lm, tokenizer = build_language_model(cfg.language, texts=texts, tokenizer=tokenizer)
+    if cfg.lora.enabled:
+        lm = apply_lora(lm, cfg.lora)
+    projector = Projector(cfg.projector, vision.out_dim, lm.get_input_embeddings().embedding_dim)
+    return CTVLM(vision, projector, lm, tokenizer, max_length=cfg.language.max_length)

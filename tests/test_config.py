@@ -1,0 +1,66 @@
+"""Config: YAML round trip, overrides, and clear errors for typos and wrong types."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ctsurv.config import DataConfig, ExperimentConfig, load_config, save_config
+from ctsurv.errors import ConfigError
+
+
+def test_defaults_round_trip(tmp_path: Path) -> None:
+    cfg = ExperimentConfig(name="x", seed=3, data=DataConfig(numeric_columns=("age",), categorical_columns=("sex",)))
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == cfg
+
+
+def test_overrides_parse_yaml_values(tmp_path: Path) -> None:
+    cfg = load_config(None, ["seed=7", "data.target_shape_zyx=[32,48,48]", "data.hu_window=[-1000, 200]", "data.cache_dir=null"])
+    assert cfg.seed == 7
+    assert cfg.data.target_shape_zyx == (32, 48, 48)
+    assert cfg.data.hu_window == (-1000.0, 200.0)
+    assert isinstance(cfg.data.hu_window[0], float)
+    assert cfg.data.cache_dir is None
+
+
+def test_override_beats_file(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text("seed: 1\ndata:\n  crop: foreground\n")
+    cfg = load_config(tmp_path / "c.yaml", ["seed=2"])
+    assert (cfg.seed, cfg.data.crop) == (2, "foreground")
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.target_shap=[1,2,3]", "did you mean 'target_shape_zyx'"),
+        ("dta.crop=center", "did you mean 'data'"),
+        ("data.crop=middle", "must be one of ['center', 'foreground']"),
+        ("data.target_shape_zyx=[32,48]", "must have 3 entries"),
+        ("data.target_shape_zyx=[32,48,0]", "three positive integers"),
+        ("data.hu_window=[400,-1000]", "low < high"),
+        ("seed=abc", "must be an integer"),
+        ("seed", "not of the form key=value"),
+    ],
+)
+def test_bad_overrides_raise_clear_errors(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=None) as exc:
+        load_config(None, [override])
+    assert message in str(exc.value)
+
+
+def test_bad_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(tmp_path / "list.yaml")
+
+
+def test_column_declared_twice_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="both numeric and categorical"):
+        load_config(None, ["data.numeric_columns=[age]", "data.categorical_columns=[age]"])
