@@ -94,7 +94,8 @@ class Findings:
     def labels(self) -> dict[str, int]:
         """0/1 labels: the CT-RATE names where they overlap, plus 'Lung mass' and 'Lytic bone lesion'."""
         return {
-            "Lung nodule": int(bool(self.nodules)),  # CT-RATE labels masses as lung nodules too
+            # a mass is its own label: the CT-RATE annotators marked "Lung nodule" for only 16 of 29 masses
+            "Lung nodule": int(any(not n.is_mass for n in self.nodules)),
             "Lung mass": int(any(n.is_mass for n in self.nodules)),
             "Pleural effusion": int(self.pleural_effusion is not None),
             "Emphysema": int(self.emphysema is not None),
