@@ -121,6 +121,27 @@ class LoRAConfig:
 
 
 @dataclass(frozen=True)
+class TrainConfig:
+    """One training stage's optimisation (Accelerate handles devices, precision and processes)."""
+
+    epochs: int = 10
+    batch_size: int = 8  # per process; global batch = batch_size × processes × grad_accum
+    grad_accum: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.05  # of all optimiser steps; then cosine decay to zero
+    max_grad_norm: float = 1.0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    log_every: int = 10  # optimiser steps
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.grad_accum < 1:
+            raise ConfigError("train.epochs, train.batch_size and train.grad_accum must be at least 1")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ConfigError(f"train.warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """The whole experiment. Later stages add their sections here."""
 

@@ -1,0 +1,1 @@
+"""Training: the Accelerate loop, the three stages, and checkpoints."""
