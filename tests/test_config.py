@@ -64,3 +64,10 @@ def test_bad_files(tmp_path: Path) -> None:
 def test_column_declared_twice_is_an_error() -> None:
     with pytest.raises(ConfigError, match="both numeric and categorical"):
         load_config(None, ["data.numeric_columns=[age]", "data.categorical_columns=[age]"])
+
+
+def test_shipped_configs_load() -> None:
+    root = Path(__file__).resolve().parents[1] / "configs"
+    for path in sorted(root.glob("*.yaml")):
+        cfg = load_config(path)
+        assert cfg.name == path.stem
