@@ -73,13 +73,13 @@ def test_grid_shape_follows_stride_arithmetic(random_net: I3ResNet152, xyz: tupl
     with torch.no_grad():
         grid = random_net.features(x)
     # depth /16 (maxpool + layer2..4), in-plane /32 (conv1 + maxpool + layer2..4), each step ceil
-    d, h, w = (-(-xyz[2] // 16), -(-xyz[0] // 32), -(-xyz[1] // 32))
-    assert grid.shape == (1, 2048, d, h, w)
-    assert I3ResNet152.grid_shape(*xyz) == (d, h, w)
+    gx, gy, gz = (-(-xyz[0] // 32), -(-xyz[1] // 32), -(-xyz[2] // 16))
+    assert grid.shape == (1, 2048, gx, gy, gz)
+    assert I3ResNet152.grid_shape(*xyz) == (gx, gy, gz)
 
 
 def test_full_size_grid_is_10x7x7() -> None:
-    assert I3ResNet152.grid_shape(224, 224, 160) == (10, 7, 7)
+    assert I3ResNet152.grid_shape(224, 224, 160) == (7, 7, 10)
 
 
 def test_pooled_and_tokens_are_views_of_the_grid(random_net: I3ResNet152) -> None:
@@ -103,8 +103,8 @@ def test_axis_handling_matches_merlin(random_net: I3ResNet152) -> None:
     with torch.no_grad():
         ref = torch.cat((x, x, x), dim=1).permute(0, 1, 4, 2, 3)
         ref = m.maxpool(m.relu(m.bn1(m.conv1(ref))))
-        ref = m.layer4(m.layer3(m.layer2(m.layer1(ref))))
-        torch.testing.assert_close(m.features(x), ref)
+        ref = m.layer4(m.layer3(m.layer2(m.layer1(ref))))  # (B, 2048, Z', X', Y') as Merlin returns it
+        torch.testing.assert_close(m.features(x), ref.permute(0, 1, 3, 4, 2))  # ctsurv's (X', Y', Z') order
 
 
 def test_rejects_a_multichannel_volume(random_net: I3ResNet152) -> None:

@@ -154,6 +154,8 @@ class I3ResNet152(nn.Module):
     pool), ``tokens`` the grid as a sequence for a projector / language model.
     """
 
+    out_dim = 2048
+
     def __init__(self) -> None:
         super().__init__()
         # stem: 7x7 in-plane, 3 in depth; stride 2 in-plane only (Merlin's inflate_conv for k=7)
@@ -183,17 +185,20 @@ class I3ResNet152(nn.Module):
 
     @staticmethod
     def grid_shape(x_size: int, y_size: int, z_size: int) -> tuple[int, int, int]:
-        """(d, h, w) of the output grid for an X x Y x Z input: depth /16, in-plane /32, each step ceil."""
+        """(gx, gy, gz) of the output grid for an X x Y x Z input: depth /16, in-plane /32, each step ceil."""
 
         def halve(n: int, times: int) -> int:
             for _ in range(times):
                 n = math.ceil(n / 2)
             return n
 
-        return halve(z_size, 4), halve(x_size, 5), halve(y_size, 5)
+        return halve(x_size, 5), halve(y_size, 5), halve(z_size, 4)
 
     def features(self, x: Tensor) -> Tensor:
-        """(B, 1, X, Y, Z) in [0, 1], RAS -> (B, 2048, d, h, w) with d ~ Z/16, h ~ X/32, w ~ Y/32."""
+        """(B, 1, X, Y, Z) in [0, 1], RAS -> (B, 2048, gx, gy, gz) with gx ~ X/32, gy ~ Y/32, gz ~ Z/16.
+
+        The grid is returned in the input's (X, Y, Z) axis order, as every ctsurv encoder does.
+        """
         if x.ndim != 5 or x.shape[1] != 1:
             raise ValueError(f"I3ResNet152 expects a (B, 1, X, Y, Z) volume, got shape {tuple(x.shape)}")
         x = x.expand(-1, 3, -1, -1, -1)  # (B, 3, X, Y, Z) grey -> RGB; Merlin applies no mean/std
@@ -203,10 +208,11 @@ class I3ResNet152(nn.Module):
         x = self.layer1(x)  # (B, 256, Z/2, X/4, Y/4)
         x = self.layer2(x)  # (B, 512, Z/4, X/8, Y/8)
         x = self.layer3(x)  # (B, 1024, Z/8, X/16, Y/16)
-        return self.layer4(x)  # (B, 2048, Z/16, X/32, Y/32)
+        x = self.layer4(x)  # (B, 2048, Z/16, X/32, Y/32)
+        return x.permute(0, 1, 3, 4, 2)  # (B, 2048, X/32, Y/32, Z/16)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Same as :meth:`features`: (B, 1, X, Y, Z) -> (B, 2048, d, h, w)."""
+        """Same as :meth:`features`: (B, 1, X, Y, Z) -> (B, 2048, gx, gy, gz)."""
         return self.features(x)
 
     def pooled(self, x: Tensor) -> Tensor:
@@ -214,7 +220,7 @@ class I3ResNet152(nn.Module):
         return self.features(x).mean(dim=(2, 3, 4))
 
     def tokens(self, x: Tensor) -> Tensor:
-        """(B, 1, X, Y, Z) -> (B, N, 2048), N = d*h*w, grid flattened depth-major (d, then h, then w)."""
+        """(B, 1, X, Y, Z) -> (B, N, 2048), N = gx*gy*gz, grid flattened in (x, y, z) row-major order."""
         return self.features(x).flatten(2).transpose(1, 2)
 
 
