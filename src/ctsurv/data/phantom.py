@@ -1,0 +1,657 @@
+"""A chest-CT phantom in Hounsfield units, rendered from a patient's ground-truth :class:`Findings`.
+
+The phantom stands in for real scans so that the whole pipeline runs on a laptop and, because
+the findings behind each image are known, so that "does the model see what matters?" has an
+answer. It is built in world millimetres (RAS+: +x toward the patient's right, +y anterior,
++z superior; origin at the centre of the field of view), so the anatomy is the same at any
+shape and spacing; only the sampling changes.
+
+Every structure is painted over the previous ones with a soft occupancy in [0, 1] computed from
+an approximate signed distance (``soft``), which gives partial-volume edges without
+supersampling. Thin tubes (peripheral vessels) use an area-preserving Gaussian profile, so a
+1 mm vessel in a 5 mm voxel is a faint smudge, as on a real thick-slice CT, while nodules are
+round and dense. A mild blur and slightly correlated Gaussian noise finish the image.
+
+Anatomy (HU as on unenhanced CT): air -1000, subcutaneous and mediastinal fat -100, muscle 45,
+lungs about -850 (denser posteriorly) with vessel trees from the hila, trachea and main
+bronchi, heart 45 with pericardial fat, aorta and pulmonary arteries 40, spine, ribs, sternum,
+clavicles and scapulae, liver dome on the right and stomach/spleen on the left below the
+diaphragm. The findings and how they look are listed in :func:`render_phantom_full`.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage, special
+
+from ctsurv.data.findings import Findings
+
+HU: dict[str, float] = {  # typical values; lung and liver vary per patient (Anatomy)
+    "air": -1000, "fat": -100, "muscle": 45, "lung": -850, "emphysema": -960, "bulla": -995, "vessel": 40,
+    "heart": 45, "pericardial_fluid": 8, "pleural_fluid": 12, "nodule": 35, "node": 40, "consolidation": 25,
+    "cancellous": 260, "cortex": 1100, "rib": 700, "sternum": 450, "vertebral_arch": 550, "clavicle": 600,
+    "scapula": 500, "cartilage": 130, "disc": 80, "canal": 20, "plaque": 1300, "lytic": 30, "liver": 58,
+    "spleen": 48, "stomach": 25, "abdomen": 20, "table": 120,
+}
+CARDIOMEGALY_SCALE = (1.3, 1.2, 1.1)  # heart semi-axes (long, short, z) x this: CTR ~0.45 -> ~0.58
+EFFUSION_MM = {"small": 10.0, "moderate": 25.0, "large": 45.0}  # depth of the dependent crescent
+EMPHYSEMA_EXTENT = {"mild": 0.3, "moderate": 0.55, "severe": 0.85}  # fraction of (upper) lung involved
+BULLAE = {"mild": 2, "moderate": 4, "severe": 8}
+# Lymph node stations (x, y, z) mm for a standard patient (carina at z=25, trachea at y=-20).
+STATIONS: dict[str, tuple[float, float, float]] = {
+    "right paratracheal": (17, -14, 55), "left paratracheal": (-17, -12, 58), "subcarinal": (0, -32, 6),
+    "aortopulmonary window": (-24, -6, 34), "right hilar": (44, -4, 0), "left hilar": (-44, -4, 4),
+}
+
+
+def affine_for(shape_zyx: tuple[int, int, int], spacing_zyx: tuple[float, float, float]) -> np.ndarray:
+    """(4, 4) voxel -> RAS+ mm for an (X, Y, Z) array of ``shape_zyx`` reversed, centred on the origin.
+
+    Array index i grows toward the patient's right (+x), j anterior (+y), k superior (+z).
+    """
+    n = np.array(shape_zyx[::-1], dtype=np.float64)  # (X, Y, Z)
+    s = np.array(spacing_zyx[::-1], dtype=np.float64)
+    affine = np.diag([*s, 1.0])
+    affine[:3, 3] = -(n - 1) / 2 * s
+    return affine
+
+
+@dataclass(frozen=True)
+class Grid:
+    """World coordinates (mm) of voxel centres as open (broadcastable) axes of an (X, Y, Z) array."""
+
+    x: np.ndarray  # (X, 1, 1)
+    y: np.ndarray  # (1, Y, 1)
+    z: np.ndarray  # (1, 1, Z)
+    spacing: np.ndarray  # (3,) x, y, z mm
+
+    @classmethod
+    def of(cls, shape_zyx: tuple[int, int, int], spacing_zyx: tuple[float, float, float]) -> Grid:
+        a = affine_for(shape_zyx, spacing_zyx)
+        axes = [(np.arange(n) * a[i, i] + a[i, 3]).astype(np.float32) for i, n in enumerate(shape_zyx[::-1])]
+        return cls(axes[0][:, None, None], axes[1][None, :, None], axes[2][None, None, :], np.diag(a)[:3].copy())
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.x.shape[0], self.y.shape[1], self.z.shape[2])
+
+    @property
+    def h(self) -> float:
+        """Typical voxel size (mm): the width of soft edges."""
+        return float(np.prod(self.spacing) ** (1 / 3))
+
+    def index(self, p: np.ndarray) -> np.ndarray:
+        """Nearest voxel (..., 3) of points p (..., 3) mm, clipped to the array."""
+        i = np.rint((np.asarray(p) - self.origin) / self.spacing).astype(np.int64)
+        return np.clip(i, 0, np.array(self.shape) - 1)
+
+    def box(self, lo: np.ndarray, hi: np.ndarray) -> tuple[slice, slice, slice] | None:
+        """Slices of the voxels whose centres lie in the mm box [lo, hi], or None when it misses the array."""
+        origin, n = self.origin, np.array(self.shape)
+        i0 = np.clip(np.ceil((np.asarray(lo) - origin) / self.spacing), 0, n).astype(int)
+        i1 = np.clip(np.floor((np.asarray(hi) - origin) / self.spacing) + 1, 0, n).astype(int)
+        if np.any(i1 <= i0):
+            return None
+        return slice(i0[0], i1[0]), slice(i0[1], i1[1]), slice(i0[2], i1[2])
+
+    @property
+    def origin(self) -> np.ndarray:
+        """World mm of voxel (0, 0, 0)."""
+        return np.array([self.x[0, 0, 0], self.y[0, 0, 0], self.z[0, 0, 0]], dtype=np.float64)
+
+    def sub(self, sl: tuple[slice, slice, slice]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.x[sl[0]], self.y[:, sl[1]], self.z[:, :, sl[2]]
+
+
+Lesion = tuple[str, np.ndarray, float]  # (kind, centre mm (3,), diameter mm)
+Vessels = dict[str, tuple[np.ndarray, np.ndarray]]  # name: (centre line (P, 3) mm, radii (P,) mm)
+
+
+@dataclass
+class Phantom:
+    """A rendered phantom and what is needed to check it: masks (bool, (X, Y, Z)) and lesion positions."""
+
+    hu: np.ndarray  # (X, Y, Z) int16 HU, RAS
+    affine: np.ndarray  # (4, 4)
+    masks: dict[str, np.ndarray] = field(default_factory=dict)
+    lesions: list[Lesion] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- geometric primitives
+
+
+def soft(sd: np.ndarray, h: float) -> np.ndarray:
+    """Occupancy from a signed distance (mm, negative inside): a linear ramp one voxel wide."""
+    return np.clip(0.5 - sd / h, 0.0, 1.0).astype(np.float32)
+
+
+def paint(hu: np.ndarray, occ: np.ndarray, value: float | np.ndarray, sl: tuple[slice, ...] | None = None) -> None:
+    """Composite ``value`` over ``hu`` (in place) with occupancy ``occ``, optionally inside box ``sl``."""
+    target = hu if sl is None else hu[sl]
+    target += occ * (value - target)
+
+
+Semi = float | np.ndarray  # a semi-axis: a number, or an array broadcasting with the offsets
+
+
+def ellipsoid_sd(dx: np.ndarray, dy: np.ndarray, dz: np.ndarray | None, a: Semi, b: Semi,
+                 c: Semi | None = None) -> np.ndarray:
+    """First-order signed distance (mm) to an axis-aligned ellipse(oid): (rho - 1) / |grad rho|.
+
+    ``dz``/``c`` None gives an elliptic cylinder. Semi-axes may be arrays broadcasting with the offsets.
+    """
+    terms = [(dx, a), (dy, b)] + ([(dz, c)] if dz is not None else [])
+    rho = np.sqrt(sum((d / s) ** 2 for d, s in terms)) + 1e-6
+    grad = np.sqrt(sum((d / np.square(s)) ** 2 for d, s in terms)) + 1e-6 / np.max([np.max(s) for _, s in terms])
+    return (rho - 1.0) * rho / grad
+
+
+def tube_profile(d: np.ndarray, r: np.ndarray | float, h: float) -> np.ndarray:
+    """Occupancy at distance d from the axis of a tube of radius r: a soft disk when r >= h, and an
+    area-preserving Gaussian (peak r^2 / 2s^2, s^2 = h^2/12 + r^2/4) when thinner, so thin vessels fade."""
+    s2 = h * h / 12 + np.square(r) / 4
+    thin = np.minimum(1.0, np.square(r) / (2 * s2)) * np.exp(-np.square(d) / (2 * s2))
+    w = np.clip(2 * r / h - 1, 0, 1)  # 0 for r <= h/2, 1 for r >= h
+    return ((1 - w) * thin + w * np.clip(0.5 + (r - d) / h, 0, 1)).astype(np.float32)
+
+
+def tube(g: Grid, pts: np.ndarray, radii: np.ndarray | float, grow: float = 0.0) -> np.ndarray:
+    """Occupancy (X, Y, Z) of a tapering tube along polyline ``pts`` (P, 3) mm, radii (P,) mm (+ ``grow``).
+
+    Exact point-to-segment distance, evaluated only in each segment's bounding box: for big vessels."""
+    radii = np.broadcast_to(np.asarray(radii, dtype=np.float32), (len(pts),)) + np.float32(grow)
+    occ = np.zeros(g.shape, np.float32)
+    for a, b, ra, rb in zip(pts[:-1], pts[1:], radii[:-1], radii[1:]):
+        pad = max(ra, rb) + g.h
+        sl = g.box(np.minimum(a, b) - pad, np.maximum(a, b) + pad)
+        if sl is None:
+            continue
+        x, y, z = g.sub(sl)
+        ab = b - a
+        t = np.clip(((x - a[0]) * ab[0] + (y - a[1]) * ab[1] + (z - a[2]) * ab[2]) / max(ab @ ab, 1e-9), 0, 1)
+        d = np.sqrt((x - a[0] - t * ab[0]) ** 2 + (y - a[1] - t * ab[1]) ** 2 + (z - a[2] - t * ab[2]) ** 2)
+        np.maximum(occ[sl], tube_profile(d, ra + t * (rb - ra), g.h), out=occ[sl])
+    return occ
+
+
+def splat(g: Grid, pts: np.ndarray, radii: np.ndarray, step: float) -> np.ndarray:
+    """Occupancy (X, Y, Z) of tubes given as points (N, 3) mm sampled every ``step`` mm along their axes,
+    with radii (N,) mm: vectorised, no per-segment loop (for vessel trees).
+
+    Thick points (r >= h/2) get a soft disk over a voxel stencil (max over points); thin ones deposit
+    their volume (pi r^2 step) trilinearly and are blurred, so a thin vessel's partial volume is right."""
+    occ = np.zeros(int(np.prod(g.shape)), np.float32)
+    thick = radii >= g.h / 2
+    if thick.any():
+        p, r = pts[thick].astype(np.float32), radii[thick].astype(np.float32)
+        k = np.ceil((float(r.max()) + g.h / 2) / g.spacing - 0.5).astype(int)  # stencil half-width per axis
+        offsets = np.stack(np.meshgrid(*[np.arange(-m, m + 1) for m in k], indexing="ij"), -1).reshape(-1, 3)  # (M, 3)
+        vox = g.index(p)[:, None, :] + offsets[None]  # (N, M, 3)
+        valid = np.all((vox >= 0) & (vox < np.array(g.shape)), axis=-1)
+        centres = (vox * g.spacing + g.origin).astype(np.float32)  # (N, M, 3) mm
+        d = np.sqrt(np.sum(np.square(centres - p[:, None, :]), -1))
+        o = tube_profile(d, r[:, None], g.h)
+        np.maximum.at(occ, np.ravel_multi_index(tuple(vox[valid].T), g.shape), o[valid])
+    if (~thick).any():
+        f = (pts[~thick] - g.origin) / g.spacing  # (N, 3) fractional voxel index
+        i0, w = np.floor(f).astype(np.int64), f - np.floor(f)
+        volume = np.pi * np.square(radii[~thick]) * step / np.prod(g.spacing)  # fraction of one voxel
+        density = np.zeros_like(occ)
+        for corner in np.ndindex(2, 2, 2):
+            idx = i0 + corner
+            weight = volume * np.prod(np.where(corner, w, 1 - w), axis=1)
+            ok = np.all((idx >= 0) & (idx < np.array(g.shape)), axis=1)
+            flat = np.ravel_multi_index(tuple(idx[ok].T), g.shape)
+            density += np.bincount(flat, weight[ok], minlength=occ.size).astype(np.float32)
+        density = ndimage.gaussian_filter(density.reshape(g.shape), 0.5).ravel()
+        np.maximum(occ, np.minimum(density, 1), out=occ)
+    return occ.reshape(g.shape)
+
+
+def sphere(hu: np.ndarray, g: Grid, c: np.ndarray, r: float, value: float, rng: np.random.Generator | None = None,
+           lobulation: float = 0.0, within: np.ndarray | None = None,
+           scale: tuple[float, float, float] = (1, 1, 1)) -> None:
+    """Paint a (lobulated, optionally stretched) ball of radius r mm at c, restricted to occupancy ``within``."""
+    sl = g.box(c - r * 1.5 * np.max(scale) - g.h, c + r * 1.5 * np.max(scale) + g.h)
+    if sl is None:
+        return
+    x, y, z = g.sub(sl)
+    d = [(x - c[0]) / scale[0], (y - c[1]) / scale[1], (z - c[2]) / scale[2]]
+    rho = np.sqrt(d[0] ** 2 + d[1] ** 2 + d[2] ** 2) + 1e-6
+    radius = r
+    if lobulation > 0 and rng is not None:  # radius modulated by a few random low-order bumps
+        v = rng.normal(size=(4, 3))
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        bumps = sum(np.maximum(0, (d[0] * a + d[1] * b + d[2] * cc) / rho) ** 3 for a, b, cc in v)
+        radius = r * (1 + lobulation * (bumps - 0.5))
+    occ = soft(rho - radius, g.h)
+    paint(hu, occ if within is None else occ * within[sl], value, sl)
+
+
+def low_freq_noise(shape: tuple[int, int, int], cells: int, rng: np.random.Generator) -> np.ndarray:
+    """Smooth random field in [0, 1]: a (cells,)*3 random grid linearly interpolated to ``shape``."""
+    field = rng.random((cells, cells, cells)).astype(np.float32)
+    for n in shape[::-1]:  # separable: interpolate the last axis and move it to the front, three times
+        pos = np.linspace(0, cells - 1, n)
+        lo = np.minimum(np.floor(pos).astype(int), cells - 2)
+        weights = np.zeros((n, cells), np.float32)
+        weights[np.arange(n), lo], weights[np.arange(n), lo + 1] = 1 - (pos - lo), pos - lo
+        field = np.tensordot(weights, field, axes=([1], [2]))
+    return np.ascontiguousarray(field)
+
+
+# ----------------------------------------------------------------------------- the patient's anatomy
+
+
+@dataclass(frozen=True)
+class Anatomy:
+    """Patient-specific geometry: a standard chest (numbers in the code, mm) scaled and shifted."""
+
+    scale: np.ndarray  # (3,) float32 x, y, z scale of the standard chest
+    dz: float  # craniocaudal shift of the thorax (mm)
+    fat_mm: float  # subcutaneous fat thickness
+    lung_hu: float
+    noise_sd: float
+    liver_hu: float
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator) -> Anatomy:
+        return cls(scale=rng.uniform([0.93, 0.9, 0.93], [1.05, 1.08, 1.04]).astype(np.float32),
+                   dz=float(rng.uniform(-10, 10)), fat_mm=float(rng.uniform(6, 24)),
+                   lung_hu=HU["lung"] + float(rng.uniform(-35, 0)), noise_sd=float(rng.uniform(15, 25)),
+                   liver_hu=HU["liver"] + float(rng.uniform(-6, 6)))
+
+    def at(self, x: float, y: float, z: float) -> np.ndarray:
+        """World mm (3,) of the standard chest's point (x, y, z)."""
+        return np.array([x, y, z], np.float32) * self.scale + np.array([0, 0, self.dz], np.float32)
+
+    def path(self, *points: tuple[float, float, float]) -> np.ndarray:
+        return np.stack([self.at(*p) for p in points])  # (P, 3)
+
+    def zc(self, g: Grid) -> np.ndarray:
+        """Standard-chest z of each slice (1, 1, Z)."""
+        return (g.z - np.float32(self.dz)) / self.scale[2]
+
+
+def union(*occ: np.ndarray) -> np.ndarray:
+    """Pointwise max of occupancies (broadcast to a common shape)."""
+    return functools.reduce(np.maximum, occ)
+
+
+def smoothstep(t: np.ndarray) -> np.ndarray:
+    t = np.clip(t, 0, 1)
+    return t * t * (3 - 2 * t)
+
+
+def chest_wall(g: Grid, a: Anatomy) -> dict[str, np.ndarray]:
+    """Signed distances (mm) of the outer muscle surface and of the thoracic cavity (elliptic per slice,
+    narrowing toward the thoracic inlet), and the 'anteriorness' (0 at the back .. 1 at the front) of each voxel."""
+    top = smoothstep((a.zc(g) - 40) / 100)  # (1, 1, Z): 0 in the lower chest, 1 at the top
+    sx, sy = a.scale[0], a.scale[1]
+    ym = g.y > 0
+    b_front = 88 * sy * (1 - 0.1 * top)
+    muscle = ellipsoid_sd(g.x, g.y, None, 135 * sx * (1 - 0.15 * top), np.where(ym, b_front, 112 * sy))
+    b_ant = 72 * sy * (1 - 0.15 * top)
+    cavity = ellipsoid_sd(g.x, g.y, None, 117 * sx * (1 - 0.22 * top), np.where(ym, b_ant, 82 * sy * (1 - 0.1 * top)))
+    anterior = np.arctan2(g.y, np.abs(g.x) + 1e-3) / np.float32(np.pi) + 0.5
+    return {"muscle": muscle, "cavity": cavity, "anterior": anterior, "b_ant": b_ant}
+
+
+def diaphragm_z(g: Grid, a: Anatomy) -> np.ndarray:
+    """World z (X, Y, 1) of the diaphragm: two paraboloid domes, the right one higher (liver)."""
+    domes = []
+    for x0, y0, z0 in ((55, 5, -56), (-55, 0, -74)):
+        c = a.at(x0, y0, z0)
+        domes.append(c[2] - (g.x - c[0]) ** 2 / (2 * 90) - (g.y - c[1]) ** 2 / (2 * 50))
+    return np.maximum(*domes)
+
+
+def lung_apex_z(g: Grid, a: Anatomy) -> np.ndarray:
+    """World z (X, Y, 1) of the lung apices: a dome over each lung."""
+    c = a.at(48, -10, 120)
+    return c[2] - (np.abs(g.x) - c[0]) ** 2 / (2 * 40) - (g.y - c[1]) ** 2 / (2 * 45)
+
+
+def heart_sd(g: Grid, a: Anatomy, enlarged: bool) -> np.ndarray:
+    """Signed distance (mm) to the heart: an ellipsoid whose long axis points left-anterior (35 deg)."""
+    k = CARDIOMEGALY_SCALE if enlarged else (1.0, 1.0, 1.0)
+    c = a.at(-18 - 25 * (k[0] - 1), 16, -40)
+    cos, sin = np.float32(np.cos(np.deg2rad(35))), np.float32(np.sin(np.deg2rad(35)))
+    dx, dy = g.x - c[0], g.y - c[1]
+    return ellipsoid_sd(-cos * dx + sin * dy, sin * dx + cos * dy, g.z - c[2],
+                        60 * k[0] * a.scale[0], 44 * k[1] * a.scale[1], 44 * k[2] * a.scale[2])
+
+
+def great_vessels(a: Anatomy) -> Vessels:
+    """Centre lines (P, 3) mm and radii (P,) mm of the aorta, pulmonary arteries, SVC, arch branches,
+    brachiocephalic vein, trachea and main bronchi, and oesophagus (standard chest, carina at z=25)."""
+    t = np.linspace(0, np.pi, 9)
+    arch = [(8 - 35 * (1 - np.cos(s)) / 2, 20 - 60 * (1 - np.cos(s)) / 2, 45 + 22 * np.sin(s)) for s in t]
+    r = lambda *v: np.array(v, np.float32)
+    return {
+        "aorta": (a.path((5, 14, -12), *arch, (-28, -40, 10), (-26, -44, -60), (-10, -42, -150)),
+                  r(15, *[14 - 2 * s / np.pi for s in t], 12, 12, 11)),
+        "pulmonary": (a.path((-40, 12, 18), (-12, 15, 22), (-18, 38, -5)), r(10, 13, 14)),
+        "right_pa": (a.path((-12, 15, 22), (12, 0, 18), (42, -10, 12)), r(11, 10, 8)),
+        "left_pa": (a.path((-40, 12, 18), (-48, -10, 16)), r(10, 8)),
+        "svc": (a.path((30, 12, 100), (28, 12, 40), (26, 10, -10)), r(9, 10, 11)),
+        "arch_branches": (a.path((2, 8, 66), (14, 8, 150)), r(7, 7)),
+        "carotid": (a.path((-12, -2, 68), (-22, 0, 150)), r(5, 5)),
+        "subclavian": (a.path((-24, -22, 62), (-40, -20, 120), (-60, -10, 150)), r(6, 6, 6)),
+        "bc_vein": (a.path((-60, 30, 112), (-10, 22, 104), (30, 12, 100)), r(6, 7, 8)),
+        "trachea": (a.path((0, -22, 150), (0, -22, 60), (0, -20, 25)), r(9.5, 9.5, 9)),
+        "right_bronchus": (a.path((0, -20, 25), (26, -24, 12), (48, -22, 4)), r(7, 6.5, 5)),
+        "left_bronchus": (a.path((0, -20, 25), (-28, -22, 16), (-50, -22, 8)), r(6.5, 6, 5)),
+        "oesophagus": (a.path((-4, -38, 150), (-6, -38, 0), (-20, -30, -70), (-45, 0, -95)), r(7, 7, 7, 9)),
+    }
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def render_phantom(findings: Findings, shape_zyx: tuple[int, int, int], spacing_zyx: tuple[float, float, float],
+                   rng: np.random.Generator) -> np.ndarray:
+    """int16 HU array (X, Y, Z) in RAS (see :func:`affine_for`) of a chest CT showing ``findings``."""
+    return render_phantom_full(findings, shape_zyx, spacing_zyx, rng).hu
+
+
+def render_phantom_full(findings: Findings, shape_zyx: tuple[int, int, int], spacing_zyx: tuple[float, float, float],
+                        rng: np.random.Generator) -> Phantom:
+    """Render the phantom and keep its masks and lesion centres (for tests and figures).
+
+    How the findings look: nodules/masses are lobulated solid balls (35 HU) of their diameter in their
+    lobe; a pleural effusion is a dependent (posterior) layer of fluid (12 HU) 10/25/45 mm deep;
+    emphysema darkens (-960 HU, with holes) a patchy, upper-zone-predominant part of the lungs, with
+    bullae; consolidation fills a segment or a lobe (25 HU) with air bronchograms; enlarged lymph nodes
+    (40 HU) sit at their station; a pericardial effusion is a 15-25 mm fluid rim (8 HU) between heart
+    and pericardial fat; cardiomegaly enlarges the heart (CTR ~0.58 vs ~0.45); arterial calcification is
+    6-15 bright plaques on the aortic wall; lytic lesions are 12-22 mm soft-tissue (30 HU) holes in
+    vertebral bodies (70%) or other bones.
+    """
+    g, f = Grid.of(shape_zyx, spacing_zyx), findings
+    a = Anatomy.draw(rng)
+    hu = np.full(g.shape, HU["air"], np.float32)
+    wall, dia = chest_wall(g, a), diaphragm_z(g, a)
+    cavity = soft(wall["cavity"], g.h)
+    body = paint_body(hu, g, a, wall, dia, cavity)
+    vessels, heart = great_vessels(a), heart_sd(g, a, f.cardiomegaly)
+    peri_mm = float(rng.uniform(15, 25)) if f.pericardial_effusion else 0.0
+    lung, right = lung_occupancy(g, a, wall, dia, cavity, heart, peri_mm, vessels)
+    lobes = lobe_masks(g, a, lung > 0.5, right)
+    lesions = paint_lungs(hu, g, a, f, lung, right, lobes, wall, rng)
+    lesions += paint_mediastinum(hu, g, a, f, heart, peri_mm, vessels, cavity, rng)
+    bone = bones(hu, g, a, wall)
+    lesions += paint_lytic(hu, g, a, f.lytic_bone_lesions, bone, rng)
+    # scanner: point spread, slightly correlated noise
+    hu = ndimage.gaussian_filter(hu, sigma=0.35)  # mild: the soft edges already carry the partial volume
+    noise = ndimage.gaussian_filter(rng.standard_normal(g.shape, dtype=np.float32), 0.6)
+    hu += noise * np.float32(a.noise_sd / noise.std())
+    masks = {"lung": lung > 0.5, "lung_right": (lung > 0.5) & right, "lung_left": (lung > 0.5) & ~right,
+             "heart": heart < 0, "body": body > 0.5, "bone": bone > 0.5, **{f"lobe_{k}": v for k, v in lobes.items()}}
+    hu16 = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
+    return Phantom(hu16, affine_for(shape_zyx, spacing_zyx), masks, lesions)
+
+
+def paint_body(hu: np.ndarray, g: Grid, a: Anatomy, wall: dict[str, np.ndarray], dia: np.ndarray,
+               cavity: np.ndarray) -> np.ndarray:
+    """Table, subcutaneous fat, muscle, upper abdomen (liver right, spleen and stomach left), thoracic fat;
+    returns the body occupancy."""
+    h = g.h
+    body = soft(wall["muscle"] - a.fat_mm, h)
+    back = float(a.at(0, -112, 0)[1]) - a.fat_mm * 0.4 - 14
+    paint(hu, soft(np.abs(g.y - back - (g.x / 300) ** 2 * 40) - 3, h) * (np.abs(g.x) < 170) * (1 - body), HU["table"])
+    paint(hu, body, HU["fat"])
+    paint(hu, soft(wall["muscle"], h), HU["muscle"])
+    abdomen = cavity * soft(g.z - dia - 4, g.spacing[2]) * (a.zc(g) < -20)
+    paint(hu, abdomen, HU["abdomen"])
+    below = abdomen * soft(g.z - dia, g.spacing[2])
+    paint(hu, below * soft(-(g.x + 10 + 0.8 * np.maximum(g.y, 0)) * 0.7, h), a.liver_hu)
+    organs = {}
+    for name, c, semi in (("spleen", (-80, -45, -100), (24, 40, 45)), ("stomach", (-58, 15, -100), (36, 40, 34))):
+        cc = a.at(*c)
+        organs[name] = below * soft(ellipsoid_sd(g.x - cc[0], g.y - cc[1], g.z - cc[2], *semi), h)
+        paint(hu, organs[name], HU[name])
+    paint(hu, organs["stomach"] * soft(cc[1] + 14 - g.y, h), HU["air"])  # gas rises anteriorly (supine)
+    paint(hu, cavity * soft(dia + 4 - g.z, g.spacing[2]), HU["fat"])  # thoracic contents start as fat
+    return body
+
+
+def lung_occupancy(g: Grid, a: Anatomy, wall: dict[str, np.ndarray], dia: np.ndarray, cavity: np.ndarray,
+                   heart: np.ndarray, peri_mm: float, vessels: Vessels) -> tuple[np.ndarray, np.ndarray]:
+    """Soft lung occupancy (X, Y, Z): the cavity below the apices and above the diaphragm, minus the
+    mediastinum (a central band, the heart with its fat and fluid, the great vessels) and the spine;
+    and the right-side mask (X, 1, Z) split at the mediastinum."""
+    h, zc = g.h, a.zc(g)
+    mx = float(a.at(-4, 0, 0)[0]) - 8 * smoothstep((40 - zc) / 60)  # band centre drifts left toward the heart
+    half = 16 + 16 * np.exp(-(((zc - 62) / 34) ** 2))  # wider around the great vessels
+    half = half * (1 - 0.45 * smoothstep((g.y - 10) / 50) - 0.2 * smoothstep((-20 - g.y) / 30))  # narrower front, back
+    band = soft(np.abs(g.x - mx - 0.2 * (half - 16)) - half * a.scale[0], h) * soft(float(a.at(0, -46, 0)[1]) - g.y, h)
+    c = a.at(0, -66, 0)
+    spine = soft(ellipsoid_sd(g.x - c[0], g.y - c[1], None, 28, 32), h)
+    mediastinum = union(band, soft(heart - 6 - peri_mm, h),
+                        *[tube(g, *vessels[n], grow=4) for n in ("aorta", "pulmonary", "right_pa", "left_pa", "svc",
+                                                                  "trachea", "oesophagus", "arch_branches")])
+    below_apex, above_diaphragm = soft(g.z - lung_apex_z(g, a), g.spacing[2]), soft(dia + 6 - g.z, g.spacing[2])
+    lung = cavity * below_apex * above_diaphragm * (1 - mediastinum) * (1 - spine)
+    return lung, g.x > mx
+
+
+def lobe_masks(g: Grid, a: Anatomy, lung: np.ndarray, right: np.ndarray) -> dict[str, np.ndarray]:
+    """Boolean (X, Y, Z) masks of the five lobes: oblique fissures (posterior-superior to anterior-inferior)
+    split off the lower lobes, and a horizontal fissure the right middle lobe."""
+    lower = g.z < float(a.at(0, 0, 45)[2]) - 0.95 * (g.y - float(a.at(0, -80, 0)[1]))
+    middle = ~lower & right & (g.z < a.at(0, 0, 2)[2]) & (g.y > a.at(0, -40, 0)[1])
+    lobes = {"RUL": ~lower & right & ~middle, "RML": middle, "RLL": lower & right,
+             "LUL": ~lower & ~right, "LLL": lower & ~right}
+    return {k: np.broadcast_to(v, g.shape) & lung for k, v in lobes.items()}
+
+
+def paint_lungs(hu: np.ndarray, g: Grid, a: Anatomy, f: Findings, lung: np.ndarray, right: np.ndarray,
+                lobes: dict[str, np.ndarray], wall: dict[str, np.ndarray], rng: np.random.Generator) -> list[Lesion]:
+    """Parenchyma (denser posteriorly), vessel trees, and the lung findings; returns nodule/mass centres."""
+    h, zc, hard, cavity = g.h, a.zc(g), lung > 0.5, soft(wall["cavity"], g.h)
+    field = a.lung_hu + 35 * smoothstep((-10 - g.y) / 70) + 30 * (low_freq_noise(g.shape, 6, rng) - 0.5)
+    if f.emphysema:
+        upper = 0.35 + 0.65 * smoothstep((zc + 40) / 120)
+        blobs = low_freq_noise(g.shape, 8, rng)
+        patches = special.ndtr((blobs - blobs.mean()) / blobs.std()) < EMPHYSEMA_EXTENT[f.emphysema] * upper * 1.2
+        holes = rng.random(g.shape, dtype=np.float32) < 0.35
+        emph = np.where(holes, HU["bulla"], HU["emphysema"] + 15 * rng.standard_normal(g.shape, dtype=np.float32))
+        field = np.where(patches, emph, field)
+    paint(hu, lung, field)
+    pts, radii, step = vessel_trees(g, a, hard, right, rng)
+    paint(hu, splat(g, pts, radii, step) * lung, HU["vessel"])
+    if f.emphysema:
+        for _ in range(BULLAE[f.emphysema]):
+            sphere(hu, g, _random_voxel(g, hard & (zc > 30), rng), float(rng.uniform(8, 20)), HU["bulla"], within=lung)
+    for lobe in f.consolidation:
+        region = lobes[lobe].astype(np.float32)
+        if rng.random() < 0.6:  # segmental: the part of the lobe near a random point
+            c = _random_voxel(g, lobes[lobe], rng)
+            region *= soft(np.sqrt((g.x - c[0]) ** 2 + (g.y - c[1]) ** 2 + (g.z - c[2]) ** 2) - rng.uniform(35, 55), 12)
+        region = ndimage.gaussian_filter(region, 0.6) * lung
+        paint(hu, region, HU["consolidation"])
+        bronchi = splat(g, pts + rng.normal(0, 2, 3).astype(np.float32), radii * 0.7, step)
+        paint(hu, bronchi * region, HU["air"] + 200)  # air bronchograms
+    if f.pleural_effusion:
+        for is_right in {"right": [True], "left": [False], "bilateral": [True, False]}[f.pleural_effusion.side]:
+            depth = EFFUSION_MM[f.pleural_effusion.size] * rng.uniform(0.9, 1.1)
+            side = right if is_right else ~right
+            ys = np.where(hard & side, g.y, np.inf).min(axis=(0, 1))  # (Z,) most dependent lung y per slice
+            ys = np.where(np.isfinite(ys), ys, 0).astype(np.float32)[None, None, :]
+            depth = depth * (0.6 + 0.4 * smoothstep((float(a.at(0, 0, 60)[2]) - g.z) / 120))  # deeper at the bases
+            # a crescent along the chest wall: depth thick at the most dependent point, thinning up to 2x depth
+            thickness = depth * np.clip((ys + 2 * depth - g.y) / (2 * depth), 0, 1) ** 0.7
+            pleural_space = np.minimum(ndimage.maximum_filter(lung, 3), cavity) * side  # lung + its rim
+            paint(hu, pleural_space * soft(-wall["cavity"] - thickness, h), HU["pleural_fluid"])
+    lesions = []
+    for nod in f.nodules:
+        c = _place(g, lobes[nod.lobe] if lobes[nod.lobe].any() else hard, hard, nod.diameter_mm / 2 + h, rng)
+        lobulation = 0.25 if nod.is_mass else 0.08
+        sphere(hu, g, c, nod.diameter_mm / 2, HU["nodule"], rng, lobulation=lobulation, within=cavity)
+        lesions.append(("mass" if nod.is_mass else "nodule", c, nod.diameter_mm))
+    return lesions
+
+
+def paint_mediastinum(hu: np.ndarray, g: Grid, a: Anatomy, f: Findings, heart: np.ndarray, peri_mm: float,
+                      vessels: Vessels, cavity: np.ndarray,
+                      rng: np.random.Generator) -> list[Lesion]:
+    """Heart (with pericardial fluid), great vessels, lymph nodes, airways, aortic plaques; returns node centres."""
+    h = g.h
+    if peri_mm:
+        paint(hu, soft(heart - peri_mm - 3, h) * cavity, HU["pericardial_fluid"])
+        paint(hu, soft(heart - 3, h), HU["fat"])  # epicardial fat inside the fluid
+    paint(hu, soft(heart, h) * cavity, HU["heart"])
+    for name in ("aorta", "pulmonary", "right_pa", "left_pa", "svc", "arch_branches", "carotid", "subclavian",
+                 "bc_vein", "oesophagus"):
+        paint(hu, tube(g, *vessels[name]), HU["vessel"])
+    lesions = []
+    for node in f.lymph_nodes:  # after the vessels: enlarged nodes engulf them
+        c = a.at(*STATIONS[node.station]) + rng.normal(0, 2, 3).astype(np.float32)
+        sphere(hu, g, c, node.short_axis_mm / 2, HU["node"], scale=(1.0, 1.1, float(rng.uniform(1.2, 1.5))))
+        lesions.append(("node", c, node.short_axis_mm))
+    airways = ("trachea", "right_bronchus", "left_bronchus")
+    for name in airways:
+        paint(hu, tube(g, *vessels[name]), HU["muscle"])
+    for name in airways:
+        paint(hu, tube(g, vessels[name][0], vessels[name][1] - 2.5), HU["air"])
+    if f.arterial_calcification:
+        line, rad = vessels["aorta"]
+        for _ in range(int(rng.integers(6, 16))):
+            i = int(rng.integers(3, len(line) - 1))
+            p = line[i] + np.float32(rng.uniform(0, 1)) * (line[i + 1] - line[i])
+            sphere(hu, g, p + _unit(rng) * (rad[i] - 1.5), float(rng.uniform(2.5, 4)), HU["plaque"])
+    return lesions
+
+
+def bones(hu: np.ndarray, g: Grid, a: Anatomy, wall: dict[str, np.ndarray]) -> np.ndarray:
+    """Paint spine, ribs, costal cartilage, sternum, clavicles and scapulae; return the bone occupancy."""
+    h, zc, s = g.h, a.zc(g), a.scale
+    period = 26 * s[2]
+    phase = np.mod(g.z - a.dz, period) - period / 2  # (1, 1, Z): 0 mid-vertebra, +-period/2 at the discs
+    grow = 0.85 + 0.15 * smoothstep((60 - zc) / 160)  # vertebrae grow caudally
+    c = a.at(0, -58, 0)
+    vb_xy = ellipsoid_sd(g.x - c[0], g.y - c[1], None, 19 * grow, 16 * grow)
+    vb_z = np.abs(phase) - (period - 6) / 2
+    paint(hu, soft(vb_xy, h) * (1 - soft(vb_z, g.spacing[2])), HU["disc"])
+    body = soft(np.maximum(vb_xy, vb_z), h)
+    paint(hu, body, HU["cortex"])
+    paint(hu, soft(np.maximum(vb_xy + 3, vb_z + 3), h), HU["cancellous"])
+    cc = a.at(0, -88, 0)
+    dx, dy = g.x - cc[0], g.y - cc[1]
+    level = soft(np.abs(phase) - 9, g.spacing[2])  # spinous/transverse processes: one per level
+    post = union(soft(ellipsoid_sd(dx, dy, None, 14 * grow, 12 * grow), h),  # laminae around the canal
+                 soft(ellipsoid_sd(dx, dy + 20, None, 4, 13), h) * level,  # spinous process
+                 soft(ellipsoid_sd(np.abs(dx) - 22, dy - 3, None, 13, 5), h) * level,  # transverse processes
+                 soft(ellipsoid_sd(np.abs(dx) - 11, dy - 13, None, 4, 8), h))  # pedicles
+    paint(hu, post, HU["vertebral_arch"])
+    paint(hu, soft(ellipsoid_sd(dx, dy, None, 7.5, 7.5), h), HU["canal"])
+    # ribs: a band just outside the cavity, repeating along z, sloping down anteriorly
+    zr = g.z + 100 * s[2] * wall["anterior"] ** 1.2 - a.dz
+    rphase = np.mod(zr, period) - period / 2
+    rib = soft(np.maximum(np.abs(wall["cavity"] - 6) - 4.5, np.abs(rphase) - 5), h)
+    rib *= (np.abs(g.x) > 14 * s[0]) * (zr > -125 * s[2]) * (zr < 112 * s[2])
+    cartilage = wall["anterior"] > 0.78
+    paint(hu, rib, np.where(cartilage, HU["cartilage"], HU["rib"]))
+    # sternum (manubrium wider at the top), clavicles, scapulae
+    width = np.where(zc > 50, 24, 14) * s[0]
+    box_sd = np.maximum(np.maximum(np.abs(g.x) - width, np.abs(g.y - wall["b_ant"] - 8) - 6), np.abs(zc + 8) - 76)
+    sternum = soft(box_sd, h)
+    paint(hu, sternum, HU["sternum"])
+    clav = union(*[tube(g, a.path((k * 20, 86, 96), (k * 70, 80, 104), (k * 128, 42, 114)), 7) for k in (1, -1)])
+    paint(hu, clav, HU["clavicle"])
+    scap = soft(np.abs(wall["cavity"] - 24) - 3, h) * (wall["anterior"] < 0.25) * (np.abs(g.x) > 55 * s[0])
+    scap = scap * (zc > 10) * (zc < 115)
+    paint(hu, scap, HU["scapula"])
+    return union(body, post, rib * ~cartilage, sternum, clav, scap)
+
+
+def paint_lytic(hu: np.ndarray, g: Grid, a: Anatomy, count: int, bone: np.ndarray,
+                rng: np.random.Generator) -> list[Lesion]:
+    """``count`` lytic lesions, 12-22 mm: 70% in a thoracic vertebral body inside the field of view, the
+    others anywhere in bone (mostly ribs); each replaces the bone it covers (and a rim) with soft tissue."""
+    lesions: list[Lesion] = []
+    if count == 0:
+        return lesions
+    near_bone = ndimage.maximum_filter(bone, 3)
+    z_lo = max(float(a.at(0, 0, -90)[2]), float(g.z.min()) + 10)
+    z_hi = max(min(float(a.at(0, 0, 80)[2]), float(g.z.max()) - 10), z_lo)
+    for _ in range(count):
+        if rng.random() < 0.7:
+            c = a.at(0, -58, 0) + np.array([*rng.normal(0, 3, 2), rng.uniform(z_lo, z_hi) - a.dz], np.float32)
+        else:
+            c = _random_voxel(g, bone > 0.5, rng)
+        d = float(rng.uniform(12, 22))
+        sphere(hu, g, c, d / 2, HU["lytic"], within=near_bone)
+        lesions.append(("lytic", c, d))
+    return lesions
+
+
+def vessel_trees(g: Grid, a: Anatomy, lung: np.ndarray, right: np.ndarray, rng: np.random.Generator,
+                 generations: int = 5) -> tuple[np.ndarray, np.ndarray, float]:
+    """Points (N, 3) mm every ``step`` mm, radii (N,) mm, and step, along pulmonary vessel trees: 7 trunks from
+    each hilum (arteries) and from each side of the left atrium (veins) aimed at random lung points, each
+    bifurcating ``generations`` times (radius x0.72, length x0.7-0.85); branches stop when they leave the lung."""
+    starts, dirs, lens, rads = [], [], [], []
+    for side in (1, -1):
+        idx = np.flatnonzero(lung & (right if side == 1 else ~right))
+        for root, r0 in ((a.at(side * 44, -12, 10), 6.0), (a.at(side * 34, -16, -25), 5.0)):
+            if len(idx) == 0:
+                continue
+            target = g.origin + np.stack(np.unravel_index(rng.choice(idx, 7), g.shape), 1) * g.spacing  # (7, 3)
+            dist = np.linalg.norm(target - root, axis=1, keepdims=True) + 1e-6
+            starts.append(np.repeat(root[None], 7, 0)), dirs.append((target - root) / dist)
+            lens.append(np.maximum(20.0, 0.3 * dist[:, 0])), rads.append(np.full(7, r0))
+    if not starts:
+        return np.zeros((0, 3)), np.zeros(0), 1.0
+    p, d, ln, r = (np.concatenate(v).astype(np.float64) for v in (starts, dirs, lens, rads))
+    segments = []
+    for _ in range(generations):
+        end = p + d * ln[:, None]
+        segments.append((p, end, r))
+        keep = lung[tuple(g.index(end).T)]
+        p, d, ln, r = end[keep], d[keep], ln[keep], r[keep]
+        if len(p) == 0:
+            break
+        perp = np.cross(d, rng.normal(size=d.shape))
+        perp /= np.linalg.norm(perp, axis=1, keepdims=True) + 1e-9
+        ang = rng.uniform(0.3, 0.65, size=(2, len(d), 1))
+        d = np.concatenate([np.cos(ang[0]) * d + np.sin(ang[0]) * perp, np.cos(ang[1]) * d - np.sin(ang[1]) * perp])
+        p, r = np.concatenate([p, p]), np.concatenate([r, r]) * 0.72
+        ln = np.concatenate([ln, ln]) * rng.uniform(0.7, 0.85, size=2 * len(ln))
+    p0, p1, r = (np.concatenate([s[i] for s in segments]) for i in range(3))  # (S, 3), (S, 3), (S,)
+    step = 0.4 * g.h
+    n = np.ceil(np.linalg.norm(p1 - p0, axis=1) / step).astype(int) + 1
+    seg = np.repeat(np.arange(len(p0)), n)
+    t = (np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)) / np.repeat(np.maximum(n - 1, 1), n)
+    return p0[seg] + t[:, None] * (p1 - p0)[seg], r[seg] * (1 - 0.15 * t), step
+
+
+def _place(g: Grid, region: np.ndarray, lung: np.ndarray, clearance: float, rng: np.random.Generator) -> np.ndarray:
+    """A random point of ``region`` (mm) whose surroundings within ``clearance`` mm are lung, or the most
+    surrounded of 200 random candidates when none fits (a mass bigger than its lobe)."""
+    idx = np.flatnonzero(region)
+    if len(idx) == 0:
+        return np.zeros(3, np.float32)
+    picked = rng.choice(idx, size=min(200, len(idx)), replace=False)
+    cand = g.origin + np.stack(np.unravel_index(picked, g.shape), 1) * g.spacing  # (K, 3)
+    dirs = np.array([d for d in np.ndindex(3, 3, 3) if d != (1, 1, 1)]) - 1  # (26, 3)
+    probes = cand[:, None, :] + clearance * dirs / np.linalg.norm(dirs, axis=1, keepdims=True)  # (K, 26, 3)
+    inside = lung[tuple(g.index(probes).transpose(2, 0, 1))].sum(axis=1)  # (K,)
+    return cand[int(np.argmax(inside))].astype(np.float32)
+
+
+def _random_voxel(g: Grid, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """World mm (3,) of a random True voxel of ``mask`` (the volume centre if there is none)."""
+    idx = np.flatnonzero(np.broadcast_to(mask, g.shape))
+    if len(idx) == 0:
+        return np.zeros(3, np.float32)
+    return (g.origin + np.array(np.unravel_index(int(rng.choice(idx)), g.shape)) * g.spacing).astype(np.float32)
+
+
+def _unit(rng: np.random.Generator) -> np.ndarray:
+    v = rng.normal(size=3)
+    return (v / (np.linalg.norm(v) + 1e-9)).astype(np.float32)
