@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 
 from ctsurv.data.phantom import render_phantom
-from ctsurv.data.synthetic import clinical_features, draw_cohort, sample_patient, simulate, stream
+from ctsurv.data.simulate import simulate
+from ctsurv.data.synthetic import clinical_features, draw_cohort, sample_patient, stream
 
 
 def render_seconds(shape: tuple[int, int, int], spacing: tuple[float, float, float], k: int = 20) -> float:

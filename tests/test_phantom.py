@@ -8,7 +8,8 @@ import pytest
 from scipy import ndimage
 
 from ctsurv.data.findings import Findings, LymphNode, Nodule, PleuralEffusion
-from ctsurv.data.phantom import Phantom, affine_for, render_phantom, render_phantom_full
+from ctsurv.data.phantom import Phantom, render_phantom, render_phantom_full
+from ctsurv.data.phantom_geometry import affine_for
 
 SHAPE, SPACING = (48, 64, 64), (6.0, 5.0, 5.0)  # the default: Z Y X voxels, mm
 

@@ -14,16 +14,14 @@ import numpy as np
 import pytest
 
 from ctsurv.data.findings import CTRATE_LABELS, LOBE_NAMES, Findings, LymphNode, NodeStation, Nodule, PleuralEffusion
-from ctsurv.data.report_writer import (
+from ctsurv.data.report_phrases import (
     EFFUSION_SIZE_WORDS,
     EFFUSION_THICKNESS_MM,
     EMPHYSEMA_WORDS,
     LOBE_PHRASES,
     PHRASES,
-    format_mm,
-    lytic_sites,
-    write_report,
 )
+from ctsurv.data.report_writer import format_mm, lytic_sites, write_report
 
 LOBES = list(LOBE_NAMES)
 STATIONS = list(get_args(NodeStation))

@@ -12,7 +12,8 @@ import pytest
 from ctsurv.config import DataConfig
 from ctsurv.data.cohort import load_cohort
 from ctsurv.data.findings import FINDING_LABELS
-from ctsurv.data.phantom import affine_for
+from ctsurv.data.phantom_geometry import affine_for
+from ctsurv.data.simulate import median_follow_up, resample_outcomes, simulate
 from ctsurv.data.synthetic import (
     CATEGORICAL_COLUMNS,
     CLINICAL_COLUMNS,
@@ -21,11 +22,8 @@ from ctsurv.data.synthetic import (
     NUMERIC_COLUMNS,
     clinical_features,
     draw_cohort,
-    median_follow_up,
     prevalences,
-    resample_outcomes,
     sample_patient,
-    simulate,
     stream,
 )
 from ctsurv.errors import CtsurvError
