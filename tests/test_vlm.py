@@ -55,8 +55,12 @@ def test_shapes_on_tiny_grid(overrides: tuple[str, ...], n_tokens: int) -> None:
     for ids, lab in zip(batch["input_ids"], batch["labels"]):
         last_image = int((ids == model.image_token_id).nonzero().max())
         assert (lab[: last_image + 1] == IGNORE_INDEX).all() and (lab != IGNORE_INDEX).any()
-    out = model(**batch, image_tokens=tokens)
-    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+    loss = model(**batch, image_tokens=tokens)
+    # the answer-only output head gives exactly Hugging Face's loss over the full logits
+    reference = model.language_model(
+        inputs_embeds=model.embed(batch["input_ids"], tokens), attention_mask=batch["attention_mask"], labels=batch["labels"]
+    ).loss
+    torch.testing.assert_close(loss, reference, rtol=1e-5, atol=1e-6)
     hidden = model.hidden_states(batch["input_ids"], batch["attention_mask"], tokens)
     assert hidden.shape == (*batch["input_ids"].shape, model.language_model.config.hidden_size)
 
@@ -85,18 +89,29 @@ def test_count_mismatch_raises_value_error() -> None:
 def test_gradients_reach_every_part() -> None:
     model = tiny()
     batch = model.tokenize([format_prompt("Is there an effusion?")] * 2, ["Yes, on the right.", "No."])
-    model(**batch, image_tokens=model.encode_image(torch.rand(2, 1, 32, 32, 16))).loss.backward()
+    model(**batch, image_tokens=model.encode_image(torch.rand(2, 1, 32, 32, 16))).backward()
     no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert no_grad == []
 
 
-def test_lora_trains_only_adapters() -> None:
-    model = tiny("lora.enabled=true", "lora.r=4", "lora.target_modules=[q_proj,v_proj]")
+def save_local_lm(tmp_path: Path) -> tuple[CTVLM, Path]:
+    donor = tiny()
+    lm_dir = tmp_path / "my-llm"
+    donor.language_model.save_pretrained(lm_dir)
+    donor.tokenizer.save_pretrained(lm_dir)
+    return donor, lm_dir
+
+
+def test_lora_trains_only_adapters(tmp_path: Path) -> None:
+    _, lm_dir = save_local_lm(tmp_path)
+    model = tiny(f"language.model={lm_dir}", "lora.enabled=true", "lora.r=4", "lora.target_modules=[q_proj,v_proj]")
     lm_trainable = [n for n, p in model.language_model.named_parameters() if p.requires_grad]
     assert lm_trainable and all("lora_" in n for n in lm_trainable)
     assert len(lm_trainable) == 2 * 2 * 1  # A and B, for q and v, in 1 layer
     with pytest.raises(ConfigError, match="not modules of this language model"):
-        tiny("lora.enabled=true", "lora.target_modules=[query]")
+        tiny(f"language.model={lm_dir}", "lora.enabled=true", "lora.target_modules=[query]")
+    with pytest.raises(ConfigError, match="tiny model starts from random weights"):
+        tiny("lora.enabled=true")
 
 
 def test_generate_returns_text() -> None:
@@ -107,10 +122,7 @@ def test_generate_returns_text() -> None:
 
 def test_local_hf_model_route(tmp_path: Path) -> None:
     """A local causal LM saved with save_pretrained loads by path and gets the <image> token."""
-    donor = tiny()
-    lm_dir = tmp_path / "my-llm"
-    donor.language_model.save_pretrained(lm_dir)
-    donor.tokenizer.save_pretrained(lm_dir)
+    donor, lm_dir = save_local_lm(tmp_path)
     model = tiny(f"language.model={lm_dir}")
     for (n1, p1), (n2, p2) in zip(donor.language_model.state_dict().items(), model.language_model.state_dict().items()):
         assert n1 == n2

@@ -55,7 +55,7 @@ def simulate(
     workers: Optional[int] = typer.Option(None, "--workers", help="Processes for rendering (default: all cores)."),
 ) -> None:
     """Simulate a synthetic chest-CT cohort with reports, clinical data and survival (true risk known)."""
-    from ctsurv.data.synthetic import simulate as run_simulation
+    from ctsurv.data.simulate import simulate as run_simulation
 
     summary = run_simulation(
         out,
@@ -110,6 +110,51 @@ def labels(
 
     n = label_reports_csv(reports, text_column, out)
     console.print(f"labelled {n} reports: [bold]{out}[/]")
+
+
+@app.command()
+@_user_errors
+def pretrain(
+    config: Path = typer.Option(..., "--config", help="Experiment YAML (see configs/)."),
+    cohort: Path = typer.Option(..., "--cohort", help="Cohort table (CSV/Parquet) with volumes and reports."),
+    out: Path = typer.Option(..., "--out", help="Folder to create for the checkpoints and evaluation."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="Config overrides, e.g. pretrain.instruct.epochs=5."),
+) -> None:
+    """Stages 1-2: align the vision encoder to the LM with the reports, then instruction-tune on the predefined questions."""
+    from ctsurv.config import load_config
+    from ctsurv.training.pretrain import pretrain as run_pretrain
+
+    cfg = load_config(config, overrides or [])
+    summary = run_pretrain(cfg, cohort, out, resume=resume)
+    presence = summary.metrics["presence"]["macro"]
+    console.print(
+        f"held-out ({summary.n_val} studies): yes/no macro accuracy {presence['accuracy']:.3f}, macro F1 {presence['f1']:.3f}; "
+        f"times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in summary.seconds.items())
+    )
+    console.print(f"checkpoints: [bold]{out / 'align'}[/], [bold]{out / 'instruct'}[/]  evaluation: {out / 'instruct' / 'eval.md'}")
+
+
+@app.command()
+@_user_errors
+def ask(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint folder from `ctsurv pretrain` (or its run folder)."),
+    volume: Path = typer.Argument(..., help="A CT volume (any format `ctsurv inspect` reads)."),
+    question: Optional[str] = typer.Option(None, "--question", help="Ask this instead of the predefined questions."),
+    spacing: Optional[tuple[float, float, float]] = typer.Option(None, "--spacing", help="Spacing Z Y X (mm) for .npy/.npz."),
+) -> None:
+    """Answer the predefined clinical questions (or one free question) about a CT volume."""
+    from rich.table import Table
+
+    from ctsurv.inference import answer_volume
+
+    answers = answer_volume(checkpoint, volume, [question] if question else None, spacing_zyx=spacing)
+    table = Table(title=str(volume))
+    table.add_column("question")
+    table.add_column("answer")
+    for q, a in answers.items():
+        table.add_row(q, a)
+    console.print(table)
 
 
 def _fmt(value: Any) -> str:

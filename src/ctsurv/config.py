@@ -142,6 +142,21 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class PretrainConfig:
+    """Stages 1 (align: captioning with the report) and 2 (instruct: predefined questions + report)."""
+
+    val_fraction: float = 0.15  # patients held out for the evaluation written next to the checkpoint
+    align: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=4, batch_size=8, lr=1e-3))
+    instruct: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=12, batch_size=8, lr=1e-3))
+    finetune_vision: bool = False  # also train a *pretrained* vision encoder in stage 2 (a scratch one always trains)
+    max_new_tokens: int = 160  # for generating impressions/reports at evaluation
+
+    def __post_init__(self) -> None:
+        if not 0 < self.val_fraction < 0.9:
+            raise ConfigError(f"pretrain.val_fraction must be in (0, 0.9), got {self.val_fraction}")
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """The whole experiment. Later stages add their sections here."""
 
@@ -152,6 +167,14 @@ class ExperimentConfig:
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
     language: LanguageConfig = field(default_factory=LanguageConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.lora.enabled and self.language.model == "tiny":
+            raise ConfigError(
+                "lora.enabled is for pretrained language models; the tiny model starts from random weights "
+                "and trains fully. Set lora.enabled=false or language.model=<path of a local HF model>"
+            )
 
 
 # --------------------------------------------------------------------------- YAML in/out

@@ -167,7 +167,7 @@ _NEG_VERB = (
 # A cue before the mention negates everything after it in the clause ("no change/difference" is not a negation).
 PRE_NEGATION = re.compile(
     r"\bno\b(?!\s+(?:significant\s+|marked\s+|obvious\s+|interval\s+|appreciable\s+)?"
-    r"(?:change|difference|progression|regression|growth|increase in (?:size|number))\b)"
+    r"(?:changes?|differences?|progression|regression|growth|increase in (?:size|number))\b)"
     r"|\bnot? any\b|\bwithout\b|\bresolution of\b|\bnon-?enlarged\b|\bfree of\b|\babsence of\b|\bnegative for\b"
     r"|\bneither\b|\bnor\b|\bthere is not\b",
     re.IGNORECASE,

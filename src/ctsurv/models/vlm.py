@@ -13,9 +13,9 @@ is computed on the answer tokens only.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedTokenizerBase
-from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ctsurv.config import ExperimentConfig
 from ctsurv.models.language import IMAGE_TOKEN, apply_lora, build_language_model
@@ -115,10 +115,22 @@ class CTVLM(nn.Module):
         attention_mask: torch.Tensor,
         labels: torch.Tensor,
         image_tokens: torch.Tensor,
-    ) -> CausalLMOutputWithPast:
-        """Next-token loss on the answer tokens, given visual tokens (B, N, D) from ``encode_image``."""
+    ) -> torch.Tensor:
+        """Mean next-token cross-entropy over the answer tokens, given visual tokens (B, N, D).
+
+        The output head runs only at the positions that predict an answer token: most positions
+        hold visual or prompt tokens, and a full (B, L, vocab) logit tensor would cost more than
+        the decoder itself for short answers.
+        """
         embeds = self.embed(input_ids, image_tokens)
-        return self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels)
+        out = self.language_model(
+            inputs_embeds=embeds, attention_mask=attention_mask, output_hidden_states=True, logits_to_keep=1
+        )
+        hidden = out.hidden_states[-1][:, :-1]  # (B, L-1, D): position t predicts token t+1
+        target = labels[:, 1:]  # (B, L-1)
+        keep = target != IGNORE_INDEX
+        logits = self.language_model.get_output_embeddings()(hidden[keep])  # (T, vocab)
+        return F.cross_entropy(logits.float(), target[keep])
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
         """The LM's last hidden states (B, L, D): the representation read by the survival head."""

@@ -1,0 +1,61 @@
+"""Torch datasets for pretraining: one item per study, holding its volume (or cached encoder
+features) and its (prompt, answer) pairs.
+
+Stage 1 (align) pairs each volume with its report; stage 2 (instruct) with the answers to the
+predefined questions (built from the report text by :mod:`ctsurv.data.instructions`), the
+impression and the report. Batching by study lets the loss encode each volume once per batch.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch.utils.data import Dataset
+
+from ctsurv.models.vlm import CTVLM, format_prompt
+
+REPORT_QUESTION = "Write the full report."
+
+Pairs = list[tuple[str, str]]  # (question, answer)
+
+
+def align_pairs(findings: str, impression: str | None) -> Pairs:
+    """Stage 1: caption the volume with its report."""
+    report = findings if not impression else f"{findings}\nImpression: {impression}"
+    return [(REPORT_QUESTION, report)]
+
+
+class StudyDataset(Dataset):
+    """``inputs[i]`` (a preprocessed volume (1, X, Y, Z) or encoder features (Dv, gx, gy, gz)) and its pairs."""
+
+    def __init__(self, inputs: torch.Tensor, pairs: list[Pairs], kind: str) -> None:
+        if len(inputs) != len(pairs):
+            raise ValueError(f"{len(inputs)} inputs but {len(pairs)} lists of pairs")
+        if kind not in ("images", "features"):
+            raise ValueError(f"kind must be 'images' or 'features', got {kind!r}")
+        self.inputs, self.pairs, self.kind = inputs, pairs, kind
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, Pairs]:
+        return self.inputs[i], self.pairs[i]
+
+
+def study_collate(vlm: CTVLM, kind: str) -> Callable[[list[tuple[torch.Tensor, Pairs]]], dict[str, torch.Tensor]]:
+    """Collate studies into one batch: stacked inputs, all their sequences, and ``image_index``."""
+
+    def collate(rows: list[tuple[torch.Tensor, Pairs]]) -> dict[str, torch.Tensor]:
+        questions, answers, index = [], [], []
+        for i, (_, pairs) in enumerate(rows):
+            for q, a in pairs:
+                questions.append(format_prompt(q))
+                answers.append(a)
+                index.append(i)
+        batch = vlm.tokenize(questions, answers)
+        batch["image_index"] = torch.tensor(index, dtype=torch.long)
+        batch[kind] = torch.stack([r[0] for r in rows]).float()
+        return batch
+
+    return collate

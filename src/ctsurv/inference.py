@@ -1,0 +1,39 @@
+"""Using a trained model on new scans: answers to the predefined questions for one volume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ctsurv.data.instructions import QUESTIONS
+from ctsurv.data.transforms import Preprocessor
+from ctsurv.errors import CtsurvError
+from ctsurv.training.checkpoint import load_checkpoint
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder, or a `ctsurv pretrain` run folder (its ``instruct`` checkpoint)."""
+    path = Path(path)
+    if (path / "model.safetensors").is_file():
+        return path
+    if (path / "instruct" / "model.safetensors").is_file():
+        return path / "instruct"
+    raise CtsurvError(f"{path} is neither a checkpoint nor a `ctsurv pretrain` output folder (no model.safetensors)")
+
+
+@torch.no_grad()
+def answer_volume(
+    checkpoint: str | Path,
+    volume: str | Path,
+    questions: list[str] | None = None,
+    spacing_zyx: tuple[float, float, float] | None = None,
+    max_new_tokens: int = 160,
+) -> dict[str, str]:
+    """``{question: answer}`` for one volume; the predefined questions unless ``questions`` are given."""
+    model, cfg = load_checkpoint(resolve_checkpoint(checkpoint))
+    image = Preprocessor(cfg.data).load(volume, spacing_zyx=spacing_zyx).unsqueeze(0)  # (1, 1, X, Y, Z)
+    tokens = model.encode_image(image)  # (1, N, D)
+    texts = questions or [q.text for q in QUESTIONS]
+    long = {q.text for q in QUESTIONS if q.kind in ("impression", "report")}
+    return {t: model.generate(tokens, [t], max_new_tokens=max_new_tokens if (t in long or questions) else 12)[0] for t in texts}

@@ -1,0 +1,93 @@
+"""Checkpoints: a folder that rebuilds the model with no flags.
+
+    config.yaml        the ExperimentConfig the model was built from
+    model.safetensors  every tensor except those of untouched pretrained parts (no pickle)
+    tokenizer/         the tokenizer (the tiny model's is trained on the reports)
+    metrics.json       whatever the stage measured
+
+Pretrained parts that were never trained (the frozen I3ResNet-152, the base weights of a local
+LM under LoRA) are not copied: ``load_checkpoint`` rebuilds them from their source and checks
+that exactly those tensors, and no others, were missing. Folders are written to a temporary
+sibling and swapped in, so a crash never leaves half a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from transformers import AutoTokenizer
+
+from ctsurv.config import ExperimentConfig, load_config, save_config
+from ctsurv.errors import CtsurvError
+from ctsurv.models.vlm import CTVLM, build_vlm
+from ctsurv.training.stages import language_is_pretrained, vision_is_pretrained
+
+WEIGHTS = "model.safetensors"
+
+
+def from_pretrained_source(name: str, cfg: ExperimentConfig) -> bool:
+    """Whether tensor ``name`` of a CTVLM comes unchanged from a pretrained source."""
+    if name.startswith("vision_encoder.") and vision_is_pretrained(cfg) and not cfg.pretrain.finetune_vision:
+        return True
+    return name.startswith("language_model.") and language_is_pretrained(cfg) and "lora_" not in name
+
+
+def save_checkpoint(out_dir: str | Path, model: CTVLM, cfg: ExperimentConfig, metrics: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` as a checkpoint folder ``out_dir`` (replacing an older one atomically)."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    state, aliases, seen = {}, {}, {}
+    for name, tensor in model.state_dict().items():
+        if from_pretrained_source(name, cfg):
+            continue
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if key in seen:  # tied weights (the tiny LM's embedding and output head) are stored once
+            aliases[name] = seen[key]
+            continue
+        seen[key] = name
+        state[name] = tensor.detach().contiguous().cpu()
+    save_file(state, tmp / WEIGHTS, metadata={"aliases": json.dumps(aliases)})
+    model.tokenizer.save_pretrained(tmp / "tokenizer")
+    save_config(cfg, tmp / "config.yaml")
+    (tmp / "metrics.json").write_text(json.dumps(metrics or {}, indent=2))
+    old = out_dir.with_name(out_dir.name + ".old")
+    if out_dir.exists():
+        out_dir.replace(old)
+    tmp.replace(out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    return out_dir
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[CTVLM, ExperimentConfig]:
+    """The model and config saved in checkpoint folder ``path``."""
+    path = Path(path)
+    for required in ("config.yaml", WEIGHTS, "tokenizer"):
+        if not (path / required).exists():
+            raise CtsurvError(
+                f"{path} is not a ctsurv checkpoint (no {required}); pass a folder written by `ctsurv pretrain`, "
+                "e.g. runs/demo/pretrain/instruct"
+            )
+    cfg = load_config(path / "config.yaml")
+    tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer", local_files_only=True)
+    model = build_vlm(cfg, tokenizer=tokenizer)
+    state = load_file(path / WEIGHTS, device=str(map_location))
+    with safe_open(path / WEIGHTS, framework="pt") as f:
+        aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
+    state.update({alias: state[name] for alias, name in aliases.items()})
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    not_pretrained = [k for k in missing if not from_pretrained_source(k, cfg)]
+    if unexpected or not_pretrained:
+        raise CtsurvError(
+            f"checkpoint {path} does not match the model its config.yaml describes: "
+            f"{len(not_pretrained)} tensors missing (e.g. {not_pretrained[:3]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}). Was config.yaml edited?"
+        )
+    return model.eval(), cfg

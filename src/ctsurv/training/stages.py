@@ -1,0 +1,105 @@
+"""The training stages: what each one trains and the loss it minimises.
+
+=========  ===========================================================================
+stage      trainable
+=========  ===========================================================================
+align      projector; plus every part that starts from random weights (scratch ViT, tiny LM)
+instruct   projector + LoRA adapters (pretrained LM) or the whole tiny LM; the scratch ViT;
+           a pretrained vision encoder only with ``pretrain.finetune_vision``
+=========  ===========================================================================
+
+A pretrained part that a stage does not train is frozen *and* kept in eval mode, so that
+BatchNorm statistics of the pretrained CT encoder are never updated by accident. When the
+vision encoder is frozen, its features are computed once and cached (``features`` input).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ctsurv.config import ExperimentConfig
+from ctsurv.models.vlm import CTVLM, IGNORE_INDEX
+
+Stage = Literal["align", "instruct"]
+LENGTH_BUCKETS = (64, 128, 256)  # sequence lengths (tokens) at which a batch is split for the LM
+
+
+def vision_is_pretrained(cfg: ExperimentConfig) -> bool:
+    return cfg.vision.encoder != "vit3d"
+
+
+def language_is_pretrained(cfg: ExperimentConfig) -> bool:
+    return cfg.language.model != "tiny"
+
+
+def vision_trains(cfg: ExperimentConfig, stage: Stage) -> bool:
+    """Whether the vision encoder's weights change in ``stage``."""
+    if not vision_is_pretrained(cfg):
+        return True
+    return stage == "instruct" and cfg.pretrain.finetune_vision
+
+
+def set_trainable(model: CTVLM, cfg: ExperimentConfig, stage: Stage) -> None:
+    """Set ``requires_grad`` on every parameter of ``model`` for ``stage`` (see the table above)."""
+    model.requires_grad_(False)
+    model.projector.requires_grad_(True)
+    if vision_trains(cfg, stage):
+        model.vision_encoder.requires_grad_(True)
+        for name, p in model.vision_encoder.named_parameters():
+            if "norm_cross_attn" in name:  # MONAI's unused cross-attention norm
+                p.requires_grad_(False)
+    if not language_is_pretrained(cfg):
+        model.language_model.requires_grad_(True)
+    elif stage == "instruct" and cfg.lora.enabled:
+        for name, p in model.language_model.named_parameters():
+            if "lora_" in name:
+                p.requires_grad_(True)
+
+
+class InstructionLoss(nn.Module):
+    """Loss module for stages 1–2: next-token loss of the answers given the visual tokens.
+
+    A batch holds a few studies and several (prompt, answer) sequences per study; ``image_index``
+    maps each sequence to its study so that each volume is encoded once per batch. Give either
+    ``images`` (B, 1, X, Y, Z) or cached encoder ``features`` (B, Dv, gx, gy, gz).
+    """
+
+    def __init__(self, vlm: CTVLM, frozen_vision: bool) -> None:
+        super().__init__()
+        self.vlm = vlm
+        self.frozen_vision = frozen_vision
+
+    def train(self, mode: bool = True) -> InstructionLoss:
+        super().train(mode)
+        if self.frozen_vision:
+            self.vlm.vision_encoder.eval()
+        return self
+
+    def forward(
+        self,
+        image_index: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        images: torch.Tensor | None = None,
+        features: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if features is None:
+            features = self.vlm.vision_encoder.features(images)  # (B, Dv, gx, gy, gz)
+        tokens = self.vlm.project_features(features)[image_index]  # (S, N, D), one row per sequence
+        # Short answers and long reports share a batch: run the LM per length bucket, each cut to its
+        # own longest sequence, instead of padding every yes/no answer to the report's length.
+        lengths = attention_mask.sum(1)  # (S,) right-padded
+        n_targets = (labels[:, 1:] != IGNORE_INDEX).sum(1)  # (S,) predicted tokens (labels shift by one)
+        total = torch.zeros((), device=input_ids.device)
+        for lo, hi in zip((0, *LENGTH_BUCKETS), (*LENGTH_BUCKETS, None)):
+            sel = (lengths > lo) if hi is None else (lengths > lo) & (lengths <= hi)
+            if not bool(sel.any()):
+                continue
+            width = int(lengths[sel].max())
+            loss = self.vlm(input_ids[sel, :width], attention_mask[sel, :width], labels[sel, :width], image_tokens=tokens[sel])
+            total = total + loss * n_targets[sel].sum()
+        return total / n_targets.sum().clamp(min=1)
