@@ -130,3 +130,10 @@ def test_local_hf_model_route(tmp_path: Path) -> None:
     assert model.image_token_id == donor.image_token_id
     with pytest.raises(CtsurvError, match="not a local Hugging Face model folder"):
         tiny("language.model=mistralai/Mistral-7B-v0.1")
+
+
+def test_pooled_features_give_the_same_tokens() -> None:
+    """Caching features pooled to the token grid (frozen encoders) is exact."""
+    model = tiny()
+    grid = model.vision_encoder.features(torch.rand(2, 1, 32, 32, 16))
+    torch.testing.assert_close(model.projector(model.projector.pool(grid)), model.projector(grid))

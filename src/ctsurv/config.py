@@ -132,7 +132,7 @@ class TrainConfig:
     warmup_fraction: float = 0.05  # of all optimiser steps; then cosine decay to zero
     max_grad_norm: float = 1.0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    log_every: int = 10  # optimiser steps
+    log_every: int = 10  # batches between lines of <run>/log.jsonl
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.grad_accum < 1:

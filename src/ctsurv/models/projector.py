@@ -24,8 +24,11 @@ class Projector(nn.Module):
             layers += [nn.GELU(), nn.Linear(lm_dim, lm_dim)]
         self.mlp = nn.Sequential(*layers)
 
+    def pool(self, grid: torch.Tensor) -> torch.Tensor:
+        """(B, Dv, gx, gy, gz) -> (B, Dv, tx, ty, tz); the identity on an already pooled grid."""
+        return F.adaptive_avg_pool3d(grid, self.tokens_xyz)
+
     def forward(self, grid: torch.Tensor) -> torch.Tensor:
-        # grid: (B, Dv, gx, gy, gz)
-        pooled = F.adaptive_avg_pool3d(grid, self.tokens_xyz)  # (B, Dv, tx, ty, tz)
-        tokens = pooled.flatten(2).transpose(1, 2)  # (B, N, Dv)
+        # grid: (B, Dv, gx, gy, gz), or already pooled (B, Dv, tx, ty, tz)
+        tokens = self.pool(grid).flatten(2).transpose(1, 2)  # (B, N, Dv)
         return self.mlp(tokens)  # (B, N, D_lm)

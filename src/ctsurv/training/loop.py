@@ -52,7 +52,7 @@ def train(
     """Train ``model`` (a loss module) on ``dataset``; returns the per-step history of loss and lr.
 
     With ``out_dir``, the state after each epoch goes to ``out_dir/train_state`` and ``resume``
-    continues from it. The trained weights stay in ``model`` (unwrapped) at the end.
+    continues from it; every ``cfg.log_every`` steps a line goes to ``out_dir/log.jsonl``. The trained weights stay in ``model`` (unwrapped) at the end.
     """
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -76,6 +76,10 @@ def train(
         start_epoch, history = _load_state(state_dir, model, optimizer, scheduler)
 
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    log_file = out_dir / "log.jsonl" if out_dir is not None and accelerator.is_main_process else None
+    if log_file is not None and start_epoch == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        log_file.write_text("")
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn()]
     with Progress(*columns, disable=not (progress and accelerator.is_main_process), transient=True) as bar:
         task = bar.add_task(description, total=cfg.epochs * batches_per_epoch, completed=start_epoch * batches_per_epoch, info="")
@@ -102,6 +106,10 @@ def train(
                         "train.max_grad_norm clipping"
                     )
                 history.append({"epoch": epoch + 1, "loss": mean_loss, "lr": scheduler.get_last_lr()[0]})
+                if log_file is not None and len(history) % cfg.log_every == 0:
+                    recent = [h["loss"] for h in history[-cfg.log_every :]]
+                    with log_file.open("a") as f:
+                        f.write(json.dumps({"step": len(history), **history[-1], "loss_mean": sum(recent) / len(recent)}) + "\n")
                 bar.update(task, advance=1, info=f"epoch {epoch + 1}/{cfg.epochs} loss {mean_loss:.4f}")
             if state_dir is not None and accelerator.is_main_process:
                 _save_state(state_dir, accelerator.unwrap_model(model), optimizer, scheduler, epoch + 1, history)

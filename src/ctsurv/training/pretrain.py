@@ -65,9 +65,18 @@ def preprocess_all(cohort: Cohort, cfg: ExperimentConfig, progress: bool) -> tor
 
 @torch.no_grad()
 def encode_all(vlm: CTVLM, volumes: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
-    """Features of a frozen vision encoder for every volume, computed once: (N, Dv, gx, gy, gz)."""
+    """Features of a frozen vision encoder for every volume, computed once: (N, Dv, tx, ty, tz).
+
+    They are stored already average-pooled to the projector's token grid: the pooling has no
+    parameters, so this is exact, and it shrinks the I3ResNet-152 grid (2048×7×7×10 at full size)
+    by an order of magnitude.
+    """
     vlm.vision_encoder.eval()
-    return torch.cat([vlm.vision_encoder.features(volumes[i : i + batch_size].float()) for i in range(0, len(volumes), batch_size)])
+    chunks = [
+        vlm.projector.pool(vlm.vision_encoder.features(volumes[i : i + batch_size].float()))
+        for i in range(0, len(volumes), batch_size)
+    ]
+    return torch.cat(chunks)
 
 
 def pretrain(

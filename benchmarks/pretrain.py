@@ -1,0 +1,171 @@
+"""Pretraining benchmark: time, throughput, memory and machine utilisation of stages 1-2 with
+configs/demo.yaml, and yes/no accuracy on a synthetic cohort from a seed never used in training.
+
+    python benchmarks/pretrain.py [--work /tmp/ctsurv-bench] [--n-train 600] [--n-test 200]
+
+Simulates (or reuses) a training cohort (seed 0) and a test cohort (seed 1000) under --work, runs
+`pretrain`, then answers the predefined presence questions on every test scan and scores them
+against the generator's truth (truth.csv) and against the labels extracted from the test reports.
+Writes benchmarks/pretrain.md and benchmarks/pretrain.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from ctsurv.config import load_config
+from ctsurv.data.cohort import load_cohort
+from ctsurv.data.datasets import StudyDataset, study_collate
+from ctsurv.data.instructions import QUESTIONS, instruction_pairs, parse_answer
+from ctsurv.data.simulate import simulate
+from ctsurv.evaluation.text_metrics import binary_scores
+from ctsurv.evaluation.vlm_eval import answer_questions
+from ctsurv.training.checkpoint import load_checkpoint
+from ctsurv.training.pretrain import pretrain, preprocess_all
+from ctsurv.training.stages import InstructionLoss, set_trainable
+
+HERE = Path(__file__).parent
+CONFIG = HERE.parent / "configs" / "demo.yaml"
+
+
+def peak_matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """Best fp32 GFLOP/s of an n×n matmul on all threads (the machine's practical fp32 peak)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = 0.0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = max(best, 2 * n**3 / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def step_flops_and_seconds(checkpoint: Path, cfg, cohort, volumes) -> tuple[float, float, int, int]:
+    """FLOPs (forward + backward) and wall time of one instruct training step with the demo batch size."""
+    model, _ = load_checkpoint(checkpoint)
+    set_trainable(model, cfg, "instruct")
+    table = cohort.table
+    bs = cfg.pretrain.instruct.batch_size
+    pairs = [[(q.text, a) for q, a in instruction_pairs(f, i)] for f, i in zip(table.findings[:bs], table.impression[:bs])]
+    batch = study_collate(model, "images")([(volumes[i], pairs[i]) for i in range(bs)])
+    loss_module = InstructionLoss(model, frozen_vision=False).train()
+    with FlopCounterMode(display=False) as counter:
+        loss_module(**batch).backward()
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        loss_module(**batch).backward()
+        times.append(time.perf_counter() - t0)
+    tokens = int(batch["attention_mask"].sum())
+    return counter.get_total_flops(), min(times), tokens, bs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--work", type=Path, default=Path("/tmp/ctsurv-bench"))
+    parser.add_argument("--n-train", type=int, default=600)
+    parser.add_argument("--n-test", type=int, default=200)
+    args = parser.parse_args()
+    train_dir, test_dir, out = args.work / "train", args.work / "test", args.work / "pretrain"
+    for d, n, seed in ((train_dir, args.n_train, 0), (test_dir, args.n_test, 1000)):
+        if not (d / "cohort.csv").exists():
+            simulate(d, n=n, seed=seed, progress=False)
+    cfg = load_config(CONFIG)
+
+    t0 = time.perf_counter()
+    summary = pretrain(cfg, train_dir / "cohort.csv", out, resume=True, progress=False)
+    wall = time.perf_counter() - t0
+    stage_metrics = {s: json.loads((out / s / "metrics.json").read_text()) for s in ("align", "instruct")}
+
+    model, cfg = load_checkpoint(out / "instruct")
+    test = load_cohort(test_dir / "cohort.csv", cfg.data, require_reports=True)
+    volumes = preprocess_all(test, cfg, progress=False)
+    presence = [q for q in QUESTIONS if q.kind == "presence"]
+    t1 = time.perf_counter()
+    answers = answer_questions(model, volumes, "images", [q.text for q in presence], max_new_tokens=4)
+    answer_seconds = time.perf_counter() - t1
+    truth = pd.read_csv(test_dir / "truth.csv", dtype={"id": str}).set_index("id").loc[test.ids]
+    rows = []
+    for j, q in enumerate(presence):
+        pred = [int(bool(parse_answer(q, a[j]))) for a in answers]
+        from_reports = [int(bool(parse_answer(q, r))) for r in _report_answers(test, q)]
+        row = {"finding": q.label, "vs_reports": binary_scores(from_reports, pred)}
+        if q.label in truth.columns:
+            row["vs_truth"] = binary_scores(truth[q.label].astype(int).tolist(), pred)
+        rows.append(row)
+
+    flops, step_s, step_tokens, step_studies = step_flops_and_seconds(out / "instruct", cfg, test, volumes)
+    peak = peak_matmul_gflops()
+    result = {
+        "cohort": {"train_studies": summary.n_train, "val_studies": summary.n_val, "test_studies": len(test)},
+        "seconds": {**{k: round(v, 1) for k, v in summary.seconds.items()}, "pretrain_wall": round(wall, 1)},
+        "throughput": {
+            s: {
+                "volumes_per_s": round(stage_metrics[s]["studies"] * stage_metrics[s]["epochs"] / stage_metrics[s]["seconds"], 2),
+            }
+            for s in ("align", "instruct")
+        },
+        "instruct_step": {
+            "studies": step_studies, "tokens": step_tokens, "seconds": round(step_s, 3),
+            "gflop": round(flops / 1e9, 1), "achieved_gflops": round(flops / step_s / 1e9, 1),
+            "peak_matmul_gflops": round(peak, 1), "share_of_peak": round(flops / step_s / 1e9 / peak, 3),
+            "tokens_per_s": round(step_tokens / step_s, 1),
+        },
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2),
+        "answer_seconds_per_study": round(answer_seconds / len(test), 3),
+        "final_losses": {s: stage_metrics[s]["final_epoch_loss"] for s in ("align", "instruct")},
+        "held_out_eval": summary.metrics["presence"]["macro"],
+        "test_presence": rows,
+    }
+    (HERE / "pretrain.json").write_text(json.dumps(result, indent=2))
+    (HERE / "pretrain.md").write_text(_markdown(result, " ".join(sys.argv[1:])))
+    print((HERE / "pretrain.md").read_text())
+
+
+def _report_answers(cohort, question) -> list[str]:
+    from ctsurv.data.instructions import answers_from_report
+
+    t = cohort.table
+    return [answers_from_report(f, i)[question.key] for f, i in zip(t.findings, t.impression.fillna(""))]
+
+
+def _markdown(r: dict, argv: str) -> str:
+    st = r["instruct_step"]
+    lines = [
+        "# Pretraining benchmark (stages 1-2, configs/demo.yaml, CPU)",
+        "",
+        f"Reproduce: `python benchmarks/pretrain.py {argv}`. Machine: {torch.get_num_threads()} torch threads.",
+        "",
+        f"- cohort: {r['cohort']}",
+        f"- time (s): {r['seconds']}",
+        f"- throughput: {r['throughput']}",
+        f"- one instruct step ({st['studies']} studies, {st['tokens']} tokens): {st['seconds']} s, {st['gflop']} GFLOP, "
+        f"{st['achieved_gflops']} GFLOP/s = {st['share_of_peak']:.1%} of the fp32 matmul peak ({st['peak_matmul_gflops']} GFLOP/s "
+        f"measured in the same run); {st['tokens_per_s']} tokens/s",
+        f"- peak memory (RSS): {r['peak_rss_gb']} GB",
+        f"- final epoch losses: {r['final_losses']}",
+        "",
+        "## Yes/no answers on a test cohort from an unseen seed (1000)",
+        "",
+        "| finding | accuracy vs truth | F1 vs truth | positives (truth) | accuracy vs report labels | F1 vs report labels |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in r["test_presence"]:
+        t, rep = row.get("vs_truth"), row["vs_reports"]
+        truth_cells = f"{t['accuracy']:.3f} | {t['f1']:.3f} | {t['support']}" if t else "– | – | –"
+        lines.append(f"| {row['finding']} | {truth_cells} | {rep['accuracy']:.3f} | {rep['f1']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
