@@ -1,0 +1,520 @@
+"""The survival run's tables and figures, from plain data: the ``results.json`` dict and out-of-fold predictions.
+
+Tables (``write_results``): ``results.json`` (the contract in DESIGN.md, numbers rounded, no NaN),
+``results.csv`` (one row per method, machine-readable) and ``results.md`` (what a clinician reads:
+C-index with its 95% CI, Uno's C, td-AUC, IBS, ΔC over the clinical-only Cox model with CI and p).
+``terminal_table`` is the same table as a rich ``Table`` for the closing summary.
+
+Figures (PNG): Kaplan–Meier curves of out-of-fold risk groups with an at-risk table and the log-rank
+p-value (``km_by_risk_group``), a forest plot of C-indices (``cindex_forest``), calibration at the
+horizon (``calibration_plot``) and the ΔC-vs-clinical-signal sweep (``signal_sweep_plot``).
+
+Survival statistics come from lifelines (Kaplan–Meier, its Greenwood CI, the multivariate log-rank
+test, the at-risk table); figures are ``matplotlib.figure.Figure`` objects, never pyplot's global
+state. Every file is written to a hidden ``.NAME.tmp`` in the same folder and moved into place with
+``os.replace``, so a crash never leaves half a file. Missing values (None, NaN) render as "–" and
+are written as ``null`` (JSON) or an empty cell (CSV).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from lifelines import KaplanMeierFitter
+from lifelines.plotting import add_at_risk_counts
+from lifelines.statistics import multivariate_logrank_test
+from matplotlib.figure import Figure
+from rich.table import Table
+
+DASH = "–"
+REFERENCE = "clinical_cox"  # the method ΔC and p are computed against
+ORACLE = "oracle"
+LABELS = {  # method key -> (short display name, one-line description for the legend)
+    "model": ("Model: CT + clinical", "survival head on the instruction-tuned CT-VLM, fused with clinical data"),
+    "model_image_only": ("Model: CT only", "the same survival head without clinical data"),
+    "encoder_no_instruction": ("Encoder w/o instruction tuning", "ablation: survival head on the encoder alone"),
+    "clinical_cox": ("Clinical Cox", "Cox proportional hazards on the clinical variables; the reference for ΔC"),
+    "oracle": ("Oracle (true risk)", "the true simulated risk score; synthetic data only, an upper bound"),
+}
+LEGEND = (
+    "C-index: Harrell's concordance of the out-of-fold risk. td-AUC: cumulative/dynamic AUC at time t. "
+    "IBS: integrated Brier score (lower is better). ΔC: difference in Harrell's C against the clinical-only "
+    "Cox model on the same patients; p: two-sided test of ΔC = 0. Missing values ({dash}) could not be computed."
+)
+OKABE_ITO = ["#0072B2", "#E69F00", "#D55E00", "#009E73", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
+
+
+# ============================================================================================
+# Numbers: cleaning for JSON/CSV, formatting for humans
+# ============================================================================================
+
+
+def _finite(x: Any) -> float | None:
+    """``x`` as a Python float, or None when it is missing, not a number or not finite."""
+    if x is None or isinstance(x, (bool, str)):
+        return None
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _as_float(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _is_p_value(key: str | None) -> bool:
+    k = (key or "").lower()
+    return k == "p" or k.startswith("p_") or k.endswith("_p") or "pvalue" in k or "p_value" in k
+
+
+def _key(k: Any) -> str:
+    """A JSON object key: strings as given, numbers in their shortest form (365.0 -> "365", 1.5 -> "1.5")."""
+    if isinstance(k, str):
+        return k
+    v = float(k)
+    return str(int(v)) if v.is_integer() else repr(v)
+
+
+def clean(obj: Any, key: str | None = None) -> Any:
+    """Plain JSON data from ``obj``: numpy -> Python, non-finite -> None, floats rounded.
+
+    Floats keep 4 decimals; p-values (keys ``p``, ``p_*``, ``*_p``) keep 4 significant digits
+    instead, so that p = 2e-6 does not become 0.
+    """
+    if isinstance(obj, Mapping):
+        return {_key(k): clean(v, _key(k)) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, np.ndarray, pd.Series)):
+        return [clean(v, key) for v in (obj.tolist() if hasattr(obj, "tolist") else obj)]
+    if obj is None or isinstance(obj, (bool, np.bool_, str)):
+        return bool(obj) if isinstance(obj, np.bool_) else obj
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    v = _finite(obj)
+    if v is None:
+        if isinstance(obj, (float, np.floating)):
+            return None
+        raise TypeError(f"cannot write {type(obj).__name__} {obj!r} (under key {key!r}) to results.json")
+    return float(f"{v:.4g}") if _is_p_value(key) else round(v, 4)
+
+
+def fmt_num(x: Any, digits: int = 3, sign: bool = False) -> str:
+    v = _finite(x)
+    if v is None:
+        return DASH
+    return f"{v:+.{digits}f}" if sign else f"{v:.{digits}f}"
+
+
+def fmt_p(p: Any) -> str:
+    """p as journals print it: "<0.001", 3 decimals below 0.01 or near 0.05, else 2 decimals."""
+    v = _finite(p)
+    if v is None:
+        return DASH
+    if v < 0.001:
+        return "<0.001"
+    if v < 0.01 or 0.045 <= v < 0.055:
+        return f"{v:.3f}"
+    return ">0.99" if v > 0.99 else f"{v:.2f}"
+
+
+def p_phrase(p: Any) -> str:
+    """ "p < 0.001" or "p = 0.03" for titles."""
+    text = fmt_p(p)
+    return f"p {text[0]} {text[1:]}" if text[0] in "<>" else f"p = {text}"
+
+
+def _pair(ci: Any) -> tuple[float | None, float | None]:
+    if isinstance(ci, (list, tuple, np.ndarray)) and len(ci) == 2:
+        return _finite(ci[0]), _finite(ci[1])
+    return None, None
+
+
+def fmt_estimate(x: Any, ci: Any, sign: bool = False) -> str:
+    """ "0.712 (0.684–0.741)", or for differences "+0.045 (-0.003 to +0.081)"; "–" when x is missing."""
+    lo, hi = _pair(ci)
+    if _finite(x) is None:
+        return DASH
+    if lo is None or hi is None:
+        return fmt_num(x, sign=sign)
+    sep = " to " if sign else "–"
+    return f"{fmt_num(x, sign=sign)} ({fmt_num(lo, sign=sign)}{sep}{fmt_num(hi, sign=sign)})"
+
+
+def fmt_time(t: Any) -> str:
+    v = float(t)
+    return str(int(v)) if v.is_integer() else f"{v:g}"
+
+
+def label(method: str) -> str:
+    return LABELS.get(method, (method, ""))[0]
+
+
+# ============================================================================================
+# Tables
+# ============================================================================================
+
+
+def _methods(results: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    methods = results.get("methods") if isinstance(results, Mapping) else None
+    if not isinstance(methods, Mapping) or not methods:
+        raise ValueError("results must hold a non-empty 'methods' mapping {name: {harrell_c, ...}} (see DESIGN.md)")
+    return {str(k): dict(v or {}) for k, v in methods.items()}
+
+
+def _td_times(methods: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The td-AUC time keys over all methods, in time order."""
+    keys: dict[str, None] = {}
+    for m in methods.values():
+        for t in (m.get("td_auc") or {}):
+            keys[_key(t)] = None
+    try:
+        return sorted(keys, key=float)
+    except ValueError:
+        return list(keys)
+
+
+def _td_auc(m: Mapping[str, Any], t: str) -> Any:
+    return {_key(k): v for k, v in (m.get("td_auc") or {}).items()}.get(t)
+
+
+def _shown_times(times: list[str], horizon: Any = None, at_most: int = 4) -> list[str]:
+    """At most ``at_most`` td-AUC times for the human tables: evenly spread, the horizon always in."""
+    if len(times) <= at_most:
+        return times
+    idx = set(np.round(np.linspace(0, len(times) - 1, at_most)).astype(int).tolist())
+    at_horizon = [i for i, t in enumerate(times) if _finite(horizon) is not None and _as_float(t) == float(horizon)]
+    if at_horizon and at_horizon[0] not in idx:
+        idx.remove(min(idx - {0, len(times) - 1}, key=lambda i: abs(i - at_horizon[0])))
+        idx.add(at_horizon[0])
+    return [times[i] for i in sorted(idx)]
+
+
+def results_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One flat, cleaned row per method with the CSV's columns (None where missing)."""
+    methods = clean(_methods(results))
+    rows = []
+    for name, m in methods.items():
+        lo, hi = _pair(m.get("harrell_c_ci"))
+        dlo, dhi = _pair(m.get("delta_c_ci"))
+        row = {"method": name, "harrell_c": m.get("harrell_c"), "ci_lo": lo, "ci_hi": hi, "uno_c": m.get("uno_c")}
+        row |= {f"td_auc@{t}": _td_auc(m, t) for t in _td_times(methods)}
+        row |= {"ibs": m.get("ibs"), "delta_c_vs_clinical": m.get("delta_c_vs_clinical"),
+                "delta_ci_lo": dlo, "delta_ci_hi": dhi, "p_vs_clinical": m.get("p_vs_clinical")}
+        rows.append({k: (_finite(v) if k != "method" else v) for k, v in row.items()})
+    return rows
+
+
+def _human_rows(results: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and formatted cells of the readable table (markdown and terminal)."""
+    methods = _methods(results)
+    times = _shown_times(_td_times(methods), (results.get("cohort") or {}).get("horizon"))
+    header = ["Method", "C-index (95% CI)", "Uno's C", *[f"td-AUC at t={t}" for t in times], "IBS",
+              "ΔC vs clinical (95% CI)", "p"]
+    rows = []
+    for name, m in methods.items():
+        delta = fmt_estimate(m.get("delta_c_vs_clinical"), m.get("delta_c_ci"), sign=True)
+        if name == REFERENCE and _finite(m.get("delta_c_vs_clinical")) in (None, 0.0):
+            delta = "reference"
+        rows.append([label(name), fmt_estimate(m.get("harrell_c"), m.get("harrell_c_ci")), fmt_num(m.get("uno_c")),
+                     *[fmt_num(_td_auc(m, t)) for t in times], fmt_num(m.get("ibs")), delta,
+                     fmt_p(m.get("p_vs_clinical"))])
+    return header, rows
+
+
+def cohort_line(results: Mapping[str, Any]) -> str:
+    """ "n = 600 patients, 312 events (52%), horizon t = 3 years" from results["cohort"] (``time_unit`` optional)."""
+    cohort = results.get("cohort") or {}
+    n, events, horizon = cohort.get("n"), cohort.get("events"), cohort.get("horizon")
+    parts = [f"n = {n if n is not None else DASH} patients"]
+    if events is not None:
+        share = f" ({100 * events / n:.0f}%)" if n else ""
+        parts.append(f"{events} events{share}")
+    unit = f" {cohort['time_unit']}" if cohort.get("time_unit") and _finite(horizon) is not None else ""
+    parts.append(f"horizon t = {fmt_time(horizon) if _finite(horizon) is not None else DASH}{unit}")
+    return ", ".join(parts)
+
+
+def results_markdown(results: Mapping[str, Any]) -> str:
+    header, rows = _human_rows(results)
+    all_times = _td_times(_methods(results))
+    lines = ["# Survival results", "", f"Cohort: {cohort_line(results)}.", "",
+             "| " + " | ".join(header) + " |", "|" + "|".join(["---"] + [":---:"] * (len(header) - 1)) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += ["", LEGEND.format(dash=DASH)]
+    if len(all_times) > sum(h.startswith("td-AUC") for h in header):
+        lines += ["", f"td-AUC at all {len(all_times)} times is in results.csv."]
+    lines += ["", "Methods:", ""]
+    lines += [f"- `{k}`: {label(k)}" + (f" ({LABELS[k][1]})" if k in LABELS else "") for k in _methods(results)]
+    return "\n".join(lines) + "\n"
+
+
+def dumps(data: Any, indent: int = 2, level: int = 0) -> str:
+    """Pretty JSON with lists of plain values on one line (``times`` stays readable); no NaN allowed."""
+    pad, inner = " " * indent * level, " " * indent * (level + 1)
+    if isinstance(data, dict) and data:
+        items = [f"{inner}{json.dumps(k, ensure_ascii=False)}: {dumps(v, indent, level + 1)}" for k, v in data.items()]
+        return "{\n" + ",\n".join(items) + f"\n{pad}}}"
+    if isinstance(data, list) and any(isinstance(v, (dict, list)) for v in data):
+        return "[\n" + ",\n".join(f"{inner}{dumps(v, indent, level + 1)}" for v in data) + f"\n{pad}]"
+    return json.dumps(data, allow_nan=False, ensure_ascii=False, separators=(", ", ": "))
+
+
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a hidden temporary file next to ``path``, then move it into place."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _write_text(path: Path, text: str) -> Path:
+    return _write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_results(results: dict, out_dir: Path) -> list[Path]:
+    """Write ``results.json``, ``results.csv`` and ``results.md`` into ``out_dir``; return their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _methods(results)  # fail before writing anything
+    text = dumps(clean(results)) + "\n"
+    rows = results_rows(results)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows([{k: ("" if v is None else v) for k, v in r.items()} for r in rows])
+    return [_write_text(out_dir / "results.json", text), _write_text(out_dir / "results.csv", buf.getvalue()),
+            _write_text(out_dir / "results.md", results_markdown(results))]
+
+
+def terminal_table(results: dict) -> Table:
+    """The readable results table as a rich ``Table`` (the model's row bold, the oracle's dim)."""
+    header, rows = _human_rows(results)
+    table = Table(title=f"Survival, out-of-fold: {cohort_line(results)}", title_justify="left")
+    for i, h in enumerate(header):
+        table.add_column(h, justify="left" if i == 0 else "right", no_wrap=i > 0)
+    for name, row in zip(_methods(results), rows, strict=True):
+        table.add_row(*row, style="bold" if name == "model" else "dim" if name == ORACLE else None)
+    return table
+
+
+# ============================================================================================
+# Figures
+# ============================================================================================
+
+
+def _save(fig: Figure, png: Path) -> Path:
+    png = Path(png)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    return _write_atomic(png, lambda tmp: fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight"))
+
+
+def _check_oof(oof: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    missing = [c for c in columns if c not in oof.columns]
+    if missing:
+        raise ValueError(f"out-of-fold predictions lack column(s) {missing}; they have {list(oof.columns)}")
+    df = oof[list(columns)].astype(float)
+    if df.isna().any().any() or not np.isfinite(df.to_numpy()).all():
+        raise ValueError(f"out-of-fold predictions hold missing or infinite values in {list(columns)}")
+    if (df["time"] < 0).any() or not df["event"].isin([0, 1]).all():
+        raise ValueError("out-of-fold predictions need time >= 0 and event in {0, 1}")
+    return df
+
+
+def risk_groups(risk: pd.Series | np.ndarray, groups: int) -> np.ndarray:
+    """Equal-sized risk groups 0 (lowest risk) .. groups-1 (highest); ties split by order of appearance."""
+    ranks = pd.Series(np.asarray(risk, dtype=float)).rank(method="first")
+    return pd.qcut(ranks, groups, labels=False).to_numpy(dtype=int)
+
+
+def _group_names(groups: int) -> list[str]:
+    """Short names, lowest risk first (they also label the at-risk table's rows)."""
+    return {2: ["Low", "High"], 3: ["Low", "Mid", "High"]}.get(groups, [f"Q{i + 1}" for i in range(groups)])
+
+
+def _group_colors(groups: int) -> list[Any]:
+    """Colour-blind-safe colours from blue (low risk) to vermillion (high risk)."""
+    if groups <= 5:
+        return [["#0072B2", "#56B4E9", "#009E73", "#E69F00", "#D55E00"][i] for i in
+                {2: [0, 4], 3: [0, 3, 4], 4: [0, 1, 3, 4], 5: [0, 1, 2, 3, 4]}[groups]]
+    from matplotlib import colormaps
+
+    return [colormaps["plasma"](x) for x in np.linspace(0.0, 0.85, groups)]
+
+
+def km_by_risk_group(oof: pd.DataFrame, png: Path, groups: int = 3, *, time_label: str = "Time") -> dict:
+    """Kaplan–Meier curves of out-of-fold risk groups (tertiles by default) with at-risk counts.
+
+    Returns ``{"logrank_p": p, "group_sizes": [n_low, ..., n_high]}``; p is lifelines'
+    multivariate log-rank test across the groups.
+    """
+    df = _check_oof(oof, ["time", "event", "risk"])
+    if groups < 2 or len(df) < 2 * groups:
+        raise ValueError(f"need groups >= 2 and at least 2 patients per group; got groups={groups}, n={len(df)}")
+    group = risk_groups(df["risk"], groups)
+    test = multivariate_logrank_test(df["time"], group, df["event"])
+    names, colors = _group_names(groups), _group_colors(groups)
+
+    fig = Figure(figsize=(7.5, 5.2 + 0.22 * groups))
+    ax = fig.add_subplot()
+    fitters = []
+    for g, (name, color) in enumerate(zip(names, colors, strict=True)):
+        sel = group == g
+        kmf = KaplanMeierFitter(label=name).fit(df["time"][sel], df["event"][sel])
+        extreme = " (lowest)" if g == 0 else " (highest)" if g == groups - 1 else ""
+        legend = f"{name} (n={sel.sum()})" if groups <= 3 else f"{name}{extreme} (n={sel.sum()})"
+        kmf.plot_survival_function(ax=ax, color=color, ci_show=groups <= 3, ci_alpha=0.12, show_censors=True,
+                                   censor_styles={"ms": 4, "marker": "|"}, label=legend)
+        fitters.append(kmf)
+    ax.set_xlim(0, float(df["time"].max()) * 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel(time_label)
+    ax.set_ylabel("Survival probability")
+    ax.grid(alpha=0.25)
+    ax.legend(loc="upper right", frameon=False, title="Out-of-fold risk", alignment="left")
+    kind = {2: "halves", 3: "tertiles", 4: "quartiles", 5: "quintiles"}.get(groups, f"{groups} groups")
+    ax.set_title(f"Kaplan–Meier by out-of-fold risk {kind}\nlog-rank {p_phrase(test.p_value)}", fontsize=11)
+    add_at_risk_counts(*fitters, ax=ax, fig=fig, rows_to_show=["At risk"], ypos=-0.55, fontsize=9)
+    _save(fig, png)
+    return {"logrank_p": float(test.p_value), "group_sizes": [int((group == g).sum()) for g in range(groups)]}
+
+
+def cindex_forest(results: dict, png: Path) -> Path:
+    """Forest plot of Harrell's C per method with 95% CI; 0.5 dashed, the clinical Cox C dotted, oracle last and grey."""
+    methods = _methods(results)
+    order = [k for k in methods if k != ORACLE] + ([ORACLE] if ORACLE in methods else [])
+    n = len(order)
+    fig = Figure(figsize=(8.5, 1.3 + 0.5 * n))
+    ax = fig.add_subplot()
+    ys = np.arange(n)[::-1]  # first method on top
+    for y, name in zip(ys, order, strict=True):
+        m = methods[name]
+        c, (lo, hi) = _finite(m.get("harrell_c")), _pair(m.get("harrell_c_ci"))
+        oracle = name == ORACLE
+        color = "0.5" if oracle else OKABE_ITO[0] if name == "model" else "0.15"
+        if c is not None:
+            xerr = None if lo is None or hi is None else [[c - lo], [hi - c]]
+            ax.errorbar(c, y, xerr=xerr, fmt="D" if oracle else "s", color=color, ms=7, capsize=4, lw=1.6)
+        ax.text(1.02, y, fmt_estimate(c, m.get("harrell_c_ci")), transform=ax.get_yaxis_transform(),
+                va="center", fontsize=9, color=color)
+    ax.axvline(0.5, ls="--", color="0.4", lw=1, label="Chance (C = 0.5)")
+    ref = _finite(methods.get(REFERENCE, {}).get("harrell_c"))
+    if ref is not None:
+        ax.axvline(ref, ls=":", color=OKABE_ITO[1], lw=1.2, label=f"{label(REFERENCE)} (C = {ref:.3f})")
+    if ORACLE in methods:
+        ax.plot([], [], "D", color="0.5", label="* Oracle: the true simulated risk (synthetic data only), an upper bound")
+        if n > 1:
+            ax.axhline(0.5, color="0.8", lw=0.8)
+    ax.set_yticks(ys, [label(k) + (" *" if k == ORACLE else "") for k in order])
+    ax.text(1.02, 1.0, "C (95% CI)", transform=ax.transAxes, va="bottom", fontsize=9, weight="bold")
+    values = [v for k in order for v in (_finite(methods[k].get("harrell_c")), *_pair(methods[k].get("harrell_c_ci")))
+              if v is not None]
+    ax.set_xlim(min([0.45, *values]) - 0.02, min(1.0, max([0.55, *values]) + 0.03))
+    ax.set_ylim(-0.6, n - 0.4)
+    ax.set_xlabel("Harrell's C-index (out-of-fold)")
+    ax.grid(axis="x", alpha=0.25)
+    ax.set_title(f"Discrimination by method ({cohort_line(results)})", fontsize=10, loc="left")
+    below = 0.6 / (0.77 * fig.get_figheight())  # legend 0.6 inch under the axes, whatever the number of rows
+    ax.legend(loc="upper left", bbox_to_anchor=(0.0, -below), frameon=False, fontsize=8, ncol=2)
+    return _save(fig, png)
+
+
+def _km_at(kmf: KaplanMeierFitter, t: float) -> tuple[float, float, float]:
+    """KM survival and its 95% CI (lifelines' exponential Greenwood) at time t (right-continuous step)."""
+    i = int(np.searchsorted(kmf.timeline, t, side="right")) - 1
+    s = float(kmf.survival_function_.iloc[i, 0])
+    lo, hi = (float(v) for v in kmf.confidence_interval_survival_function_.iloc[i])
+    return s, lo, hi
+
+
+def calibration_plot(oof: pd.DataFrame, horizon: float, png: Path, bins: int = 5) -> dict:
+    """Predicted vs observed (Kaplan–Meier) survival at ``horizon`` in risk quantile bins.
+
+    ``oof`` needs ``surv_at_horizon`` (the model's predicted S(horizon)). A bin whose follow-up ends
+    censored before the horizon has no observed value (None) and no point. Returns
+    ``{"horizon": t, "bins": [{"bin", "n", "predicted", "observed", "observed_lo", "observed_hi"}, ...]}``
+    with bin 1 the lowest risk.
+    """
+    df = _check_oof(oof, ["time", "event", "risk", "surv_at_horizon"])
+    horizon = float(horizon)
+    group = risk_groups(df["risk"], bins)
+    rows = []
+    for g in range(bins):
+        d = df[group == g]
+        kmf = KaplanMeierFitter().fit(d["time"], d["event"])
+        last_censored = d["time"].max() < horizon and d.loc[d["time"] == d["time"].max(), "event"].min() == 0
+        s, lo, hi = (None, None, None) if last_censored else _km_at(kmf, horizon)
+        rows.append({"bin": g + 1, "n": len(d), "predicted": float(d["surv_at_horizon"].mean()),
+                     "observed": s, "observed_lo": lo, "observed_hi": hi})
+
+    fig = Figure(figsize=(5.6, 5.6))
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], ls="--", color="0.5", lw=1, label="Perfect calibration")
+    shown = [r for r in rows if r["observed"] is not None]
+    if shown:
+        x = np.array([r["predicted"] for r in shown])
+        y = np.array([r["observed"] for r in shown])
+        err = np.array([[r["observed"] - r["observed_lo"], r["observed_hi"] - r["observed"]] for r in shown]).T
+        ax.errorbar(x, y, yerr=err, fmt="o-", color=OKABE_ITO[0], ms=6, capsize=4, lw=1.2,
+                    label="Kaplan–Meier in risk bin (95% CI)")
+        for r in shown:
+            ax.annotate(f"{'Q' if bins == 5 else 'B'}{r['bin']}", (r["predicted"], r["observed"]),
+                        xytext=(6, -10), textcoords="offset points", fontsize=8, color="0.3")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_aspect("equal")
+    ax.set_xlabel(f"Predicted survival at t = {fmt_time(horizon)}")
+    ax.set_ylabel(f"Observed survival at t = {fmt_time(horizon)}")
+    ax.grid(alpha=0.25)
+    ax.legend(loc="upper left", frameon=False, fontsize=9)
+    kind = "quintile" if bins == 5 else f"1/{bins}"
+    ax.set_title(f"Calibration at t = {fmt_time(horizon)} by risk {kind} (n = {len(df)})", fontsize=10)
+    _save(fig, png)
+    return {"horizon": horizon, "bins": rows}
+
+
+def signal_sweep_plot(sweep: list[dict], png: Path) -> Path:
+    """ΔC of the model over clinical-only Cox (with CI) against the simulated clinical signal strength.
+
+    Each entry: ``{"clinical_signal": s, "delta_c": d, "delta_ci": [lo, hi], "oracle_delta_c": od}``
+    (``delta_ci``, ``oracle_delta_c`` and ``oracle_delta_ci`` optional, None allowed).
+    """
+    if not sweep:
+        raise ValueError("signal_sweep_plot needs at least one sweep entry")
+    pts = sorted(sweep, key=lambda e: float(e["clinical_signal"]))
+    s = np.array([float(e["clinical_signal"]) for e in pts])
+    fig = Figure(figsize=(7, 4.6))
+    ax = fig.add_subplot()
+    ax.axhline(0, color="0.3", lw=1)
+    series = [("delta_c", "delta_ci", "Model (CT + clinical) − clinical Cox", OKABE_ITO[0], "o", "-")]
+    if any(_finite(e.get("oracle_delta_c")) is not None for e in pts):
+        series.append(("oracle_delta_c", "oracle_delta_ci", "Oracle − clinical Cox", "0.5", "D", "--"))
+    for key, ci_key, name, color, marker, ls in series:
+        y = np.array([_finite(e.get(key)) if _finite(e.get(key)) is not None else np.nan for e in pts])
+        cis = [_pair(e.get(ci_key)) for e in pts]
+        lo = np.array([y[i] - c[0] if c[0] is not None else 0.0 for i, c in enumerate(cis)])
+        hi = np.array([c[1] - y[i] if c[1] is not None else 0.0 for i, c in enumerate(cis)])
+        ok = np.isfinite(y)
+        ax.errorbar(s[ok], y[ok], yerr=[lo[ok], hi[ok]], fmt=marker, ls=ls, color=color, ms=6, capsize=4,
+                    lw=1.4, label=name)
+    ax.set_xlabel("Clinical signal strength in the simulation")
+    ax.set_ylabel("ΔC-index vs clinical-only Cox (95% CI)")
+    ax.set_title("Gain of the CT model over clinical data, as clinical signal grows", fontsize=11)
+    ax.grid(alpha=0.25)
+    ax.legend(frameon=False, fontsize=9)
+    return _save(fig, png)
