@@ -157,6 +157,26 @@ class PretrainConfig:
 
 
 @dataclass(frozen=True)
+class SurvivalConfig:
+    """Stage 3: the survival head on the pretrained model's reading of a scan, fused with clinical data."""
+
+    representation: Literal["answers", "risk_query"] = "answers"  # see ctsurv.models.representation
+    head: Literal["linear", "mlp"] = "linear"
+    hidden_components: int = 8  # principal components of the answer-position hidden states kept (0 = P(yes) only)
+    epochs: int = 300  # full-batch epochs of the head per fold
+    lr: float = 0.01
+    weight_decay: float = 0.01
+    bootstrap: int = 1000  # resamples for confidence intervals and paired comparisons
+    horizon_quantile: float = 0.5  # Uno's C horizon and calibration time: this quantile of the event times
+
+    def __post_init__(self) -> None:
+        if not 0 < self.horizon_quantile < 1:
+            raise ConfigError(f"survival.horizon_quantile must be in (0, 1), got {self.horizon_quantile}")
+        if self.bootstrap < 100:
+            raise ConfigError(f"survival.bootstrap must be at least 100 resamples, got {self.bootstrap}")
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """The whole experiment. Later stages add their sections here."""
 
@@ -168,6 +188,7 @@ class ExperimentConfig:
     language: LanguageConfig = field(default_factory=LanguageConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    survival: SurvivalConfig = field(default_factory=SurvivalConfig)
 
     def __post_init__(self) -> None:
         if self.lora.enabled and self.language.model == "tiny":
