@@ -1,0 +1,198 @@
+"""Survival metrics against independent references: lifelines, and direct scikit-survival calls."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from lifelines.utils import concordance_index
+from sksurv.column import encode_categorical
+from sksurv.datasets import load_veterans_lung_cancer
+from sksurv.linear_model import CoxPHSurvivalAnalysis
+from sksurv.metrics import (
+    concordance_index_censored,
+    concordance_index_ipcw,
+    cumulative_dynamic_auc,
+    integrated_brier_score,
+)
+from sksurv.util import Surv
+
+from ctsurv.errors import CtsurvError
+from ctsurv.evaluation import metrics as M
+
+
+@pytest.fixture(scope="module")
+def veterans() -> dict[str, np.ndarray]:
+    """Veterans' lung cancer trial (137 patients, 128 deaths, tied times) with a Cox fit's risk."""
+    x, y = load_veterans_lung_cancer()
+    x = encode_categorical(x)
+    cox = CoxPHSurvivalAnalysis().fit(x, y)
+    return {"x": x.to_numpy(float), "time": y["Survival_in_days"].astype(float), "event": y["Status"],
+            "risk": cox.predict(x)}
+
+
+@pytest.fixture(scope="module")
+def split(veterans: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A train/test split on which raw sksurv accepts every metric (the longest follow-up is in train)."""
+    t, e, x = veterans["time"], veterans["event"], veterans["x"]
+    test = np.zeros(len(t), dtype=bool)
+    test[::3] = True
+    test[np.argmax(t)] = False
+    tr, te = np.flatnonzero(~test), np.flatnonzero(test)
+    y_tr = Surv.from_arrays(e[tr], t[tr])
+    cox = CoxPHSurvivalAnalysis().fit(x[tr], y_tr)
+    times = np.array(M.safe_times(M.choose_horizons(t, e), t[tr], t[te], e[te]))
+    grid = np.linspace(times[0], times[-1], 20)
+    surv = np.stack([f(grid) for f in cox.predict_survival_function(x[te])])
+    return {"tr": tr, "te": te, "y_tr": y_tr, "y_te": Surv.from_arrays(e[te], t[te]), "risk": cox.predict(x[te]),
+            "times": times, "grid": grid, "surv": surv}
+
+
+def _random_ties(seed: int, n: int = 80) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Random survival data with many tied times (events and censorings) and tied risks."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(1, 12, n).astype(float), rng.random(n) < 0.5, rng.integers(0, 6, n) / 2.0
+
+
+# ============================================================================================
+# Harrell's C and its vectorised bootstrap
+# ============================================================================================
+
+
+def test_harrell_c_matches_lifelines_on_veterans(veterans: dict[str, np.ndarray]) -> None:
+    t, e, r = veterans["time"], veterans["event"], veterans["risk"]
+    c = M.harrell_c(t, e, r)
+    assert isinstance(c, float)
+    assert c == pytest.approx(concordance_index(t, -r, e), abs=1e-6)
+    assert 0.7 < c < 0.8
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_weighted_c_equals_sksurv_on_resamples_with_ties(seed: int) -> None:
+    t, e, r = _random_ties(seed)
+    rng = np.random.default_rng(100 + seed)
+    counts = np.stack([np.bincount(rng.integers(0, len(t), len(t)), minlength=len(t)) for _ in range(20)])
+    ours = M.harrell_c_weighted(t, e, np.stack([r, -r]), counts)  # (2, 20)
+    for b, w in enumerate(counts):
+        idx = np.repeat(np.arange(len(t)), w)
+        assert ours[0, b] == pytest.approx(concordance_index_censored(e[idx], t[idx], r[idx])[0], abs=1e-12)
+        assert ours[1, b] == pytest.approx(concordance_index_censored(e[idx], t[idx], -r[idx])[0], abs=1e-12)
+
+
+def test_bootstrap_redraws_resamples_without_pairs() -> None:
+    t = np.arange(1.0, 21.0)
+    e = np.zeros(20, dtype=bool)
+    e[[3, 10]] = True  # two events: many resamples have none
+    stats = M.harrell_c_bootstrap(t, e, np.random.default_rng(0).normal(size=20), n=200, seed=0)
+    assert stats.shape == (1, 200) and np.isfinite(stats).all()
+    with pytest.raises(ValueError, match="no comparable pair"):
+        M.harrell_c_bootstrap(t, np.zeros(20, dtype=bool), t, n=10)
+
+
+def test_bootstrap_ci_brackets_the_estimate(veterans: dict[str, np.ndarray]) -> None:
+    t, e, r = veterans["time"], veterans["event"], veterans["risk"]
+    lo, hi = M.bootstrap_ci(t, e, r, n=200, seed=0)
+    assert isinstance(lo, float) and lo < M.harrell_c(t, e, r) < hi
+    assert (lo, hi) == M.bootstrap_ci(t, e, r, n=200, seed=0)
+    lo2, hi2 = M.bootstrap_ci(t, e, r, metric=lambda *a: M.harrell_c(*a), n=50, seed=0)  # generic path
+    assert lo2 < M.harrell_c(t, e, r) < hi2
+
+
+# ============================================================================================
+# IPCW metrics: the wiring to sksurv, and what sksurv refuses
+# ============================================================================================
+
+
+def test_uno_td_auc_ibs_equal_direct_sksurv(veterans: dict[str, np.ndarray], split: dict[str, np.ndarray]) -> None:
+    t, e = veterans["time"], veterans["event"]
+    tr, te, risk, times = split["tr"], split["te"], split["risk"], split["times"]
+    tau = float(times[-1])
+    expected = concordance_index_ipcw(split["y_tr"], split["y_te"], risk, tau=tau)[0]
+    assert M.uno_c(t[tr], e[tr], t[te], e[te], risk, tau) == pytest.approx(expected, abs=1e-12)
+    auc = M.td_auc(t[tr], e[tr], t[te], e[te], risk, times)
+    expected_auc, _ = cumulative_dynamic_auc(split["y_tr"], split["y_te"], risk, times)
+    assert list(auc) == [float(x) for x in times]
+    np.testing.assert_allclose(list(auc.values()), expected_auc, atol=1e-12)
+    ibs = M.integrated_brier(t[tr], e[tr], t[te], e[te], split["surv"], split["grid"])
+    expected_ibs = integrated_brier_score(split["y_tr"], split["y_te"], split["surv"], split["grid"])
+    assert ibs == pytest.approx(expected_ibs, abs=1e-12)
+
+
+def test_choose_horizons_are_event_time_quartiles(veterans: dict[str, np.ndarray]) -> None:
+    t, e = veterans["time"], veterans["event"]
+    assert M.choose_horizons(t, e) == pytest.approx(list(np.quantile(t[e], [0.25, 0.5, 0.75])))
+    with pytest.raises(CtsurvError, match="no events"):
+        M.choose_horizons(t, np.zeros_like(e))
+
+
+def test_safe_times_prevent_sksurv_refusals(veterans: dict[str, np.ndarray]) -> None:
+    """Times past follow-up, and a test patient followed past the last training time."""
+    t, e = veterans["time"], veterans["event"]
+    te = np.zeros(len(t), dtype=bool)
+    te[1::3] = True
+    te[np.argmax(t)] = True  # the longest follow-up (an event) is a test patient
+    tr, te = np.flatnonzero(~te), np.flatnonzero(te)
+    assert t[te].max() > t[tr].max() and e[tr][np.argmax(t[tr])]  # G_train is still > 0 at its last time
+    y_tr, y_te = Surv.from_arrays(e[tr], t[tr]), Surv.from_arrays(e[te], t[te])
+    risk = veterans["risk"][te]
+    wanted = [0.5, 30.0, 100.0, float(t[tr].max()), 2000.0]
+    with pytest.raises(ValueError, match="follow-up"):  # 0.5 and 2000 are outside the test follow-up
+        cumulative_dynamic_auc(y_tr, y_te, risk, wanted)
+    safe = M.safe_times(wanted, t[tr], t[te], e[te])
+    assert safe == [30.0, 100.0]
+    with pytest.raises(ValueError, match="largest observed time"):  # G_train evaluated past the training data
+        cumulative_dynamic_auc(y_tr, y_te, risk, safe)
+    with pytest.raises(ValueError, match="largest observed time"):
+        integrated_brier_score(y_tr, y_te, np.full((len(te), 2), 0.5), safe)
+    with pytest.raises(ValueError, match="largest observed time"):
+        concordance_index_ipcw(y_tr, y_te, risk, tau=None)
+    auc = M.td_auc(t[tr], e[tr], t[te], e[te], risk, safe)
+    assert set(auc) == {30.0, 100.0} and all(0.5 < a <= 1 for a in auc.values())
+    assert 0 < M.integrated_brier(t[tr], e[tr], t[te], e[te], np.full((len(te), 2), 0.5), safe) < 0.5
+    tau = M.safe_tau(2000.0, t[tr], t[te], e[te])
+    assert tau == t[tr].max()
+    assert 0.5 < M.uno_c(t[tr], e[tr], t[te], e[te], risk, tau) < 1
+    with pytest.raises(ValueError, match="safe_times"):
+        M.td_auc(t[tr], e[tr], t[te], e[te], risk, wanted[1:])
+
+
+# ============================================================================================
+# Paired comparison
+# ============================================================================================
+
+
+def _strong_and_random(n: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=n)
+    t_event, t_cens = rng.exponential(np.exp(-x)), rng.exponential(2.0, n)
+    return np.minimum(t_event, t_cens), t_event <= t_cens, x, rng.normal(size=n)
+
+
+def test_paired_bootstrap_strong_vs_random() -> None:
+    t, e, strong, noise = _strong_and_random()
+    out = M.paired_bootstrap(t, e, strong, noise, n=200, seed=0)
+    assert out["delta"] == pytest.approx(M.harrell_c(t, e, strong) - M.harrell_c(t, e, noise))
+    assert out["p"] < 0.01 and out["ci"][0] > 0
+    assert out["ci"][0] < out["delta"] < out["ci"][1]
+    assert out == M.paired_bootstrap(t, e, strong, noise, n=200, seed=0)
+    assert out["ci"] != M.paired_bootstrap(t, e, strong, noise, n=200, seed=1)["ci"]
+    flipped = M.paired_bootstrap(t, e, noise, strong, n=200, seed=0)
+    assert flipped["delta"] == pytest.approx(-out["delta"]) and flipped["p"] == out["p"]
+
+
+def test_paired_bootstrap_identical_risks() -> None:
+    t, e, strong, _ = _strong_and_random()
+    assert M.paired_bootstrap(t, e, strong, strong.copy(), n=200) == {"delta": 0.0, "ci": (0.0, 0.0), "p": 1.0}
+
+
+def test_paired_bootstrap_averages_repeats() -> None:
+    t, e, strong, noise = _strong_and_random()
+    a = np.stack([strong, strong + 0.1 * noise])
+    out = M.paired_bootstrap(t, e, a, noise, n=200)
+    expected = np.mean([M.harrell_c(t, e, r) for r in a]) - M.harrell_c(t, e, noise)
+    assert out["delta"] == pytest.approx(expected)
+
+
+def test_bootstrap_p_definition() -> None:
+    assert M.bootstrap_p(np.ones(99)) == pytest.approx(2 / 100)  # never 0: the +1 correction
+    assert M.bootstrap_p(np.zeros(99)) == 1.0
+    assert M.bootstrap_p(np.r_[-np.ones(10), np.ones(89)]) == pytest.approx(2 * 11 / 100)
