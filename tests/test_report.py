@@ -168,7 +168,7 @@ def test_terminal_table(results: dict) -> None:
     console = Console(record=True, width=220)
     console.print(table)
     text = console.export_text()
-    assert "<0.001" in text and "Oracle (true risk)" in text and DASH in text and "n = 300" in text
+    assert "<0.001" in text and "│ oracle " in text and DASH in text and "n = 300" in text
 
 
 def test_results_without_methods_fail_before_writing(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ctsurv.errors import CtsurvError
 
@@ -36,7 +37,7 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except CtsurvError as e:
-            err_console.print(f"[bold red]error:[/] {e}", soft_wrap=True, highlight=False)
+            err_console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True, highlight=False)
             raise typer.Exit(code=2) from None
 
     return wrapper
@@ -89,9 +90,9 @@ def inspect(
     from ctsurv.data.volumes import read_volume
 
     vol = read_volume(volume, spacing_zyx=spacing)
-    table = Table(title=str(volume), show_header=False)
+    table = Table(title=escape(str(volume)), show_header=False)
     for key, value in describe(vol).items():
-        table.add_row(key, _fmt(value))
+        table.add_row(key, escape(_fmt(value)))
     console.print(table)
     if png is not None:
         save_montage(vol, png)
@@ -149,12 +150,36 @@ def ask(
     from ctsurv.inference import answer_volume
 
     answers = answer_volume(checkpoint, volume, [question] if question else None, spacing_zyx=spacing)
-    table = Table(title=str(volume))
+    table = Table(title=escape(str(volume)))
     table.add_column("question")
     table.add_column("answer")
-    for q, a in answers.items():
-        table.add_row(q, a)
+    for q, a in answers.items():  # generated text and the user's question are not rich markup
+        table.add_row(escape(q), escape(a))
     console.print(table)
+
+
+@app.command()
+@_user_errors
+def survival(
+    config: Path = typer.Option(..., "--config", help="Experiment YAML naming the clinical columns (see configs/)."),
+    cohort: Path = typer.Option(..., "--cohort", help="Cohort table with volumes, clinical columns, time and event."),
+    out: Path = typer.Option(..., "--out", help="Folder to create for results, figures and the fitted model."),
+    pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="A `ctsurv pretrain` output folder."),
+    encoder: Optional[str] = typer.Option(None, "--encoder", help="Or a bare encoder (vit3d, i3resnet152): the ablation."),
+    folds: int = typer.Option(5, "--folds", help="Cross-validation folds."),
+    repeats: int = typer.Option(1, "--repeats", help="Repeats of the k-fold split."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the folds and the heads."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="Config overrides, e.g. survival.l2=0.1."),
+) -> None:
+    """Stage 3: survival head on the pretrained model + clinical data, cross-validated against baselines."""
+    from ctsurv.config import load_config
+    from ctsurv.evaluation.report import terminal_table
+    from ctsurv.training.survival_run import run_survival
+
+    cfg = load_config(config, [*(overrides or []), f"seed={seed}"])
+    run = run_survival(cfg, cohort, out, pretrained=pretrained, encoder=encoder, folds=folds, repeats=repeats)
+    console.print(terminal_table(run.results))
+    console.print(f"results: [bold]{out / 'results.md'}[/] (and .json, .csv); figures: {out}/*.png; model: {out / 'model'}")
 
 
 def _fmt(value: Any) -> str:

@@ -160,12 +160,11 @@ class PretrainConfig:
 class SurvivalConfig:
     """Stage 3: the survival head on the pretrained model's reading of a scan, fused with clinical data."""
 
-    representation: Literal["answers", "risk_query"] = "answers"  # see ctsurv.models.representation
     head: Literal["linear", "mlp"] = "linear"
     hidden_components: int = 8  # principal components of the answer-position hidden states kept (0 = P(yes) only)
-    epochs: int = 300  # full-batch epochs of the head per fold
-    lr: float = 0.01
-    weight_decay: float = 0.01
+    epochs: int = 500  # full-batch epochs of the head per fold
+    lr: float = 0.05
+    l2: float = 0.05  # ridge penalty on the head's weights (l2/2 · Σw²), against overfitting ~30 image features
     bootstrap: int = 1000  # resamples for confidence intervals and paired comparisons
     horizon_quantile: float = 0.5  # Uno's C horizon and calibration time: this quantile of the event times
 

@@ -28,10 +28,16 @@ def answer_volume(
     volume: str | Path,
     questions: list[str] | None = None,
     spacing_zyx: tuple[float, float, float] | None = None,
-    max_new_tokens: int = 160,
+    max_new_tokens: int | None = None,
 ) -> dict[str, str]:
-    """``{question: answer}`` for one volume; the predefined questions unless ``questions`` are given."""
+    """``{question: answer}`` for one volume; the predefined questions unless ``questions`` are given.
+
+    ``max_new_tokens`` caps the impression, the report and free questions (default: the checkpoint's
+    ``pretrain.max_new_tokens``, the limit its evaluation used); predefined short answers get 12 tokens.
+    """
     model, cfg = load_checkpoint(resolve_checkpoint(checkpoint))
+    if max_new_tokens is None:
+        max_new_tokens = cfg.pretrain.max_new_tokens
     image = Preprocessor(cfg.data).load(volume, spacing_zyx=spacing_zyx).unsqueeze(0)  # (1, 1, X, Y, Z)
     tokens = model.encode_image(image)  # (1, N, D)
     texts = questions or [q.text for q in QUESTIONS]

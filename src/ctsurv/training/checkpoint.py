@@ -82,6 +82,19 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     with safe_open(path / WEIGHTS, framework="pt") as f:
         aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
     state.update({alias: state[name] for alias, name in aliases.items()})
+    expected = model.state_dict()
+    # load_state_dict raises a bare RuntimeError (one line per tensor) on shape mismatches even with
+    # strict=False, so shapes are compared first and reported like missing tensors
+    reshaped = [
+        f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}"
+        for k, v in state.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
+    if reshaped:
+        raise CtsurvError(
+            f"checkpoint {path} does not match the model its config.yaml describes: {len(reshaped)} tensors have "
+            f"other shapes (saved vs config, e.g. {reshaped[:3]}). Was config.yaml edited?"
+        )
     missing, unexpected = model.load_state_dict(state, strict=False)
     not_pretrained = [k for k in missing if not from_pretrained_source(k, cfg)]
     if unexpected or not_pretrained:

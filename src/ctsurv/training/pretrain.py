@@ -92,11 +92,10 @@ def pretrain(
     pd.DataFrame({"id": cohort.ids, "split": np.where(val, "val", "train")}).to_csv(out_dir / "split.csv", index=False)
 
     table = cohort.table
-    findings = table[cfg.data.findings_column].fillna("").astype(str).tolist()
-    impressions = (
-        table[cfg.data.impression_column].fillna("").astype(str).tolist()
-        if cfg.data.impression_column in table
-        else [""] * len(cohort)
+    # either report column may be absent (load_cohort asks for one of them): an absent one reads as empty
+    findings, impressions = (
+        table[column].fillna("").astype(str).tolist() if column in table else [""] * len(cohort)
+        for column in (cfg.data.findings_column, cfg.data.impression_column)
     )
     reports = cohort.reports()
     train_idx = np.flatnonzero(~val)

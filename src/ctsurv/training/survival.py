@@ -1,0 +1,215 @@
+"""`ctsurv survival`: stage 3 — survival from the pretrained model's reading of a scan plus clinical
+data, evaluated by patient-level cross-validation against honest baselines in the same folds.
+
+Methods (all share the folds; everything fitted — clinical standardisation and imputation, PCA of
+hidden states, the head, the Breslow baseline — is fitted on the training fold only):
+
+=======================  ==================================================================
+model                    answers to the predefined questions (P(yes) per finding + principal
+                         components of the answer-position hidden states) + clinical data
+model_image_only         the same image features, no clinical data
+clinical_cox             Cox model on the clinical columns alone (lifelines)
+encoder_no_instruction   the vision encoder without instruction tuning (the stage-1 checkpoint,
+                         or a bare encoder given by ``--encoder``): pooled features + clinical
+oracle                   the true log-hazard from ``truth.csv`` (synthetic cohorts only; no fitting)
+=======================  ==================================================================
+
+The VLM is frozen in this stage: its features are functions of the image alone, computed once
+for all studies, so no outcome information can leak between folds through them.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from lifelines import CoxPHFitter
+from lifelines.exceptions import ConvergenceWarning
+from sklearn.decomposition import PCA
+
+from ctsurv.config import ExperimentConfig
+from ctsurv.data.clinical import ClinicalSchema
+from ctsurv.data.cohort import Cohort
+from ctsurv.data.instructions import QUESTIONS
+from ctsurv.evaluation.crossval import FoldPrediction
+from ctsurv.models.representation import answer_features
+from ctsurv.models.survival import BreslowBaseline, SurvivalHead, fit_survival_head
+from ctsurv.models.vlm import CTVLM
+
+PRESENCE_QUESTIONS: list[str] = [q.text for q in QUESTIONS if q.kind == "presence"]
+PRESENCE_LABELS: list[str] = [str(q.label) for q in QUESTIONS if q.kind == "presence"]
+
+
+@dataclass(frozen=True)
+class ImageFeatures:
+    """Per-study image features, computed once with a frozen model (no outcome information)."""
+
+    p_yes: np.ndarray | None  # (n, Q) probability of "Yes" per presence question
+    hidden: np.ndarray | None  # (n, Q*D) answer-position hidden states
+    pooled: np.ndarray | None  # (n, Dv) mean-pooled vision encoder grid (the no-instruction ablation)
+
+
+@torch.no_grad()
+def vlm_features(vlm: CTVLM, volumes: torch.Tensor, batch_size: int = 16) -> ImageFeatures:
+    """Answers (P(yes), hidden states) of the instruction-tuned model for every volume (N, 1, X, Y, Z)."""
+    probs, states = [], []
+    for i in range(0, len(volumes), batch_size):
+        tokens = vlm.encode_image(volumes[i : i + batch_size].float())
+        p, h = answer_features(vlm, tokens, PRESENCE_QUESTIONS)
+        probs.append(p.numpy())
+        states.append(h.flatten(1).numpy())
+    return ImageFeatures(np.concatenate(probs), np.concatenate(states), None)
+
+
+@torch.no_grad()
+def encoder_features(encoder: torch.nn.Module, volumes: torch.Tensor, batch_size: int = 16) -> np.ndarray:
+    """Mean-pooled vision features (N, Dv) of an encoder used without instruction tuning."""
+    encoder.eval()
+    return np.concatenate(
+        [encoder.features(volumes[i : i + batch_size].float()).mean(dim=(2, 3, 4)).numpy() for i in range(0, len(volumes), batch_size)]
+    )
+
+
+# ----------------------------------------------------------------------------- per-fold methods
+
+FitPredict = Callable[[np.ndarray, np.ndarray], FoldPrediction]
+
+
+@dataclass(frozen=True)
+class FoldData:
+    cohort: Cohort
+    time: np.ndarray
+    event: np.ndarray
+
+    def clinical(self, idx: np.ndarray, schema: ClinicalSchema) -> np.ndarray:
+        return schema.transform(self.cohort.clinical().iloc[idx])
+
+    def schema(self, idx: np.ndarray) -> ClinicalSchema:
+        c = self.cohort.config
+        return ClinicalSchema.fit(self.cohort.clinical().iloc[idx], c.numeric_columns, c.categorical_columns)
+
+
+def _prediction(data: FoldData, train: np.ndarray, risk_train: np.ndarray, risk_test: np.ndarray) -> FoldPrediction:
+    """Test risks and their survival curves from the training fold's Breslow baseline."""
+    baseline = BreslowBaseline().fit(data.time[train], data.event[train], risk_train)
+    return FoldPrediction(risk_test, survival=lambda times: baseline.survival_function(risk_test, times))
+
+
+def head_method(
+    data: FoldData, cfg: ExperimentConfig, image: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None,
+    use_clinical: bool, seed: int,
+) -> FitPredict:
+    """A survival head on image features (built per fold by ``image``) and/or clinical data."""
+    s = cfg.survival
+
+    def fit_predict(train: np.ndarray, test: np.ndarray) -> FoldPrediction:
+        img_tr, img_te = image(train, test) if image is not None else (None, None)
+        clin_tr = clin_te = None
+        if use_clinical:
+            schema = data.schema(train)
+            clin_tr, clin_te = data.clinical(train, schema), data.clinical(test, schema)
+        head = SurvivalHead(
+            image_dim=0 if img_tr is None else img_tr.shape[1],
+            n_clinical=0 if clin_tr is None else clin_tr.shape[1],
+            kind=s.head,
+        )
+        as_t = lambda a: None if a is None else torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
+        fit_survival_head(
+            head, as_t(img_tr), as_t(clin_tr), torch.as_tensor(data.time[train]), torch.as_tensor(data.event[train]),
+            epochs=s.epochs, lr=s.lr, seed=seed, l2=s.l2,
+        )
+        risk_tr = head.predict_risk(as_t(img_tr), as_t(clin_tr)).numpy().astype(np.float64)
+        risk_te = head.predict_risk(as_t(img_te), as_t(clin_te)).numpy().astype(np.float64)
+        return _prediction(data, train, risk_tr, risk_te)
+
+    return fit_predict
+
+
+def answer_image(features: ImageFeatures, components: int) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """P(yes) plus the first ``components`` principal components of the hidden states (PCA fit on train)."""
+
+    def build(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        parts_tr, parts_te = [features.p_yes[train]], [features.p_yes[test]]
+        if components > 0:
+            pca = PCA(n_components=min(components, len(train) - 1), random_state=0).fit(features.hidden[train])
+            parts_tr.append(pca.transform(features.hidden[train]))
+            parts_te.append(pca.transform(features.hidden[test]))
+        return np.concatenate(parts_tr, 1), np.concatenate(parts_te, 1)
+
+    return build
+
+
+def pooled_image(pooled: np.ndarray, components: int) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Principal components of pooled encoder features (PCA fit on train)."""
+
+    def build(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pca = PCA(n_components=min(components, len(train) - 1, pooled.shape[1]), random_state=0).fit(pooled[train])
+        return pca.transform(pooled[train]), pca.transform(pooled[test])
+
+    return build
+
+
+def clinical_cox(data: FoldData, penalizer: float = 0.01) -> FitPredict:
+    """lifelines' Cox model (Efron ties) on the fold's standardised, imputed clinical design matrix."""
+
+    def fit_predict(train: np.ndarray, test: np.ndarray) -> FoldPrediction:
+        schema = data.schema(train)
+        names = [f"x{i}" for i in range(len(schema.feature_names))]
+        frame = pd.DataFrame(data.clinical(train, schema), columns=names)
+        frame["T"], frame["E"] = data.time[train], data.event[train].astype(int)
+        with warnings.catch_warnings():  # near-separated columns in small folds; the penalizer keeps it finite
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            cph = CoxPHFitter(penalizer=penalizer).fit(frame, duration_col="T", event_col="E")
+        beta = cph.params_.to_numpy()
+        risk_tr = frame[names].to_numpy() @ beta
+        risk_te = data.clinical(test, schema).astype(np.float64) @ beta
+        return _prediction(data, train, risk_tr, risk_te)
+
+    return fit_predict
+
+
+def fixed_risk(data: FoldData, risk: np.ndarray) -> FitPredict:
+    """A known risk (the oracle's true log-hazard): nothing is fitted but the Breslow baseline."""
+
+    def fit_predict(train: np.ndarray, test: np.ndarray) -> FoldPrediction:
+        return _prediction(data, train, risk[train], risk[test])
+
+    return fit_predict
+
+
+# ----------------------------------------------------------------------------- the protocol
+
+
+def survival_methods(
+    data: FoldData, cfg: ExperimentConfig, answers: ImageFeatures | None, pooled: np.ndarray | None,
+    truth_risk: np.ndarray | None,
+) -> dict[str, FitPredict]:
+    """The methods compared in the same folds (see the module docstring); absent inputs drop methods."""
+    k, seed = cfg.survival.hidden_components, cfg.seed
+    methods: dict[str, FitPredict] = {}
+    if answers is not None:
+        methods["model"] = head_method(data, cfg, answer_image(answers, k), use_clinical=True, seed=seed)
+        methods["model_image_only"] = head_method(data, cfg, answer_image(answers, k), use_clinical=False, seed=seed)
+    methods["clinical_cox"] = clinical_cox(data)
+    if pooled is not None:
+        methods["encoder_no_instruction"] = head_method(data, cfg, pooled_image(pooled, max(k, 8)), use_clinical=True, seed=seed)
+    if truth_risk is not None:
+        methods["oracle"] = fixed_risk(data, truth_risk)
+    return methods
+
+
+def at_horizon(fit_predict: FitPredict, horizon: float, n: int) -> tuple[FitPredict, np.ndarray]:
+    """Wrap ``fit_predict`` to also record each test patient's predicted survival at ``horizon``."""
+    surv = np.full(n, np.nan)
+
+    def wrapped(train: np.ndarray, test: np.ndarray) -> FoldPrediction:
+        pred = fit_predict(train, test)
+        surv[test] = pred.survival(np.array([horizon]))[:, 0]
+        return pred
+
+    return wrapped, surv

@@ -1,0 +1,184 @@
+"""`ctsurv survival`: read the cohort, compute frozen image features once, cross-validate every
+method in the same folds, write the results and figures, and fit the final model for `predict`.
+
+    out/config.yaml, out/results.{json,csv,md}, out/oof.csv
+    out/km_risk_groups.png, out/cindex.png, out/calibration.png
+    out/model/   the model fitted on the whole cohort (head, clinical schema, PCA, Breslow baseline)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time as clock
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import save_file
+
+from ctsurv.config import ExperimentConfig, VisionConfig, save_config
+from ctsurv.data.cohort import Cohort, load_cohort
+from ctsurv.errors import CtsurvError
+from ctsurv.evaluation import report
+from ctsurv.evaluation.crossval import compare_methods, cross_validate, make_folds
+from ctsurv.evaluation.metrics import choose_horizons
+from ctsurv.models.survival import BreslowBaseline, SurvivalHead, fit_survival_head
+from ctsurv.models.vision import build_vision_encoder
+from ctsurv.training.checkpoint import load_checkpoint
+from ctsurv.training.pretrain import preprocess_all
+from ctsurv.training.survival import (
+    PRESENCE_LABELS,
+    FoldData,
+    ImageFeatures,
+    answer_image,
+    at_horizon,
+    encoder_features,
+    survival_methods,
+    vlm_features,
+)
+
+
+@dataclass(frozen=True)
+class SurvivalRun:
+    out_dir: Path
+    results: dict
+    seconds: dict[str, float]
+
+
+def pretrained_checkpoints(path: Path) -> tuple[Path, Path | None]:
+    """(instruct checkpoint, stage-1 checkpoint or None) from a `ctsurv pretrain` folder or a checkpoint."""
+    if (path / "instruct" / "model.safetensors").is_file():
+        align = path / "align"
+        return path / "instruct", align if (align / "model.safetensors").is_file() else None
+    if (path / "model.safetensors").is_file():
+        return path, None
+    raise CtsurvError(f"--pretrained {path} is neither a `ctsurv pretrain` output folder nor a checkpoint")
+
+
+def with_preprocessing(cfg: ExperimentConfig, model_cfg: ExperimentConfig) -> ExperimentConfig:
+    """The user's config (cohort columns) with the model's preprocessing (what its encoder expects)."""
+    d = model_cfg.data
+    data = dataclasses.replace(
+        cfg.data, target_spacing_zyx=d.target_spacing_zyx, target_shape_zyx=d.target_shape_zyx, hu_window=d.hu_window, crop=d.crop
+    )
+    return dataclasses.replace(cfg, data=data, vision=model_cfg.vision)
+
+
+def truth_risk(cohort: Cohort) -> np.ndarray | None:
+    """The true log-hazard from ``truth.csv`` beside a synthetic cohort table, in cohort order."""
+    path = cohort.root / "truth.csv"
+    if not path.is_file():
+        return None
+    truth = pd.read_csv(path, dtype={"id": str}).set_index("id")
+    missing = sorted(set(cohort.ids) - set(truth.index))
+    if missing:
+        raise CtsurvError(f"{path} lacks {len(missing)} cohort ids (e.g. {missing[:3]}); it belongs to another cohort")
+    return truth.loc[cohort.ids, "log_hazard"].to_numpy(np.float64)
+
+
+def run_survival(
+    cfg: ExperimentConfig, cohort_path: str | Path, out_dir: str | Path, pretrained: str | Path | None = None,
+    encoder: str | None = None, folds: int = 5, repeats: int = 1, progress: bool = True,
+) -> SurvivalRun:
+    if (pretrained is None) == (encoder is None):
+        raise CtsurvError("give exactly one of --pretrained CHECKPOINT (a `ctsurv pretrain` folder) or --encoder NAME")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise CtsurvError(f"{out_dir} already exists and is not empty; choose a new --out folder")
+    seconds: dict[str, float] = {}
+    t0 = clock.perf_counter()
+    instruct = align = None
+    if pretrained is not None:
+        instruct, align = pretrained_checkpoints(Path(pretrained))
+        vlm, model_cfg = load_checkpoint(instruct)
+        cfg = with_preprocessing(cfg, model_cfg)
+    else:
+        cfg = dataclasses.replace(cfg, vision=VisionConfig(encoder=encoder))  # type: ignore[arg-type]
+    cohort = load_cohort(cohort_path, cfg.data, require_outcomes=True)
+    time, event = cohort.times, cohort.events
+    fold_list = make_folds(time, event, groups=cohort.patient_ids, n_splits=folds, n_repeats=repeats, seed=cfg.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out_dir / "config.yaml")
+
+    volumes = preprocess_all(cohort, cfg, progress)
+    answers: ImageFeatures | None = None
+    if instruct is not None:
+        answers = vlm_features(vlm, volumes)
+        pooled = encoder_features(load_checkpoint(align)[0].vision_encoder, volumes) if align is not None else None
+    else:
+        torch.manual_seed(cfg.seed)
+        size_xyz = tuple(reversed(cfg.data.target_shape_zyx))
+        pooled = encoder_features(build_vision_encoder(cfg.vision, size_xyz), volumes)  # type: ignore[arg-type]
+    seconds["features"] = clock.perf_counter() - t0
+
+    t0 = clock.perf_counter()
+    data = FoldData(cohort, time, event)
+    horizons = choose_horizons(time, event)
+    horizon = float(np.quantile(time[event], cfg.survival.horizon_quantile))
+    methods = survival_methods(data, cfg, answers, pooled, truth_risk(cohort))
+    main = "model" if "model" in methods else "encoder_no_instruction"
+    methods[main], surv_at_horizon = at_horizon(methods[main], horizon, len(time))
+    oofs = {
+        name: cross_validate(fold_list, fit, time, event, horizons=horizons, tau=horizon, progress=progress, description=name)
+        for name, fit in methods.items()
+    }
+    results = {
+        "cohort": {
+            "n": len(cohort), "events": int(event.sum()), "horizon": horizon, "times": horizons,
+            "folds": folds, "repeats": repeats, "patients": len(set(cohort.patient_ids)),
+            "pretrained": str(instruct) if instruct else None, "encoder": encoder,
+        },
+        "methods": compare_methods(time, event, oofs, n_boot=cfg.survival.bootstrap, seed=cfg.seed),
+        "notes": {name: oof.notes() for name, oof in oofs.items() if oof.notes()},
+    }
+    seconds["crossval"] = clock.perf_counter() - t0
+
+    oof = pd.DataFrame({"id": cohort.ids, "time": time, "event": event.astype(int), "risk": oofs[main].risk[0],
+                        "surv_at_horizon": surv_at_horizon})
+    for name, o in oofs.items():
+        oof[f"risk_{name}"] = o.risk[0]
+    oof.to_csv(out_dir / "oof.csv", index=False)
+    report.write_results(results, out_dir)
+    results["figures"] = {
+        "km": report.km_by_risk_group(oof, out_dir / "km_risk_groups.png"),
+        "calibration": report.calibration_plot(oof, horizon, out_dir / "calibration.png"),
+    }
+    report.cindex_forest(results, out_dir / "cindex.png")
+    if answers is not None:
+        fit_final_model(cfg, data, answers, instruct, out_dir / "model")
+    return SurvivalRun(out_dir, results, seconds)
+
+
+def fit_final_model(cfg: ExperimentConfig, data: FoldData, answers: ImageFeatures, checkpoint: Path, out: Path) -> None:
+    """The model method fitted on the whole cohort, saved for `ctsurv predict` (no pickle)."""
+    everyone = np.arange(len(data.time))
+    schema = data.schema(everyone)
+    image_tr, _ = answer_image(answers, cfg.survival.hidden_components)(everyone, everyone[:1])
+    clinical = schema.transform(data.cohort.clinical())
+    head = SurvivalHead(image_dim=image_tr.shape[1], n_clinical=clinical.shape[1], kind=cfg.survival.head)
+    fit_survival_head(
+        head, torch.as_tensor(image_tr, dtype=torch.float32), torch.as_tensor(clinical), torch.as_tensor(data.time),
+        torch.as_tensor(data.event), epochs=cfg.survival.epochs, lr=cfg.survival.lr, seed=cfg.seed, l2=cfg.survival.l2,
+    )
+    risk = head.predict_risk(torch.as_tensor(image_tr, dtype=torch.float32), torch.as_tensor(clinical)).numpy()
+    from sklearn.decomposition import PCA
+
+    k = cfg.survival.hidden_components
+    pca = PCA(n_components=min(k, len(everyone) - 1), random_state=0).fit(answers.hidden) if k > 0 else None
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in head.state_dict().items()}, out / "head.safetensors")
+    meta = {
+        "head": head.config,
+        "checkpoint": str(checkpoint.resolve()),
+        "clinical_schema": schema.to_dict(),
+        "pca": None if pca is None else {"mean": pca.mean_.tolist(), "components": pca.components_.tolist()},
+        "breslow": BreslowBaseline().fit(data.time, data.event, risk.astype(np.float64)).to_dict(),
+        "training_risk": sorted(float(r) for r in risk),
+        "presence_labels": PRESENCE_LABELS,
+        "horizon_times": choose_horizons(data.time, data.event),
+    }
+    (out / "model.json").write_text(json.dumps(meta))
+    save_config(cfg, out / "config.yaml")

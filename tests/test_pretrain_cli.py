@@ -1,0 +1,297 @@
+"""The command line end to end on a tiny simulated cohort: simulate, inspect, labels, pretrain (with
+--resume), ask; and the one-line errors with exit status 2 on bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from safetensors.torch import load_file
+from tiny_setups import one_torch_thread  # noqa: F401 (autouse)
+from typer.testing import CliRunner, Result
+
+from ctsurv.cli import app
+from ctsurv.data.findings import CTRATE_LABELS
+from ctsurv.data.instructions import QUESTIONS
+from ctsurv.data.simulate import simulate
+from ctsurv.inference import answer_volume
+from ctsurv.models.vlm import CTVLM
+from ctsurv.training.stages import InstructionLoss
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+TINY = [
+    "data.target_shape_zyx=[16,32,32]",
+    "data.target_spacing_zyx=[18,10,10]",
+    "vision.dim=32",
+    "vision.depth=1",
+    "vision.heads=2",
+    "language.vocab_size=300",
+    "language.hidden_size=32",
+    "language.intermediate_size=64",
+    "language.layers=1",
+    "language.heads=2",
+    "language.max_length=128",
+    "projector.tokens_zyx=[1,2,2]",
+    "pretrain.align.epochs=1",
+    "pretrain.instruct.epochs=1",
+    "pretrain.align.batch_size=4",
+    "pretrain.instruct.batch_size=4",
+    "pretrain.max_new_tokens=8",
+]
+N_TRAIN, BATCH = 10, 4  # 12 studies of 6 patients; val_fraction 0.15 holds out 1 patient (2 studies)
+
+
+def cli(*args: object) -> Result:
+    """Run ``ctsurv ARGS`` in-process; a wide terminal so that rich tables keep one row per line."""
+    return CliRunner(env={"COLUMNS": "300"}).invoke(app, [str(a) for a in args])
+
+
+def pretrain(cohort: Path, out: Path, *extra: str) -> Result:
+    """``ctsurv pretrain`` on the tiny configuration, with ``extra`` flags and overrides."""
+    return cli("pretrain", "--config", CONFIG, "--cohort", cohort, "--out", out, *TINY, *extra)
+
+
+def table_rows(stdout: str) -> list[tuple[str, str]]:
+    """(question, answer) rows of the table `ctsurv ask` prints; a cell's wrapped lines joined by spaces."""
+    rows: list[tuple[str, str]] = []
+    for line in stdout.splitlines():
+        if line.startswith("│"):
+            question, answer = (cell.strip() for cell in line.split("│")[1:3])
+            if question or not rows:
+                rows.append((question, answer))
+            else:  # a continuation line of a multi-line answer
+                rows[-1] = (rows[-1][0], f"{rows[-1][1]} {answer}".strip())
+    return rows
+
+
+def assert_user_error(result: Result, *fragments: str) -> None:
+    """Exit status 2 and one line on stderr naming the problem, no traceback."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 simulated studies (16×32×32 voxels) of 6 patients, two studies each (a ``patient_id`` column)."""
+    folder = tmp_path_factory.mktemp("cohort") / "sim"
+    simulate(folder, n=12, seed=5, shape_zyx=(16, 32, 32), spacing_zyx=(18, 10, 10), workers=1, progress=False)
+    table = pd.read_csv(folder / "cohort.csv")
+    table["patient_id"] = [f"pt{i // 2}" for i in range(len(table))]
+    table.to_csv(folder / "cohort_patients.csv", index=False)
+    return folder / "cohort_patients.csv"
+
+
+@pytest.fixture(scope="module")
+def run(cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("pretrain") / "run"
+    result = pretrain(cohort, out)
+    assert result.exit_code == 0, result.output
+    assert f"checkpoints: {out / 'align'}, {out / 'instruct'}" in result.stdout
+    return out
+
+
+@pytest.fixture
+def training_steps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the training forward passes of stages 1-2 (evaluation does not use InstructionLoss)."""
+    calls: list[int] = []
+    forward = InstructionLoss.forward
+
+    def counted(self: InstructionLoss, *args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(InstructionLoss, "forward", counted)
+    return calls
+
+
+# ------------------------------------------------------------------ pretrain
+
+
+def test_pretrain_writes_checkpoints_split_and_evaluation(run: Path, cohort: Path) -> None:
+    for stage in ("align", "instruct"):
+        for name in ("config.yaml", "model.safetensors", "tokenizer/tokenizer.json", "metrics.json"):
+            assert (run / stage / name).is_file(), f"{stage}/{name}"
+        metrics = json.loads((run / stage / "metrics.json").read_text())
+        assert metrics["epochs"] == 1 and metrics["studies"] == N_TRAIN
+        assert len(metrics["history"]) == -(-N_TRAIN // BATCH)
+
+    table = pd.read_csv(cohort)
+    split = pd.read_csv(run / "split.csv", dtype=str).merge(table[["id", "patient_id"]], on="id", validate="1:1")
+    assert len(split) == len(table) and set(split["split"]) == {"train", "val"}
+    assert split.groupby("patient_id")["split"].nunique().max() == 1  # a patient's studies stay together
+    val_ids = split.loc[split["split"] == "val", "id"].tolist()
+    assert len(val_ids) == len(table) - N_TRAIN
+
+    evaluation = json.loads((run / "instruct" / "eval.json").read_text())
+    assert evaluation["n_studies"] == len(val_ids)
+    presence = [q.label for q in QUESTIONS if q.kind == "presence"]
+    assert set(evaluation["presence"]) == {*presence, "macro"}
+    for label in [*presence, "macro"]:
+        scores = evaluation["presence"][label]
+        assert 0 <= scores["accuracy"] <= 1 and 0 <= scores["f1"] <= 1 and scores["n"] == len(val_ids)
+    for kind in ("impression", "report"):
+        assert {"bleu_4", "rouge_l", "embedding_similarity"} <= set(evaluation[kind])
+        assert evaluation[kind]["n"] == len(val_ids)
+    assert (run / "instruct" / "eval.md").read_text().startswith(f"# Held-out evaluation ({len(val_ids)} studies)")
+
+
+def test_ask_answers_the_predefined_questions(run: Path, cohort: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    volume = cohort.parent / "volumes" / "P0000.nii.gz"
+    limits: dict[str, int] = {}
+    generate = CTVLM.generate
+
+    def recorded(self: CTVLM, image_tokens: object, questions: list[str], max_new_tokens: int = 64) -> list[str]:
+        limits[questions[0]] = max_new_tokens
+        return generate(self, image_tokens, questions, max_new_tokens=max_new_tokens)
+
+    monkeypatch.setattr(CTVLM, "generate", recorded)
+    result = cli("ask", run / "instruct", volume)
+    assert result.exit_code == 0, result.output
+    expected = answer_volume(run / "instruct", volume)
+    assert list(expected) == [q.text for q in QUESTIONS]
+    assert table_rows(result.stdout) == [(q, " ".join(a.split())) for q, a in expected.items()]
+    # impression and report are as long as the checkpoint's pretrain.max_new_tokens allows (8 here)
+    assert limits == {q.text: 8 if q.kind in ("impression", "report") else 12 for q in QUESTIONS}
+
+
+@pytest.mark.parametrize("question", ["Is there a lung nodule?", "Is there a [/b] nodule or a [bold]mass[/bold]?"])
+def test_ask_one_question_on_the_run_folder(run: Path, cohort: Path, question: str) -> None:
+    """One free question, printed verbatim with the model's answer (neither is read as rich markup)."""
+    volume = cohort.parent / "volumes" / "P0003.nii.gz"
+    result = cli("ask", run, volume, "--question", question)  # a run folder means its instruct checkpoint
+    assert result.exit_code == 0, result.output
+    expected = answer_volume(run / "instruct", volume, [question])[question]
+    assert table_rows(result.stdout) == [(question, " ".join(expected.split()))]
+
+
+def test_resume_of_a_finished_run_trains_nothing(
+    run: Path, cohort: Path, tmp_path: Path, training_steps: list[int]
+) -> None:
+    out = Path(shutil.copytree(run, tmp_path / "run"))
+    weights = [out / stage / "model.safetensors" for stage in ("align", "instruct")]
+    stamps = [p.stat().st_mtime_ns for p in weights]
+    result = pretrain(cohort, out, "--resume")
+    assert result.exit_code == 0, result.output
+    assert training_steps == []
+    assert [p.stat().st_mtime_ns for p in weights] == stamps
+    assert json.loads((out / "instruct" / "eval.json").read_text())["presence"].keys() == (
+        json.loads((run / "instruct" / "eval.json").read_text())["presence"].keys()
+    )
+
+
+def test_resume_continues_an_interrupted_stage(
+    run: Path, cohort: Path, tmp_path: Path, training_steps: list[int]
+) -> None:
+    """An interrupted stage 2 (its checkpoint missing, its epoch-1 state kept) continues with epoch 2."""
+    out = Path(shutil.copytree(run, tmp_path / "run"))
+    shutil.rmtree(out / "instruct")
+    align_stamp = (out / "align" / "model.safetensors").stat().st_mtime_ns
+    result = pretrain(cohort, out, "--resume", "pretrain.instruct.epochs=2")
+    assert result.exit_code == 0, result.output
+    assert len(training_steps) == -(-N_TRAIN // BATCH)  # one epoch: the second
+    assert (out / "align" / "model.safetensors").stat().st_mtime_ns == align_stamp
+    before = json.loads((run / "instruct" / "metrics.json").read_text())["history"]
+    after = json.loads((out / "instruct" / "metrics.json").read_text())["history"]
+    assert len(after) == 2 * len(before) and after[: len(before)] == before
+    assert {h["epoch"] for h in after[len(before) :]} == {2}
+    assert (out / "instruct" / "eval.json").is_file()
+    changed = load_file(out / "instruct" / "model.safetensors")
+    original = load_file(run / "instruct" / "model.safetensors")
+    assert changed.keys() == original.keys()
+    assert any(not changed[k].equal(original[k]) for k in changed)  # epoch 2 did train
+
+
+# ------------------------------------------------------------------ pretrain: bad input
+
+
+def test_pretrain_refuses_a_non_empty_out_without_resume(run: Path, cohort: Path) -> None:
+    result = pretrain(cohort, run)
+    assert_user_error(result, str(run), "already exists and is not empty", "--resume")
+
+
+def test_pretrain_config_typo_says_did_you_mean(cohort: Path, tmp_path: Path) -> None:
+    result = pretrain(cohort, tmp_path / "out", "pretrain.instruct.epoch=1")
+    assert_user_error(result, "pretrain.instruct.epoch", "did you mean 'epochs'")
+    assert not (tmp_path / "out").exists()
+
+
+def test_pretrain_on_impressions_only(cohort: Path, tmp_path: Path) -> None:
+    """A cohort may hold impressions and no findings column (load_cohort accepts either)."""
+    impressions = cohort.with_name("impressions_only.csv")
+    pd.read_csv(cohort).drop(columns=["findings"]).to_csv(impressions, index=False)
+    out = tmp_path / "run"
+    result = pretrain(impressions, out)
+    assert result.exit_code == 0, result.output
+    assert (out / "instruct" / "model.safetensors").is_file()
+    assert json.loads((out / "instruct" / "eval.json").read_text())["n_studies"] == 12 - N_TRAIN
+
+
+def test_pretrain_needs_report_columns(cohort: Path, tmp_path: Path) -> None:
+    no_reports = cohort.with_name("no_reports.csv")
+    pd.read_csv(cohort).drop(columns=["findings", "impression"]).to_csv(no_reports, index=False)
+    result = pretrain(no_reports, tmp_path / "out")
+    assert_user_error(result, str(no_reports), "'findings' or 'impression'", "needed for pretraining")
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------ simulate, inspect, labels
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Result]:
+    out = tmp_path_factory.mktemp("simulate") / "cohort"
+    return out, cli("simulate", "--out", out, "--n", 12, "--shape", 16, 32, 32, "--spacing", 18, 10, 10)
+
+
+def test_simulate_writes_a_cohort_and_never_overwrites_it(simulated: tuple[Path, Result]) -> None:
+    out, result = simulated
+    assert result.exit_code == 0, result.output
+    assert str(out / "cohort.csv") in result.stdout
+    table = pd.read_csv(out / "cohort.csv")
+    assert len(table) == 12 and {"id", "volume", "findings", "impression", "time", "event"} <= set(table.columns)
+    assert len(pd.read_csv(out / "truth.csv")) == 12
+    assert sorted(p.name for p in (out / "volumes").iterdir()) == sorted(Path(v).name for v in table["volume"])
+    again = cli("simulate", "--out", out, "--n", 12, "--shape", 16, 32, 32, "--spacing", 18, 10, 10)
+    assert_user_error(again, str(out / "cohort.csv"), "already exists")
+
+
+def test_inspect_prints_geometry_and_writes_a_png(simulated: tuple[Path, Result], tmp_path: Path) -> None:
+    volume = simulated[0] / "volumes" / "P0000.nii.gz"
+    png = tmp_path / "montage.png"
+    result = cli("inspect", volume, "--png", png)
+    assert result.exit_code == 0, result.output
+    rows = {
+        cells[1].strip(): cells[2].strip() for line in result.stdout.splitlines() if len(cells := line.split("│")) == 4
+    }
+    assert rows["shape"] == "32 × 32 × 16"  # (X, Y, Z) in RAS
+    assert rows["spacing_mm"] == "10 × 10 × 18"
+    assert rows["orientation"] == "RAS"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("name", ["notes.txt", "scan [bold] 2.txt"])
+def test_inspect_of_a_text_file_names_it(tmp_path: Path, name: str) -> None:
+    notes = tmp_path / name
+    notes.write_text("not a CT volume\n")
+    assert_user_error(cli("inspect", notes), str(notes))
+
+
+def test_labels_writes_the_18_label_columns(simulated: tuple[Path, Result], tmp_path: Path) -> None:
+    reports = simulated[0] / "cohort.csv"
+    out = tmp_path / "labels.csv"
+    result = cli("labels", reports, "--text-column", "findings", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert str(out) in result.stdout
+    table, labelled = pd.read_csv(reports), pd.read_csv(out)
+    assert list(labelled.columns) == [*table.columns, *CTRATE_LABELS] and len(CTRATE_LABELS) == 18
+    assert set(labelled[list(CTRATE_LABELS)].stack().unique()) <= {0, 1}
+    truth = pd.read_csv(simulated[0] / "truth.csv")  # the simulated reports state their findings plainly
+    for label in ("Lung nodule", "Pleural effusion", "Emphysema"):
+        assert labelled[label].tolist() == truth[label].tolist(), label

