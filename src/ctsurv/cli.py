@@ -182,6 +182,23 @@ def survival(
     console.print(f"results: [bold]{out / 'results.md'}[/] (and .json, .csv); figures: {out}/*.png; model: {out / 'model'}")
 
 
+@app.command()
+@_user_errors
+def predict(
+    checkpoint: Path = typer.Argument(..., help="A `ctsurv survival` output folder (it holds the fitted model)."),
+    target: Path = typer.Argument(..., help="A cohort table (.csv/.parquet) or one volume (file or DICOM folder)."),
+    out: Path = typer.Option(..., "--out", help="Folder to create for predictions.csv, curves.csv and curves/*.png."),
+    spacing: Optional[tuple[float, float, float]] = typer.Option(None, "--spacing", help="Spacing Z Y X (mm) for a .npy/.npz volume."),
+) -> None:
+    """Risk score, its percentile in the training cohort, survival curve and answers for new patients."""
+    from ctsurv.prediction import predict as run_predict
+
+    table = run_predict(checkpoint, target, out, spacing_zyx=spacing)
+    for _, row in table.head(10).iterrows():
+        console.print(f"{escape(str(row['id']))}: risk {row['risk']:+.3f} (percentile {row['risk_percentile']:.0f})")
+    console.print(f"predictions: [bold]{escape(str(out / 'predictions.csv'))}[/]  curves: {escape(str(out / 'curves'))}")
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
