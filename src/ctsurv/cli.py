@@ -8,6 +8,7 @@ reason on stderr and exit status 2, without a traceback.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -27,6 +28,15 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
+
+
+@app.callback()
+def _setup() -> None:
+    """Offline by design: Hugging Face libraries never reach a hub, and their progress bars stay quiet."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -197,6 +207,21 @@ def predict(
     for _, row in table.head(10).iterrows():
         console.print(f"{escape(str(row['id']))}: risk {row['risk']:+.3f} (percentile {row['risk_percentile']:.0f})")
     console.print(f"predictions: [bold]{escape(str(out / 'predictions.csv'))}[/]  curves: {escape(str(out / 'curves'))}")
+
+
+@app.command()
+@_user_errors
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="Folder to create for everything the demo writes."),
+    n_pretrain: int = typer.Option(300, "--n-pretrain", help="Patients with CT + reports for pretraining."),
+    n_survival: int = typer.Option(600, "--n-survival", help="Patients in the survival cohort."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the synthetic cohorts."),
+) -> None:
+    """Simulate, pretrain, cross-validate survival against baselines, sweep the clinical signal: one command."""
+    from ctsurv.demo import DemoSettings, run_demo
+
+    run_demo(out, DemoSettings(n_pretrain=n_pretrain, n_survival=n_survival, seed=seed), console=console)
+    console.print(f"report: [bold]{escape(str(out / 'REPORT.md'))}[/]  sweep figure: {escape(str(out / 'sweep.png'))}")
 
 
 def _fmt(value: Any) -> str:

@@ -321,7 +321,7 @@ def compare_methods(
         except ValueError as err:  # e.g. the reference has no comparable pair: leave the comparison None
             log.warning("%s: Harrell's C comparison not computable: %s", name, err)
         for note in oof.notes():
-            log.warning("%s: %s", name, note)
+            log.info("%s: %s", name, note)  # also in results.json "notes"
         results[name] = _no_nan(row)
     return results
 

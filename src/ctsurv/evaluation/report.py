@@ -303,8 +303,8 @@ def write_results(results: dict, out_dir: Path) -> list[Path]:
 
 
 def terminal_table(results: dict) -> Table:
-    """A compact results table for the terminal (method keys as in results.json; td-AUC is left to
-    results.md). The model's row is bold, the oracle's dim."""
+    """A compact results table for the terminal (method keys as in results.json; Uno's C, td-AUC and
+    IBS are in results.md). The model's row is bold, the oracle's dim."""
 
     def ci(m: Mapping[str, Any], key: str, ci_key: str, sign: bool = False) -> str:
         v, lo_hi = _finite(m.get(key)), m.get(ci_key)
@@ -316,13 +316,11 @@ def terminal_table(results: dict) -> Table:
         return text
 
     table = Table(title=f"Survival, out-of-fold: {cohort_line(results)}", title_justify="left")
-    for name, justify in (("method", "left"), ("C (95% CI)", "right"), ("Uno's C", "right"), ("IBS", "right"),
-                          ("ΔC vs clinical (95% CI)", "right"), ("p", "right")):
+    for name, justify in (("method", "left"), ("C (95% CI)", "right"), ("ΔC vs clinical (95% CI)", "right"), ("p", "right")):
         table.add_column(name, justify=justify, no_wrap=True)
     for name, m in _methods(results).items():
         delta = "reference" if name == REFERENCE else ci(m, "delta_c_vs_clinical", "delta_c_ci", sign=True)
-        table.add_row(name, ci(m, "harrell_c", "harrell_c_ci"), fmt_num(m.get("uno_c")), fmt_num(m.get("ibs")), delta,
-                      DASH if name == REFERENCE else fmt_p(m.get("p_vs_clinical")),
+        table.add_row(name, ci(m, "harrell_c", "harrell_c_ci"), delta, DASH if name == REFERENCE else fmt_p(m.get("p_vs_clinical")),
                       style="bold" if name == "model" else "dim" if name == ORACLE else None)
     return table
 

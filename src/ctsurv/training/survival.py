@@ -23,7 +23,6 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -118,7 +117,7 @@ def head_method(
             n_clinical=0 if clin_tr is None else clin_tr.shape[1],
             kind=s.head,
         )
-        as_t = lambda a: None if a is None else torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
+        as_t = lambda a: None if a is None else torch.as_tensor(a, dtype=torch.float32)
         fit_survival_head(
             head, as_t(img_tr), as_t(clin_tr), torch.as_tensor(data.time[train]), torch.as_tensor(data.event[train]),
             epochs=s.epochs, lr=s.lr, seed=seed, l2=s.l2,

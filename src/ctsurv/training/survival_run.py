@@ -79,17 +79,34 @@ def truth_risk(cohort: Cohort) -> np.ndarray | None:
     return truth.loc[cohort.ids, "log_hazard"].to_numpy(np.float64)
 
 
-def run_survival(
-    cfg: ExperimentConfig, cohort_path: str | Path, out_dir: str | Path, pretrained: str | Path | None = None,
-    encoder: str | None = None, folds: int = 5, repeats: int = 1, progress: bool = True,
-) -> SurvivalRun:
+@dataclass(frozen=True)
+class Features:
+    """Frozen image features of a cohort's scans, reusable for new outcomes on the same scans."""
+
+    ids: list[str]
+    answers: ImageFeatures | None
+    pooled: np.ndarray | None
+    checkpoint: Path | None
+
+    def for_cohort(self, cohort: Cohort) -> Features:
+        """These features in ``cohort``'s row order (same scans); an error if a study is missing."""
+        if cohort.ids == self.ids:
+            return self
+        where = {study: i for i, study in enumerate(self.ids)}
+        missing = [s for s in cohort.ids if s not in where]
+        if missing:
+            raise CtsurvError(f"no image features for {len(missing)} studies (e.g. {missing[:3]}); recompute them")
+        order = np.array([where[s] for s in cohort.ids])
+        answers = None if self.answers is None else ImageFeatures(self.answers.p_yes[order], self.answers.hidden[order], None)
+        return Features(cohort.ids, answers, None if self.pooled is None else self.pooled[order], self.checkpoint)
+
+
+def prepare(
+    cfg: ExperimentConfig, cohort_path: str | Path, pretrained: str | Path | None, encoder: str | None, progress: bool = True
+) -> tuple[ExperimentConfig, Cohort, Features]:
+    """The config with the model's preprocessing, the validated cohort, and its frozen image features."""
     if (pretrained is None) == (encoder is None):
         raise CtsurvError("give exactly one of --pretrained CHECKPOINT (a `ctsurv pretrain` folder) or --encoder NAME")
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise CtsurvError(f"{out_dir} already exists and is not empty; choose a new --out folder")
-    seconds: dict[str, float] = {}
-    t0 = clock.perf_counter()
     instruct = align = None
     if pretrained is not None:
         instruct, align = pretrained_checkpoints(Path(pretrained))
@@ -98,13 +115,8 @@ def run_survival(
     else:
         cfg = dataclasses.replace(cfg, vision=VisionConfig(encoder=encoder))  # type: ignore[arg-type]
     cohort = load_cohort(cohort_path, cfg.data, require_outcomes=True)
-    time, event = cohort.times, cohort.events
-    fold_list = make_folds(time, event, groups=cohort.patient_ids, n_splits=folds, n_repeats=repeats, seed=cfg.seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out_dir / "config.yaml")
-
     volumes = preprocess_all(cohort, cfg, progress)
-    answers: ImageFeatures | None = None
+    answers = None
     if instruct is not None:
         answers = vlm_features(vlm, volumes)
         pooled = encoder_features(load_checkpoint(align)[0].vision_encoder, volumes) if align is not None else None
@@ -112,13 +124,38 @@ def run_survival(
         torch.manual_seed(cfg.seed)
         size_xyz = tuple(reversed(cfg.data.target_shape_zyx))
         pooled = encoder_features(build_vision_encoder(cfg.vision, size_xyz), volumes)  # type: ignore[arg-type]
-    seconds["features"] = clock.perf_counter() - t0
+    return cfg, cohort, Features(cohort.ids, answers, pooled, instruct)
 
+
+def run_survival(
+    cfg: ExperimentConfig, cohort_path: str | Path, out_dir: str | Path, pretrained: str | Path | None = None,
+    encoder: str | None = None, folds: int = 5, repeats: int = 1, progress: bool = True,
+) -> SurvivalRun:
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise CtsurvError(f"{out_dir} already exists and is not empty; choose a new --out folder")
     t0 = clock.perf_counter()
+    cfg, cohort, features = prepare(cfg, cohort_path, pretrained, encoder, progress)
+    seconds = {"features": clock.perf_counter() - t0}
+    run = evaluate(cfg, cohort, features, out_dir, folds=folds, repeats=repeats, progress=progress)
+    return SurvivalRun(out_dir, run.results, {**seconds, **run.seconds})
+
+
+def evaluate(
+    cfg: ExperimentConfig, cohort: Cohort, features: Features, out_dir: Path, folds: int = 5, repeats: int = 1,
+    progress: bool = True, final_model: bool = True,
+) -> SurvivalRun:
+    """Cross-validate every method in the same folds; write results, figures and (optionally) the final model."""
+    t0 = clock.perf_counter()
+    features = features.for_cohort(cohort)
+    time, event = cohort.times, cohort.events
+    fold_list = make_folds(time, event, groups=cohort.patient_ids, n_splits=folds, n_repeats=repeats, seed=cfg.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out_dir / "config.yaml")
     data = FoldData(cohort, time, event)
     horizons = choose_horizons(time, event)
     horizon = float(np.quantile(time[event], cfg.survival.horizon_quantile))
-    methods = survival_methods(data, cfg, answers, pooled, truth_risk(cohort))
+    methods = survival_methods(data, cfg, features.answers, features.pooled, truth_risk(cohort))
     main = "model" if "model" in methods else "encoder_no_instruction"
     methods[main], surv_at_horizon = at_horizon(methods[main], horizon, len(time))
     oofs = {
@@ -129,27 +166,25 @@ def run_survival(
         "cohort": {
             "n": len(cohort), "events": int(event.sum()), "horizon": horizon, "times": horizons,
             "folds": folds, "repeats": repeats, "patients": len(set(cohort.patient_ids)),
-            "pretrained": str(instruct) if instruct else None, "encoder": encoder,
+            "pretrained": str(features.checkpoint) if features.checkpoint else None, "encoder": cfg.vision.encoder,
         },
         "methods": compare_methods(time, event, oofs, n_boot=cfg.survival.bootstrap, seed=cfg.seed),
         "notes": {name: oof.notes() for name, oof in oofs.items() if oof.notes()},
     }
-    seconds["crossval"] = clock.perf_counter() - t0
-
     oof = pd.DataFrame({"id": cohort.ids, "time": time, "event": event.astype(int), "risk": oofs[main].risk[0],
                         "surv_at_horizon": surv_at_horizon})
     for name, o in oofs.items():
         oof[f"risk_{name}"] = o.risk[0]
     oof.to_csv(out_dir / "oof.csv", index=False)
-    report.write_results(results, out_dir)
     results["figures"] = {
         "km": report.km_by_risk_group(oof, out_dir / "km_risk_groups.png"),
         "calibration": report.calibration_plot(oof, horizon, out_dir / "calibration.png"),
     }
     report.cindex_forest(results, out_dir / "cindex.png")
-    if answers is not None:
-        fit_final_model(cfg, data, answers, instruct, out_dir / "model")
-    return SurvivalRun(out_dir, results, seconds)
+    report.write_results(results, out_dir)
+    if final_model and features.answers is not None and features.checkpoint is not None:
+        fit_final_model(cfg, data, features.answers, features.checkpoint, out_dir / "model")
+    return SurvivalRun(out_dir, results, {"crossval": clock.perf_counter() - t0})
 
 
 def fit_final_model(cfg: ExperimentConfig, data: FoldData, answers: ImageFeatures, checkpoint: Path, out: Path) -> None:
