@@ -22,7 +22,7 @@ Pairs = list[tuple[str, str]]  # (question, answer)
 
 def align_pairs(findings: str, impression: str | None) -> Pairs:
     """Stage 1: caption the volume with its report."""
-    report = findings if not impression else f"{findings}\nImpression: {impression}"
+    report = "\n".join(part for part in (findings, f"Impression: {impression}" if impression else "") if part)
     return [(REPORT_QUESTION, report)]
 
 

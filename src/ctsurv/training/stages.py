@@ -73,9 +73,11 @@ class InstructionLoss(nn.Module):
         self.frozen_vision = frozen_vision
 
     def train(self, mode: bool = True) -> InstructionLoss:
+        """Train mode, except for parts this stage does not train (BatchNorm statistics, dropout stay fixed)."""
         super().train(mode)
-        if self.frozen_vision:
-            self.vlm.vision_encoder.eval()
+        for part in (self.vlm.vision_encoder, self.vlm.language_model):
+            if (part is self.vlm.vision_encoder and self.frozen_vision) or not any(p.requires_grad for p in part.parameters()):
+                part.eval()
         return self
 
     def forward(
@@ -97,7 +99,7 @@ class InstructionLoss(nn.Module):
         total = torch.zeros((), device=input_ids.device)
         for lo, hi in zip((0, *LENGTH_BUCKETS), (*LENGTH_BUCKETS, None)):
             sel = (lengths > lo) if hi is None else (lengths > lo) & (lengths <= hi)
-            if not bool(sel.any()):
+            if int(n_targets[sel].sum()) == 0:  # nothing to predict here (answers cut by max_length)
                 continue
             width = int(lengths[sel].max())
             loss = self.vlm(input_ids[sel, :width], attention_mask[sel, :width], labels[sel, :width], image_tokens=tokens[sel])
