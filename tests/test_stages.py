@@ -149,7 +149,7 @@ def test_bucketed_loss_equals_the_loss_over_the_whole_batch() -> None:
     assert buckets == {0, 1, 2, 3}, f"the batch must fill every length bucket, lengths {lengths.tolist()}"
     images = random_images(2, seed=1)
 
-    module = InstructionLoss(vlm, frozen_vision=False).eval()
+    module = InstructionLoss(vlm, frozen_vision=False, weighting="token").eval()
     bucketed = module(image_index=image_index, images=images, **batch)
     bucketed.backward()
     grads = {n: p.grad.clone() for n, p in vlm.named_parameters() if p.grad is not None}
@@ -163,3 +163,23 @@ def test_bucketed_loss_equals_the_loss_over_the_whole_batch() -> None:
     for name, p in vlm.named_parameters():
         if p.grad is not None:
             torch.testing.assert_close(grads[name], p.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_sequence_weighting_averages_each_answer_first() -> None:
+    """weighting="sequence": the mean over (question, answer) pairs of each pair's mean token loss."""
+    cfg = tiny_config("language.max_length=512")
+    vlm = build(cfg).eval()
+    report = "Bilateral pleural effusion, larger on the right. A nodule measuring 12 mm in the right upper lobe."
+    answers = ["Yes.", "No.", report, report * 4]
+    image_index = torch.tensor([0, 1, 1, 0])
+    batch = vlm.tokenize([format_prompt("Is there a pleural effusion?")] * len(answers), answers)
+    images = random_images(2, seed=2)
+    loss = InstructionLoss(vlm, frozen_vision=False, weighting="sequence").eval()(image_index=image_index, images=images, **batch)
+    tokens = vlm.encode_image(images)[image_index]
+    per_pair = [
+        vlm(batch["input_ids"][i : i + 1], batch["attention_mask"][i : i + 1], batch["labels"][i : i + 1], image_tokens=tokens[i : i + 1])
+        for i in range(len(answers))
+    ]
+    torch.testing.assert_close(loss, torch.stack(per_pair).mean(), rtol=1e-5, atol=1e-5)
+    token_mean = vlm(batch["input_ids"], batch["attention_mask"], batch["labels"], image_tokens=tokens)
+    assert abs(float(loss - token_mean)) > 1e-3  # the two weightings genuinely differ on this batch

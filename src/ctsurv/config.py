@@ -149,6 +149,7 @@ class PretrainConfig:
     align: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=4, batch_size=8, lr=1e-3))
     instruct: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=12, batch_size=8, lr=1e-3))
     finetune_vision: bool = False  # also train a *pretrained* vision encoder in stage 2 (a scratch one always trains)
+    loss_weighting: Literal["sequence", "token"] = "sequence"  # see training.stages.InstructionLoss
     max_new_tokens: int = 160  # for generating impressions/reports at evaluation
 
     def __post_init__(self) -> None:

@@ -109,14 +109,10 @@ class CTVLM(nn.Module):
 
     # ------------------------------------------------------------------ model
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        labels: torch.Tensor,
-        image_tokens: torch.Tensor,
-    ) -> torch.Tensor:
-        """Mean next-token cross-entropy over the answer tokens, given visual tokens (B, N, D).
+    def answer_token_losses(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, image_tokens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy of every answer token (T,) and the index (T,) of the sequence it belongs to.
 
         The output head runs only at the positions that predict an answer token: most positions
         hold visual or prompt tokens, and a full (B, L, vocab) logit tensor would cost more than
@@ -130,7 +126,19 @@ class CTVLM(nn.Module):
         target = labels[:, 1:]  # (B, L-1)
         keep = target != IGNORE_INDEX
         logits = self.language_model.get_output_embeddings()(hidden[keep])  # (T, vocab)
-        return F.cross_entropy(logits.float(), target[keep])
+        rows = torch.arange(len(input_ids), device=input_ids.device)[:, None].expand_as(target)[keep]  # (T,)
+        return F.cross_entropy(logits.float(), target[keep], reduction="none"), rows
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        image_tokens: torch.Tensor,
+    ) -> torch.Tensor:
+        """Mean next-token cross-entropy over the answer tokens, given visual tokens (B, N, D)."""
+        losses, _ = self.answer_token_losses(input_ids, attention_mask, labels, image_tokens)
+        return losses.mean()
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
         """The LM's last hidden states (B, L, D): the representation read by the survival head."""

@@ -139,7 +139,7 @@ def pretrain(
         dataset = StudyDataset(inputs[train_idx], stage_pairs[stage], kind)
         train_cfg = getattr(cfg.pretrain, stage)
         history = train(
-            InstructionLoss(vlm, frozen_vision), dataset, study_collate(vlm, kind), train_cfg, seed=cfg.seed,
+            InstructionLoss(vlm, frozen_vision, cfg.pretrain.loss_weighting), dataset, study_collate(vlm, kind), train_cfg, seed=cfg.seed,
             out_dir=out_dir / f"{stage}_run", resume=resume, description=stage, progress=progress,
         )
         seconds[stage] = time.perf_counter() - t0

@@ -65,12 +65,17 @@ class InstructionLoss(nn.Module):
     A batch holds a few studies and several (prompt, answer) sequences per study; ``image_index``
     maps each sequence to its study so that each volume is encoded once per batch. Give either
     ``images`` (B, 1, X, Y, Z) or cached encoder ``features`` (B, Dv, gx, gy, gz).
+
+    ``weighting="sequence"`` averages the loss per (question, answer) pair and then over pairs, so a
+    one-token "Yes."/"No." weighs as much as a 300-token report; with per-token weighting the reports
+    dominate and a model trained from scratch learns to answer the prior ("No.") without looking.
     """
 
-    def __init__(self, vlm: CTVLM, frozen_vision: bool) -> None:
+    def __init__(self, vlm: CTVLM, frozen_vision: bool, weighting: Literal["sequence", "token"] = "sequence") -> None:
         super().__init__()
         self.vlm = vlm
         self.frozen_vision = frozen_vision
+        self.weighting = weighting
 
     def train(self, mode: bool = True) -> InstructionLoss:
         """Train mode, except for parts this stage does not train (BatchNorm statistics, dropout stay fixed)."""
@@ -96,12 +101,18 @@ class InstructionLoss(nn.Module):
         # own longest sequence, instead of padding every yes/no answer to the report's length.
         lengths = attention_mask.sum(1)  # (S,) right-padded
         n_targets = (labels[:, 1:] != IGNORE_INDEX).sum(1)  # (S,) predicted tokens (labels shift by one)
-        total = torch.zeros((), device=input_ids.device)
+        per_sequence = torch.zeros(len(input_ids), device=input_ids.device)  # summed token losses
         for lo, hi in zip((0, *LENGTH_BUCKETS), (*LENGTH_BUCKETS, None)):
             sel = (lengths > lo) if hi is None else (lengths > lo) & (lengths <= hi)
             if int(n_targets[sel].sum()) == 0:  # nothing to predict here (answers cut by max_length)
                 continue
             width = int(lengths[sel].max())
-            loss = self.vlm(input_ids[sel, :width], attention_mask[sel, :width], labels[sel, :width], image_tokens=tokens[sel])
-            total = total + loss * n_targets[sel].sum()
-        return total / n_targets.sum().clamp(min=1)
+            idx = sel.nonzero().squeeze(1)
+            losses, rows = self.vlm.answer_token_losses(
+                input_ids[idx, :width], attention_mask[idx, :width], labels[idx, :width], image_tokens=tokens[idx]
+            )
+            per_sequence = per_sequence.index_add(0, idx[rows], losses)
+        if self.weighting == "token":  # every answer token counts the same: long reports dominate
+            return per_sequence.sum() / n_targets.sum().clamp(min=1)
+        answered = n_targets > 0  # every (question, answer) pair counts the same: a yes/no answer as much as a report
+        return (per_sequence[answered] / n_targets[answered]).mean()

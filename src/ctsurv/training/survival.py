@@ -135,9 +135,12 @@ def answer_image(features: ImageFeatures, components: int) -> Callable[[np.ndarr
     def build(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         parts_tr, parts_te = [features.p_yes[train]], [features.p_yes[test]]
         if components > 0:
-            pca = PCA(n_components=min(components, len(train) - 1), random_state=0).fit(features.hidden[train])
-            parts_tr.append(pca.transform(features.hidden[train]))
-            parts_te.append(pca.transform(features.hidden[test]))
+            # float64, as `ctsurv predict` projects with the saved components: a float32 PCA differs from it
+            # by ~1e-6, which the head's standardisation of low-variance components turns into ~1e-4 in risk
+            hidden = features.hidden.astype(np.float64)
+            pca = PCA(n_components=min(components, len(train) - 1), random_state=0).fit(hidden[train])
+            parts_tr.append(pca.transform(hidden[train]))
+            parts_te.append(pca.transform(hidden[test]))
         return np.concatenate(parts_tr, 1), np.concatenate(parts_te, 1)
 
     return build

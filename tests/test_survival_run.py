@@ -1,0 +1,416 @@
+"""`ctsurv survival`, `ctsurv predict` and `ctsurv demo` end to end on tiny simulated cohorts.
+
+One tiny pretraining run and one 3-fold survival run (module fixtures) feed every test: the
+``results.json`` contract (DESIGN.md) with its C-indices recomputed by scikit-survival from the
+out-of-fold risks and the true log-hazard, patient-level folds, the one-line errors with exit status 2,
+the prediction table, and predict's survival curves against lifelines' and scikit-survival's Breslow
+estimators for the same linear predictor.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from lifelines import CoxPHFitter
+from lifelines.exceptions import ConvergenceWarning
+from rich.console import Console
+from sksurv.linear_model.coxph import BreslowEstimator
+from sksurv.metrics import concordance_index_censored
+from tiny_setups import TINY, one_torch_thread  # noqa: F401 (autouse)
+from typer.testing import CliRunner, Result
+
+import ctsurv.demo
+from ctsurv.cli import app
+from ctsurv.config import ExperimentConfig, load_config
+from ctsurv.data.simulate import simulate
+from ctsurv.evaluation.crossval import make_folds
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+# tiny_setups.TINY with the simulated spacing, one epoch per pretraining stage, and a 400-token vocabulary:
+# trained on 10 reports, a 300-token BPE splits " Yes." and " No." into a bare space first, which
+# answer_features refuses (it reads P(yes) from the answers' first tokens).
+RUN = [
+    *(o for o in TINY if not o.startswith("language.vocab_size=")),
+    "language.vocab_size=400",
+    "data.target_spacing_zyx=[18,10,10]",
+    "pretrain.align.epochs=1",
+    "pretrain.instruct.epochs=1",
+    "pretrain.align.batch_size=4",
+    "pretrain.instruct.batch_size=4",
+    "pretrain.max_new_tokens=8",
+]
+SURVIVAL = ["survival.bootstrap=100", "survival.epochs=50"]
+SIM = {"shape_zyx": (16, 32, 32), "spacing_zyx": (18, 10, 10), "workers": 1}
+METHODS = {"model", "model_image_only", "clinical_cox", "encoder_no_instruction", "oracle"}
+METHOD_KEYS = {"harrell_c", "harrell_c_ci", "uno_c", "td_auc", "ibs", "delta_c_vs_clinical", "delta_c_ci", "p_vs_clinical"}
+LEARNED = ("model", "model_image_only", "encoder_no_instruction")  # fitted per fold on image features
+N_SIM, N_PAIRS, N_TWINS = 40, 6, 3  # 40 simulated patients; 6 get a second, identical study; 3 an identical twin
+
+
+def cli(*args: object) -> Result:
+    return CliRunner(env={"COLUMNS": "300"}).invoke(app, [str(a) for a in args])
+
+
+def assert_user_error(result: Result, *fragments: str) -> None:
+    """Exit status 2 and one line on stderr naming the problem, no traceback."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def strict_json(path: Path) -> object:
+    """Parse JSON refusing NaN / Infinity (Python's json module accepts them by default)."""
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{path} holds the non-finite number {constant}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def sksurv_c(event: np.ndarray, time: np.ndarray, risk: np.ndarray) -> float:
+    return float(concordance_index_censored(np.asarray(event, bool), np.asarray(time, float), np.asarray(risk, float))[0])
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype={"id": str, "patient_id": str, "sex": str, "smoking_status": str, "stage": str})
+
+
+# ------------------------------------------------------------------------------------------------ fixtures
+
+
+@dataclass(frozen=True)
+class Cohorts:
+    pretrain: Path  # cohort.csv of 12 studies with reports
+    sim: Path  # the simulated survival cohort folder (cohort.csv with relative volume paths, truth.csv)
+    cohort: Path  # grouped/cohort.csv: 40 + 6 second studies + 3 twins, patient_id, absolute volume paths
+    pairs: list[tuple[str, str]]  # (first study, second study) of the patients with two studies
+    twins: list[tuple[str, str]]  # (study, its twin): the same scan and data as another patient
+
+
+@pytest.fixture(scope="module")
+def cohorts(tmp_path_factory: pytest.TempPathFactory) -> Cohorts:
+    """A 12-study pretraining cohort and a 40-patient survival cohort (16×32×32 voxels), the latter with
+    a second study for 6 patients (3 with an event, 3 censored): the same scan, clinical data and outcome
+    under a new study id and a shared ``patient_id``; and 3 twins: such copies as patients of their own.
+    truth.csv gets the same rows."""
+    root = tmp_path_factory.mktemp("survival_cohorts")
+    simulate(root / "pretrain", n=12, seed=5, progress=False, **SIM)
+    simulate(root / "sim", n=N_SIM, seed=3, progress=False, **SIM)
+    table = read_table(root / "sim" / "cohort.csv")
+    truth = pd.read_csv(root / "sim" / "truth.csv", dtype={"id": str})
+    assert table["id"].tolist() == truth["id"].tolist()
+    table["volume"] = [str((root / "sim" / v).resolve()) for v in table["volume"]]
+    table["patient_id"] = table["id"]
+    twice = [*np.flatnonzero(table["event"] == 1)[:3], *np.flatnonzero(table["event"] == 0)[:3]]
+    second = table.iloc[twice].assign(id=lambda t: t["id"] + "_b")
+    twin_rows = np.flatnonzero(table["event"] == 1)[3:6]
+    twin = table.iloc[twin_rows].assign(id=lambda t: t["id"] + "_t", patient_id=lambda t: t["id"])
+    copies = [truth.iloc[rows].assign(id=lambda t, s=suffix: t["id"] + s) for rows, suffix in ((twice, "_b"), (twin_rows, "_t"))]
+    (root / "grouped").mkdir()
+    pd.concat([table, second, twin], ignore_index=True).to_csv(root / "grouped" / "cohort.csv", index=False)
+    pd.concat([truth, *copies], ignore_index=True).to_csv(root / "grouped" / "truth.csv", index=False)
+    return Cohorts(root / "pretrain" / "cohort.csv", root / "sim", root / "grouped" / "cohort.csv",
+                   list(zip(table["id"].iloc[twice], second["id"])), list(zip(table["id"].iloc[twin_rows], twin["id"])))
+
+
+@pytest.fixture(scope="module")
+def pretrained(cohorts: Cohorts, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("survival_pretrain") / "run"
+    result = cli("pretrain", "--config", CONFIG, "--cohort", cohorts.pretrain, "--out", out, *RUN)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def run(cohorts: Cohorts, pretrained: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("survival_run") / "survival"
+    result = cli("survival", "--config", CONFIG, "--cohort", cohorts.cohort, "--out", out, "--pretrained", pretrained,
+                 "--folds", 3, *SURVIVAL)
+    assert result.exit_code == 0, result.output
+    assert f"model: {out / 'model'}" in result.stdout
+    return out
+
+
+@pytest.fixture(scope="module")
+def predicted(run: Path, cohorts: Cohorts, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``ctsurv predict`` on the training cohort itself."""
+    out = tmp_path_factory.mktemp("survival_predict") / "predict"
+    result = cli("predict", run, cohorts.cohort, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert str(out / "predictions.csv") in result.stdout
+    return out
+
+
+# ----------------------------------------------------------------------------------- survival: results
+
+
+def test_results_json_follows_the_contract(run: Path, cohorts: Cohorts) -> None:
+    results = strict_json(run / "results.json")
+    assert isinstance(results, dict) and {"cohort", "methods"} <= set(results)
+    table = read_table(cohorts.cohort)
+    cohort = results["cohort"]
+    assert cohort["n"] == N_SIM + N_PAIRS + N_TWINS and cohort["patients"] == N_SIM + N_TWINS and cohort["folds"] == 3
+    assert cohort["events"] == int(table["event"].sum())
+
+    methods = results["methods"]
+    assert set(methods) == METHODS
+    time_keys = {str(int(t)) if float(t).is_integer() else repr(float(t)) for t in cohort["times"]}
+    for name, m in methods.items():
+        assert set(m) == METHOD_KEYS, name
+        assert 0 <= m["harrell_c"] <= 1, name
+        lo, hi = m["harrell_c_ci"]
+        assert 0 <= lo <= hi <= 1, name
+        assert set(m["td_auc"]) == time_keys, name
+        assert all(v is None or 0 <= v <= 1 for v in m["td_auc"].values()), name
+        assert m["uno_c"] is None or 0 <= m["uno_c"] <= 1, name
+        assert m["ibs"] is None or m["ibs"] >= 0, name
+        dlo, dhi = m["delta_c_ci"]
+        assert dlo <= dhi and 0 <= m["p_vs_clinical"] <= 1, name
+        assert m["delta_c_vs_clinical"] == pytest.approx(m["harrell_c"] - methods["clinical_cox"]["harrell_c"], abs=2e-4)
+    reference = methods["clinical_cox"]
+    assert reference["delta_c_vs_clinical"] == 0 and reference["delta_c_ci"] == [0, 0] and reference["p_vs_clinical"] == 1
+
+    assert "nan" not in (run / "results.csv").read_text().lower()
+    assert read_table(run / "results.csv")["method"].tolist() == list(methods)
+    assert (run / "results.md").read_text().startswith("# Survival results")
+    for png in ("km_risk_groups.png", "cindex.png", "calibration.png"):
+        assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    for name in ("model.json", "head.safetensors", "config.yaml"):
+        assert (run / "model" / name).is_file(), name
+
+
+def test_c_indices_match_scikit_survival(run: Path, cohorts: Cohorts) -> None:
+    """Every method's Harrell C is sksurv's C of its out-of-fold risks in oof.csv; the oracle's out-of-fold
+    risk is the true log-hazard of truth.csv. results.json keeps 4 decimals, so the comparison is with
+    sksurv's C rounded to 4 decimals (oof.csv keeps the risks exactly)."""
+    results = strict_json(run / "results.json")
+    table = read_table(cohorts.cohort)
+    truth = pd.read_csv(cohorts.cohort.with_name("truth.csv"), dtype={"id": str}).set_index("id").loc[table["id"]]
+    oof = pd.read_csv(run / "oof.csv", dtype={"id": str})
+    assert oof["id"].tolist() == table["id"].tolist()
+    assert oof["time"].tolist() == table["time"].tolist() and oof["event"].tolist() == table["event"].tolist()
+    time, event = table["time"].to_numpy(float), table["event"].to_numpy(bool)
+
+    np.testing.assert_allclose(oof["risk_oracle"], truth["log_hazard"], rtol=0, atol=1e-12)
+    oracle_c = sksurv_c(event, time, truth["log_hazard"].to_numpy())
+    assert results["methods"]["oracle"]["harrell_c"] == pytest.approx(round(oracle_c, 4), abs=1e-12)
+
+    assert oof["risk"].tolist() == oof["risk_model"].tolist()  # the main method is the model
+    model_c = sksurv_c(event, time, oof["risk"].to_numpy())
+    assert results["methods"]["model"]["harrell_c"] == pytest.approx(round(model_c, 4), abs=1e-12)
+    for name in METHODS:
+        c = sksurv_c(event, time, oof[f"risk_{name}"].to_numpy())
+        assert results["methods"][name]["harrell_c"] == pytest.approx(round(c, 4), abs=1e-12), name
+
+
+def test_folds_keep_a_patients_studies_together(run: Path, cohorts: Cohorts) -> None:
+    """The folds `ctsurv survival` builds (make_folds on patient_id, seed 0) never split a patient, and the
+    run used such folds: a patient's two studies are identical inputs, so a fitted method gives them the same
+    out-of-fold risk only when one fold's model scored both (models of different folds differ)."""
+    table = read_table(cohorts.cohort)
+    time, event, patients = table["time"].to_numpy(float), table["event"].to_numpy(bool), table["patient_id"].to_numpy()
+    folds = make_folds(time, event, groups=patients, n_splits=3, n_repeats=1, seed=0)
+    tested = np.zeros(len(table), int)
+    for fold in folds:
+        assert not set(patients[fold.train_idx]) & set(patients[fold.test_idx])
+        tested[fold.test_idx] += 1
+    assert (tested == 1).all()
+    where = dict(zip(table["id"], range(len(table))))
+    fold_of = {int(i): f.fold for f in folds for i in f.test_idx}
+    assert all(fold_of[where[a]] == fold_of[where[b]] for a, b in cohorts.pairs)
+    # the same draw without patient ids splits some pairs: the grouping is what keeps them together
+    ungrouped = {int(i): f.fold for f in make_folds(time, event, n_splits=3, seed=0) for i in f.test_idx}
+    assert any(ungrouped[where[a]] != ungrouped[where[b]] for a, b in cohorts.pairs)
+
+    oof = pd.read_csv(run / "oof.csv", dtype={"id": str}).set_index("id")
+    for a, b in cohorts.pairs:
+        assert oof.at[a, "risk_clinical_cox"] == oof.at[b, "risk_clinical_cox"], (a, b)
+        for name in LEARNED:  # image features of one scan in two batch positions: equal to float rounding
+            assert oof.at[a, f"risk_{name}"] == pytest.approx(oof.at[b, f"risk_{name}"], abs=1e-6), (name, a, b)
+    # identical inputs scored by different folds' models get different risks: the equalities above have teeth
+    apart = [(a, b) for a, b in cohorts.twins if fold_of[where[a]] != fold_of[where[b]]]
+    assert apart, "no twin fell in another fold than its original; choose other twins"
+    for a, b in apart:
+        for name in ("clinical_cox", *LEARNED):
+            assert abs(oof.at[a, f"risk_{name}"] - oof.at[b, f"risk_{name}"]) > 1e-3, (name, a, b)
+
+
+def test_too_few_patients_with_an_event_is_a_one_line_error(cohorts: Cohorts, pretrained: Path, tmp_path: Path) -> None:
+    """4 event studies of 3 patients (one patient twice) cannot fill 4 folds: a clear error, exit 2,
+    and no results (never a NaN metric in a report)."""
+    table = read_table(cohorts.cohort)
+    a, b = next((a, b) for a, b in cohorts.pairs if table.set_index("id").at[a, "event"] == 1)
+    events = table[(table["event"] == 1) & ~table["id"].isin([a, b])].head(2)
+    censored = table[table["event"] == 0].head(6)
+    small = pd.concat([table[table["id"].isin([a, b])], events, censored])
+    assert small["event"].sum() == 4 and small[small["event"] == 1]["patient_id"].nunique() == 3
+    small.to_csv(tmp_path / "few_events.csv", index=False)
+    out = tmp_path / "out"
+    result = cli("survival", "--config", CONFIG, "--cohort", tmp_path / "few_events.csv", "--out", out,
+                 "--pretrained", pretrained, "--folds", 4, *SURVIVAL)
+    assert_user_error(result, "only 3 patients with an event", "4 folds", "--folds 3")
+    assert not (out / "results.json").exists()
+
+
+def test_survival_refuses_a_non_empty_out(run: Path, cohorts: Cohorts, pretrained: Path) -> None:
+    result = cli("survival", "--config", CONFIG, "--cohort", cohorts.cohort, "--out", run, "--pretrained", pretrained)
+    assert_user_error(result, str(run), "already exists and is not empty")
+
+
+# --------------------------------------------------------------------------------------------- predict
+
+
+def test_predict_table_on_the_training_cohort(predicted: Path, run: Path, cohorts: Cohorts) -> None:
+    table = read_table(cohorts.cohort)
+    pred = read_table(predicted / "predictions.csv")
+    meta = json.loads((run / "model" / "model.json").read_text())
+    assert pred["id"].tolist() == table["id"].tolist()  # one row per study, in input order
+    risk = pred["risk"].to_numpy()
+    # the final model's risks of its own training cohort, recomputed from the scans: same values
+    np.testing.assert_allclose(np.sort(risk), meta["training_risk"], rtol=0, atol=1e-9)
+
+    pct = pred["risk_percentile"].to_numpy()
+    assert ((0 <= pct) & (pct <= 100)).all()
+    ranks = np.array([np.sum(risk <= r) for r in risk])  # within the training cohort: its own rank
+    assert np.abs(pct - 100 * ranks / len(risk)).max() <= 100 / len(risk) + 1e-9
+
+    columns = [f"survival_at_{t:g}" for t in meta["horizon_times"]]
+    assert [c for c in pred.columns if c.startswith("survival_at_")] == columns
+    surv = pred[columns].to_numpy()
+    assert ((0 <= surv) & (surv <= 1)).all()
+    assert (np.diff(surv, axis=1) <= 0).all()  # non-increasing in time
+    order = np.argsort(risk)
+    assert (np.diff(surv[order], axis=0) <= 1e-12).all()  # lower for higher risk
+
+    p_yes = pred[[c for c in pred.columns if c.startswith("p_yes: ")]]
+    assert p_yes.shape[1] == len(meta["presence_labels"]) and ((0 <= p_yes) & (p_yes <= 1)).all().all()
+    for label in meta["presence_labels"]:
+        expected = np.where(pred[f"p_yes: {label}"] >= 0.5, "Yes.", "No.")
+        assert pred[f"answer: {label}"].tolist() == expected.tolist(), label
+    assert sorted(p.stem for p in (predicted / "curves").glob("*.png")) == sorted(table["id"])
+
+
+def test_predicted_curves_are_the_breslow_estimate_of_lifelines_and_sksurv(predicted: Path, cohorts: Cohorts) -> None:
+    """predict's curves S(t | x) = exp(-H0(t) exp(lp(x))), H0 the Breslow baseline of the final model's training
+    cohort with its linear predictor lp (the risk, coefficient 1), against two independent estimators.
+
+    The training lp per study is predict's risk on the training cohort (checked above to equal model.json's
+    ``training_risk``). scikit-survival's ``BreslowEstimator`` takes a fixed linear predictor directly.
+    lifelines estimates the coefficient, so the coefficient is held at 1 through its public fitting options:
+    it fits on covariates scaled by their sample std, so the starting point std(lp) is coefficient 1 on the
+    original scale, and ``max_steps=1`` stops Newton-Raphson after evaluating that point without moving
+    (``params_ == 1`` is asserted). Its ``baseline_cumulative_hazard_`` is then the Breslow estimate for lp
+    itself (lifelines centres lp at its mean, which cancels in S)."""
+    table = read_table(cohorts.cohort)
+    pred = read_table(predicted / "predictions.csv")
+    lp, time, event = pred["risk"].to_numpy(), table["time"].to_numpy(float), table["event"].to_numpy(int)
+    curves = pd.read_csv(predicted / "curves.csv", dtype={"id": str})
+    grid = np.unique(curves["time"].to_numpy())
+    np.testing.assert_array_equal(grid, np.unique(time[event == 1]))  # the training cohort's event times
+    ours = curves.pivot(index="id", columns="time", values="survival").loc[pred["id"], grid].to_numpy()  # (n, T)
+
+    frame = pd.DataFrame({"lp": lp, "T": time, "E": event})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # stopping after one step is deliberate
+        cph = CoxPHFitter().fit(frame, "T", "E", initial_point=np.array([frame["lp"].std()]), fit_options={"max_steps": 1})
+    assert cph.params_["lp"] == pytest.approx(1.0, abs=1e-12)
+    lifelines_curves = cph.predict_survival_function(frame[["lp"]], times=grid).to_numpy().T  # (n, T)
+    np.testing.assert_allclose(ours, lifelines_curves, rtol=0, atol=1e-6)
+
+    breslow = BreslowEstimator().fit(lp, event.astype(bool), time)
+    sksurv_curves = np.stack([f(grid) for f in breslow.get_survival_function(lp)])  # (n, T)
+    np.testing.assert_allclose(ours, sksurv_curves, rtol=0, atol=1e-6)
+    assert ours[:, -1].std() > 0.01  # curves that differ between patients: the comparison has teeth
+
+
+def test_predict_one_volume_imputes_the_clinical_data(run: Path, cohorts: Cohorts, tmp_path: Path) -> None:
+    """A volume given alone has no clinical data: imputed as the training mean (numeric columns) and the
+    most frequent level (categorical), with missing indicators where training had missing values — the
+    same prediction as a table row holding those values."""
+    table = read_table(cohorts.cohort)
+    volume = Path(table.at[0, "volume"])
+    result = cli("predict", run, volume, "--out", tmp_path / "one")
+    assert result.exit_code == 0, result.output
+    one = read_table(tmp_path / "one" / "predictions.csv")
+    assert one["id"].tolist() == [table.at[0, "id"]] and np.isfinite(one["risk"]).all()
+
+    cfg = load_config(run / "config.yaml")
+    typical: dict[str, object] = {}
+    for col in cfg.data.numeric_columns:
+        if table[col].notna().all():
+            typical[col] = float(table[col].mean())
+    for col in cfg.data.categorical_columns:
+        counts = table[col].value_counts()
+        if table[col].notna().all() and counts.iloc[0] > counts.iloc[1]:
+            typical[col] = counts.index[0]
+    assert typical, "the cohort should have complete clinical columns"
+    empty = {"id": "empty", "volume": str(volume), **dict.fromkeys([*cfg.data.numeric_columns, *cfg.data.categorical_columns])}
+    pd.DataFrame([empty, {**empty, "id": "typical", **typical}]).to_csv(tmp_path / "two.csv", index=False)
+    result = cli("predict", run, tmp_path / "two.csv", "--out", tmp_path / "two")
+    assert result.exit_code == 0, result.output
+    two = read_table(tmp_path / "two" / "predictions.csv")
+    numbers = [c for c in one.columns if c == "risk" or c.startswith("survival_at_")]
+    for row in (0, 1):
+        np.testing.assert_allclose(two.loc[row, numbers].to_numpy(float), one.loc[0, numbers].to_numpy(float), atol=1e-6)
+
+
+def test_predict_names_an_unseen_categorical_level(run: Path, cohorts: Cohorts, tmp_path: Path) -> None:
+    table = read_table(cohorts.cohort).head(3)
+    table.loc[1, "sex"] = "X"
+    table.to_csv(tmp_path / "unseen.csv", index=False)
+    out = tmp_path / "out"
+    result = cli("predict", run, tmp_path / "unseen.csv", "--out", out)
+    assert_user_error(result, "'sex'", "'X'", "never seen in training")
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------------ demo
+
+
+def demo_config() -> ExperimentConfig:
+    return load_config(CONFIG, [*RUN, "survival.epochs=20", "survival.bootstrap=100"])
+
+
+def test_demo_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole demo on a tiny config and tiny cohorts (small volumes, one rendering process)."""
+    monkeypatch.setattr(ctsurv.demo, "demo_config", demo_config)
+    monkeypatch.setattr(ctsurv.demo, "simulate", partial(simulate, **SIM))
+    signals = ctsurv.demo.SWEEP_CLINICAL_SIGNALS
+    out = tmp_path / "demo"
+    settings = ctsurv.demo.DemoSettings(n_pretrain=12, n_survival=30)
+    summary = ctsurv.demo.run_demo(out, settings, console=Console(file=io.StringIO()))
+
+    results = strict_json(out / "survival" / "results.json")
+    assert set(results["methods"]) == METHODS and results["cohort"]["n"] == 30
+    assert (out / "survival" / "model" / "model.json").is_file()
+    sweep = strict_json(out / "sweep.json")
+    assert [p["clinical_signal"] for p in sweep] == list(signals)
+    assert sweep == json.loads(json.dumps(summary["sweep"]))
+    main = next(p for p in sweep if p["clinical_signal"] == settings.clinical_signal)
+    raw = summary["survival"]["methods"]  # the main run's point comes from its own (unrounded) results
+    assert main["model_c"] == raw["model"]["harrell_c"] and main["clinical_c"] == raw["clinical_cox"]["harrell_c"]
+    for signal in signals:
+        if signal != settings.clinical_signal:
+            assert (out / "sweep" / f"clinical_{signal:g}" / "results.json").is_file(), signal
+    assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (out / "REPORT.md").read_text()
+    assert report.startswith("# ctsurv demo") and "# Survival results" in report
+    rows = [line for line in report.splitlines() if line.startswith("| ") and line.split("|")[1].strip()[:1].isdigit()]
+    assert [float(r.split("|")[1]) for r in rows] == list(signals)
+
+
+def test_demo_refuses_a_non_empty_out(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("keep me\n")
+    assert_user_error(cli("demo", "--out", tmp_path), str(tmp_path), "already exists and is not empty")
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
