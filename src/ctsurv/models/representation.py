@@ -12,18 +12,10 @@ Two readings of the language model's hidden states, both from the same visual to
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from ctsurv.models.vlm import CTVLM, format_prompt
-
-
-def yes_no_token_ids(vlm: CTVLM) -> tuple[int, int]:
-    """Ids of the first tokens of the canonical answers " Yes." and " No."."""
-    yes = vlm.tokenizer(" Yes.", add_special_tokens=False).input_ids[0]
-    no = vlm.tokenizer(" No.", add_special_tokens=False).input_ids[0]
-    if yes == no:
-        raise ValueError("the tokenizer maps ' Yes.' and ' No.' to the same first token")
-    return yes, no
+from ctsurv.models.vlm import CTVLM, IGNORE_INDEX, format_prompt
 
 
 def last_hidden(vlm: CTVLM, image_tokens: torch.Tensor, prompts: list[str]) -> torch.Tensor:
@@ -37,18 +29,45 @@ def last_hidden(vlm: CTVLM, image_tokens: torch.Tensor, prompts: list[str]) -> t
     return out.hidden_states[-1][:, -1]  # (B, D)
 
 
+def score_answer(
+    vlm: CTVLM, image_tokens: torch.Tensor, prompts: list[str], answer: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-likelihood (B,) of ``answer`` after each prompt, and the hidden state (B, D) at the last
+    prompt position (the one that produces the answer's first token).
+
+    Scoring whole answers works with any tokenizer: " Yes." and " No." need not be single tokens,
+    nor differ in their first token.
+    """
+    batch = vlm.tokenize(prompts, [answer] * len(prompts))  # right-padded
+    batch = {k: v.to(image_tokens.device) for k, v in batch.items()}
+    embeds = vlm.embed(batch["input_ids"], image_tokens)
+    out = vlm.language_model(
+        inputs_embeds=embeds, attention_mask=batch["attention_mask"], output_hidden_states=True, logits_to_keep=1
+    )
+    hidden = out.hidden_states[-1]  # (B, L, D)
+    target = batch["labels"][:, 1:]  # (B, L-1): position t predicts token t+1
+    keep = target != IGNORE_INDEX
+    logits = vlm.language_model.get_output_embeddings()(hidden[:, :-1][keep]).float()  # (T, vocab)
+    token_ll = -F.cross_entropy(logits, target[keep], reduction="none")  # (T,)
+    rows = torch.arange(len(prompts), device=hidden.device)[:, None].expand_as(target)[keep]
+    loglik = torch.zeros(len(prompts), device=hidden.device).index_add(0, rows, token_ll)
+    prompt_end = (batch["labels"] != IGNORE_INDEX).int().argmax(1) - 1  # (B,)
+    return loglik, hidden[torch.arange(len(prompts)), prompt_end]
+
+
 @torch.no_grad()
 def answer_features(vlm: CTVLM, image_tokens: torch.Tensor, questions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """P(yes) (B, Q) and answer-position hidden states (B, Q, D) for yes/no ``questions``.
 
-    All B×Q prompts go through the LM in one call (all prompts share the image prefix length).
+    P(yes) compares the likelihoods of the canonical answers " Yes." and " No."; all B×Q prompts
+    go through the LM together (study-major order).
     """
-    yes, no = yes_no_token_ids(vlm)
     b, q = len(image_tokens), len(questions)
-    prompts = [format_prompt(text) for _ in range(b) for text in questions]  # study-major
-    h = last_hidden(vlm, image_tokens.repeat_interleave(q, dim=0), prompts)  # (B*Q, D)
-    logits = vlm.language_model.get_output_embeddings()(h)[:, [yes, no]].float()  # (B*Q, 2)
-    return logits.softmax(-1)[:, 0].reshape(b, q), h.float().reshape(b, q, -1)
+    prompts = [format_prompt(text) for _ in range(b) for text in questions]
+    tokens = image_tokens.repeat_interleave(q, dim=0)  # (B*Q, N, D)
+    yes, h = score_answer(vlm, tokens, prompts, "Yes.")
+    no, _ = score_answer(vlm, tokens, prompts, "No.")
+    return torch.sigmoid(yes - no).reshape(b, q), h.float().reshape(b, q, -1)
 
 
 class RiskQuery(nn.Module):

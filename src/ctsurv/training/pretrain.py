@@ -102,13 +102,20 @@ def pretrain(
     if len(train_idx) < 2:
         raise CtsurvError(f"{cohort_path}: only {len(train_idx)} training studies after the validation split; add studies")
 
+    stage_pairs = {
+        "align": [align_pairs(findings[i], impressions[i]) for i in train_idx],
+        "instruct": [
+            [(q.text, a) for q, a in instruction_pairs(findings[i], impressions[i])] for i in train_idx
+        ],
+    }
     tokenizer_dir = out_dir / "tokenizer"
     tokenizer = None
     if cfg.language.model == "tiny":
         if tokenizer_dir.exists():
             tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
-        else:
-            tokenizer = train_tokenizer([reports[i] for i in train_idx], cfg.language.vocab_size)
+        else:  # the training studies' reports and their question-answer texts: no test-fold text
+            texts = [reports[i] for i in train_idx] + [f"{q} {a}" for pairs in stage_pairs["instruct"] for q, a in pairs]
+            tokenizer = train_tokenizer(texts, cfg.language.vocab_size)
             tokenizer.save_pretrained(tokenizer_dir)
     torch.manual_seed(cfg.seed)
     vlm = build_vlm(cfg, tokenizer=tokenizer)
@@ -118,12 +125,6 @@ def pretrain(
     volumes = preprocess_all(cohort, cfg, progress)
     seconds["preprocess"] = time.perf_counter() - t0
 
-    stage_pairs = {
-        "align": [align_pairs(findings[i], impressions[i]) for i in train_idx],
-        "instruct": [
-            [(q.text, a) for q, a in instruction_pairs(findings[i], impressions[i])] for i in train_idx
-        ],
-    }
     features = None
     for stage in ("align", "instruct"):
         stage_dir = out_dir / stage

@@ -33,7 +33,7 @@ from sklearn.decomposition import PCA
 
 from ctsurv.config import ExperimentConfig
 from ctsurv.data.clinical import ClinicalSchema
-from ctsurv.data.cohort import Cohort
+from ctsurv.data.cohort import Cohort, _as_text
 from ctsurv.data.instructions import QUESTIONS
 from ctsurv.evaluation.crossval import FoldPrediction
 from ctsurv.models.representation import answer_features
@@ -86,7 +86,16 @@ class FoldData:
     event: np.ndarray
 
     def clinical(self, idx: np.ndarray, schema: ClinicalSchema) -> np.ndarray:
-        return schema.transform(self.cohort.clinical().iloc[idx])
+        """The design matrix of rows ``idx`` under a training fold's ``schema``. A categorical level the
+        training fold lacks (a rare level whose patients all fell in one test fold) reads as missing: the
+        fold's model knows nothing of it, and the schema refuses unseen levels (right for `ctsurv predict`)."""
+        frame = self.cohort.clinical().iloc[idx]
+        for col, levels in zip(schema.categorical, schema.levels, strict=True):
+            text = frame[col].map(_as_text)
+            unseen = text.notna() & ~text.isin(levels)
+            if unseen.any():
+                frame = frame.assign(**{col: frame[col].mask(unseen)})
+        return schema.transform(frame)
 
     def schema(self, idx: np.ndarray) -> ClinicalSchema:
         c = self.cohort.config

@@ -202,7 +202,8 @@ def fit_final_model(cfg: ExperimentConfig, data: FoldData, answers: ImageFeature
     from sklearn.decomposition import PCA
 
     k = cfg.survival.hidden_components
-    pca = PCA(n_components=min(k, len(everyone) - 1), random_state=0).fit(answers.hidden.astype(np.float64)) if k > 0 else None
+    hidden = answers.hidden.astype(np.float64)  # as answer_image: predict projects in float64
+    pca = PCA(n_components=min(k, len(everyone) - 1), random_state=0).fit(hidden) if k > 0 else None
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in head.state_dict().items()}, out / "head.safetensors")
     meta = {
