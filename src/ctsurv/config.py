@@ -150,6 +150,7 @@ class PretrainConfig:
     instruct: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=12, batch_size=8, lr=1e-3))
     finetune_vision: bool = False  # also train a *pretrained* vision encoder in stage 2 (a scratch one always trains)
     loss_weighting: Literal["sequence", "token"] = "sequence"  # see training.stages.InstructionLoss
+    finding_loss_weight: float = 1.0  # auxiliary presence loss on a training vision encoder in stage 2 (0 = off)
     max_new_tokens: int = 160  # for generating impressions/reports at evaluation
 
     def __post_init__(self) -> None:

@@ -13,11 +13,21 @@ from typing import Callable
 import torch
 from torch.utils.data import Dataset
 
+from ctsurv.data.instructions import QUESTIONS
 from ctsurv.models.vlm import CTVLM, format_prompt
 
 REPORT_QUESTION = "Write the full report."
 
 Pairs = list[tuple[str, str]]  # (question, answer)
+
+
+PRESENCE_QUESTIONS = [q.text for q in QUESTIONS if q.kind == "presence"]
+
+
+def presence_labels(pairs: Pairs) -> list[int]:
+    """1/0 per presence question from a study's answers ("Yes."/"No."), -1 where it was not asked."""
+    answers = dict(pairs)
+    return [{"Yes.": 1, "No.": 0}.get(answers.get(q, ""), -1) for q in PRESENCE_QUESTIONS]
 
 
 def align_pairs(findings: str, impression: str | None) -> Pairs:
@@ -55,6 +65,7 @@ def study_collate(vlm: CTVLM, kind: str) -> Callable[[list[tuple[torch.Tensor, P
                 index.append(i)
         batch = vlm.tokenize(questions, answers)
         batch["image_index"] = torch.tensor(index, dtype=torch.long)
+        batch["finding_labels"] = torch.tensor([presence_labels(pairs) for _, pairs in rows], dtype=torch.long)
         batch[kind] = torch.stack([r[0] for r in rows]).float()
         return batch
 

@@ -23,7 +23,7 @@ from transformers import AutoTokenizer
 
 from ctsurv.config import ExperimentConfig, save_config
 from ctsurv.data.cohort import Cohort, load_cohort
-from ctsurv.data.datasets import StudyDataset, align_pairs, study_collate
+from ctsurv.data.datasets import PRESENCE_QUESTIONS, StudyDataset, align_pairs, study_collate
 from ctsurv.data.instructions import instruction_pairs
 from ctsurv.data.transforms import Preprocessor
 from ctsurv.errors import CtsurvError
@@ -140,7 +140,12 @@ def pretrain(
         dataset = StudyDataset(inputs[train_idx], stage_pairs[stage], kind)
         train_cfg = getattr(cfg.pretrain, stage)
         history = train(
-            InstructionLoss(vlm, frozen_vision, cfg.pretrain.loss_weighting), dataset, study_collate(vlm, kind), train_cfg, seed=cfg.seed,
+            InstructionLoss(
+                vlm, frozen_vision, cfg.pretrain.loss_weighting,
+                finding_weight=cfg.pretrain.finding_loss_weight if stage == "instruct" else 0.0,
+                n_findings=len(PRESENCE_QUESTIONS),
+            ),
+            dataset, study_collate(vlm, kind), train_cfg, seed=cfg.seed,
             out_dir=out_dir / f"{stage}_run", resume=resume, description=stage, progress=progress,
         )
         seconds[stage] = time.perf_counter() - t0

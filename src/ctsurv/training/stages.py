@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ctsurv.config import ExperimentConfig
@@ -69,13 +70,28 @@ class InstructionLoss(nn.Module):
     ``weighting="sequence"`` averages the loss per (question, answer) pair and then over pairs, so a
     one-token "Yes."/"No." weighs as much as a 300-token report; with per-token weighting the reports
     dominate and a model trained from scratch learns to answer the prior ("No.") without looking.
+
+    ``finding_weight > 0`` adds an auxiliary loss for a vision encoder that trains: a linear head on
+    the mean- and max-pooled feature grid predicts the presence answers (the same report-derived
+    labels the LM learns, ``finding_labels`` (B, P), -1 where unknown) with binary cross-entropy.
+    It gives the encoder a direct signal that the language model's loss alone passes on too weakly
+    when both start from random weights. The head is not part of the CTVLM and is not saved.
     """
 
-    def __init__(self, vlm: CTVLM, frozen_vision: bool, weighting: Literal["sequence", "token"] = "sequence") -> None:
+    def __init__(
+        self,
+        vlm: CTVLM,
+        frozen_vision: bool,
+        weighting: Literal["sequence", "token"] = "sequence",
+        finding_weight: float = 0.0,
+        n_findings: int = 0,
+    ) -> None:
         super().__init__()
         self.vlm = vlm
         self.frozen_vision = frozen_vision
         self.weighting = weighting
+        self.finding_weight = finding_weight if not frozen_vision else 0.0
+        self.finding_head = nn.Linear(2 * vlm.vision_encoder.out_dim, n_findings) if self.finding_weight > 0 else None
 
     def train(self, mode: bool = True) -> InstructionLoss:
         """Train mode, except for parts this stage does not train (BatchNorm statistics, dropout stay fixed)."""
@@ -93,9 +109,11 @@ class InstructionLoss(nn.Module):
         labels: torch.Tensor,
         images: torch.Tensor | None = None,
         features: torch.Tensor | None = None,
+        finding_labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if features is None:
             features = self.vlm.vision_encoder.features(images)  # (B, Dv, gx, gy, gz)
+        auxiliary = self._finding_loss(features, finding_labels)
         tokens = self.vlm.project_features(features)[image_index]  # (S, N, D), one row per sequence
         # Short answers and long reports share a batch: run the LM per length bucket, each cut to its
         # own longest sequence, instead of padding every yes/no answer to the report's length.
@@ -113,6 +131,14 @@ class InstructionLoss(nn.Module):
             )
             per_sequence = per_sequence.index_add(0, idx[rows], losses)
         if self.weighting == "token":  # every answer token counts the same: long reports dominate
-            return per_sequence.sum() / n_targets.sum().clamp(min=1)
+            return per_sequence.sum() / n_targets.sum().clamp(min=1) + auxiliary
         answered = n_targets > 0  # every (question, answer) pair counts the same: a yes/no answer as much as a report
-        return (per_sequence[answered] / n_targets[answered]).mean()
+        return (per_sequence[answered] / n_targets[answered]).mean() + auxiliary
+
+    def _finding_loss(self, grid: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        if self.finding_head is None or labels is None or not bool((labels >= 0).any()):
+            return grid.new_zeros(())
+        pooled = torch.cat([grid.flatten(2).mean(-1), grid.flatten(2).amax(-1)], dim=1)  # (B, 2*Dv)
+        logits = self.finding_head(pooled)  # (B, P)
+        known = labels >= 0
+        return self.finding_weight * F.binary_cross_entropy_with_logits(logits[known], labels[known].float())
