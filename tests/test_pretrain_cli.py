@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from safetensors.torch import load_file
+from tiny_setups import TINY as TINY_SETUP
 from tiny_setups import one_torch_thread  # noqa: F401 (autouse)
 from typer.testing import CliRunner, Result
 
@@ -23,18 +24,8 @@ from ctsurv.training.stages import InstructionLoss
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 TINY = [
-    "data.target_shape_zyx=[16,32,32]",
+    *TINY_SETUP,
     "data.target_spacing_zyx=[18,10,10]",
-    "vision.dim=32",
-    "vision.depth=1",
-    "vision.heads=2",
-    "language.vocab_size=300",
-    "language.hidden_size=32",
-    "language.intermediate_size=64",
-    "language.layers=1",
-    "language.heads=2",
-    "language.max_length=128",
-    "projector.tokens_zyx=[1,2,2]",
     "pretrain.align.epochs=1",
     "pretrain.instruct.epochs=1",
     "pretrain.align.batch_size=4",

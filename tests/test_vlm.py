@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_setups import TINY_MODEL
 
 from ctsurv.config import load_config
 from ctsurv.errors import ConfigError, CtsurvError
@@ -19,21 +20,8 @@ TEXTS = [
 
 
 def tiny(*overrides: str) -> CTVLM:
-    base = [
-        "data.target_shape_zyx=[16,32,32]",
-        "vision.patch_size_zyx=[8,8,8]",
-        "vision.dim=32",
-        "vision.depth=1",
-        "vision.heads=2",
-        "language.vocab_size=300",
-        "language.hidden_size=32",
-        "language.intermediate_size=64",
-        "language.layers=1",
-        "language.heads=2",
-        "language.max_length=128",
-    ]
     torch.manual_seed(0)
-    return build_vlm(load_config(None, base + list(overrides)), texts=TEXTS)
+    return build_vlm(load_config(None, [*TINY_MODEL, *overrides]), texts=TEXTS)
 
 
 @pytest.mark.parametrize(

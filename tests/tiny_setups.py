@@ -19,7 +19,7 @@ from ctsurv.data.datasets import align_pairs, study_collate
 from ctsurv.data.instructions import instruction_pairs
 from ctsurv.models.vlm import CTVLM, build_vlm
 
-TINY = [
+TINY_MODEL = [  # a CTVLM of a few thousand parameters on 16×32×32 volumes
     "data.target_shape_zyx=[16,32,32]",
     "vision.patch_size_zyx=[8,8,8]",
     "vision.dim=32",
@@ -31,8 +31,8 @@ TINY = [
     "language.layers=1",
     "language.heads=2",
     "language.max_length=128",
-    "projector.tokens_zyx=[1,2,2]",
 ]
+TINY = [*TINY_MODEL, "projector.tokens_zyx=[1,2,2]"]
 IMAGE_XYZ = (32, 32, 16)  # data.target_shape_zyx reversed: what the encoders take
 
 REPORTS = [
