@@ -75,12 +75,13 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/ctsurv-bench"))
     parser.add_argument("--n-train", type=int, default=600)
     parser.add_argument("--n-test", type=int, default=200)
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. pretrain.instruct.epochs=20")
     args = parser.parse_args()
     train_dir, test_dir, out = args.work / "train", args.work / "test", args.work / "pretrain"
     for d, n, seed in ((train_dir, args.n_train, 0), (test_dir, args.n_test, 1000)):
         if not (d / "cohort.csv").exists():
             simulate(d, n=n, seed=seed, progress=False)
-    cfg = load_config(CONFIG)
+    cfg = load_config(CONFIG, args.overrides)
 
     t0 = time.perf_counter()
     summary = pretrain(cfg, train_dir / "cohort.csv", out, resume=True, progress=False)
@@ -127,9 +128,10 @@ def main() -> None:
         "held_out_eval": summary.metrics["presence"]["macro"],
         "test_presence": rows,
     }
-    (HERE / "pretrain.json").write_text(json.dumps(result, indent=2))
-    (HERE / "pretrain.md").write_text(_markdown(result, " ".join(sys.argv[1:])))
-    print((HERE / "pretrain.md").read_text())
+    name = "pretrain" if not args.overrides else "pretrain_" + "_".join(o.replace("=", "-") for o in args.overrides)
+    (HERE / f"{name}.json").write_text(json.dumps(result, indent=2))
+    (HERE / f"{name}.md").write_text(_markdown(result, " ".join(sys.argv[1:])))
+    print((HERE / f"{name}.md").read_text())
 
 
 def _report_answers(cohort, question) -> list[str]:

@@ -138,19 +138,30 @@ def head_method(
     return fit_predict
 
 
+def fit_answer_pca(features: ImageFeatures, rows: np.ndarray, components: int) -> PCA | None:
+    """PCA of the answer-position hidden states of ``rows`` (None when no components are kept).
+
+    Fitted in float64, as `ctsurv predict` projects with the saved components: a float32 PCA differs
+    from it by ~1e-6, which the head's standardisation of low-variance components turns into ~1e-4 in risk.
+    """
+    if components <= 0:
+        return None
+    return PCA(n_components=min(components, len(rows) - 1), random_state=0).fit(features.hidden[rows].astype(np.float64))
+
+
+def answer_matrix(features: ImageFeatures, rows: np.ndarray, pca: PCA | None) -> np.ndarray:
+    """The image features of ``rows``: P(yes) per presence question, then the hidden states' components."""
+    if pca is None:
+        return features.p_yes[rows]
+    return np.concatenate([features.p_yes[rows], pca.transform(features.hidden[rows].astype(np.float64))], 1)
+
+
 def answer_image(features: ImageFeatures, components: int) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """P(yes) plus the first ``components`` principal components of the hidden states (PCA fit on train)."""
 
     def build(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        parts_tr, parts_te = [features.p_yes[train]], [features.p_yes[test]]
-        if components > 0:
-            # float64, as `ctsurv predict` projects with the saved components: a float32 PCA differs from it
-            # by ~1e-6, which the head's standardisation of low-variance components turns into ~1e-4 in risk
-            hidden = features.hidden.astype(np.float64)
-            pca = PCA(n_components=min(components, len(train) - 1), random_state=0).fit(hidden[train])
-            parts_tr.append(pca.transform(hidden[train]))
-            parts_te.append(pca.transform(hidden[test]))
-        return np.concatenate(parts_tr, 1), np.concatenate(parts_te, 1)
+        pca = fit_answer_pca(features, train, components)
+        return answer_matrix(features, train, pca), answer_matrix(features, test, pca)
 
     return build
 

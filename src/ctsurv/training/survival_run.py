@@ -33,9 +33,10 @@ from ctsurv.training.survival import (
     PRESENCE_LABELS,
     FoldData,
     ImageFeatures,
-    answer_image,
+    answer_matrix,
     at_horizon,
     encoder_features,
+    fit_answer_pca,
     survival_methods,
     vlm_features,
 )
@@ -191,19 +192,15 @@ def fit_final_model(cfg: ExperimentConfig, data: FoldData, answers: ImageFeature
     """The model method fitted on the whole cohort, saved for `ctsurv predict` (no pickle)."""
     everyone = np.arange(len(data.time))
     schema = data.schema(everyone)
-    image_tr, _ = answer_image(answers, cfg.survival.hidden_components)(everyone, everyone[:1])
-    clinical = schema.transform(data.cohort.clinical())
-    head = SurvivalHead(image_dim=image_tr.shape[1], n_clinical=clinical.shape[1], kind=cfg.survival.head)
+    pca = fit_answer_pca(answers, everyone, cfg.survival.hidden_components)
+    image = torch.as_tensor(answer_matrix(answers, everyone, pca), dtype=torch.float32)
+    clinical = torch.as_tensor(schema.transform(data.cohort.clinical()))
+    head = SurvivalHead(image_dim=image.shape[1], n_clinical=clinical.shape[1], kind=cfg.survival.head)
     fit_survival_head(
-        head, torch.as_tensor(image_tr, dtype=torch.float32), torch.as_tensor(clinical), torch.as_tensor(data.time),
-        torch.as_tensor(data.event), epochs=cfg.survival.epochs, lr=cfg.survival.lr, seed=cfg.seed, l2=cfg.survival.l2,
+        head, image, clinical, torch.as_tensor(data.time), torch.as_tensor(data.event),
+        epochs=cfg.survival.epochs, lr=cfg.survival.lr, seed=cfg.seed, l2=cfg.survival.l2,
     )
-    risk = head.predict_risk(torch.as_tensor(image_tr, dtype=torch.float32), torch.as_tensor(clinical)).numpy()
-    from sklearn.decomposition import PCA
-
-    k = cfg.survival.hidden_components
-    hidden = answers.hidden.astype(np.float64)  # as answer_image: predict projects in float64
-    pca = PCA(n_components=min(k, len(everyone) - 1), random_state=0).fit(hidden) if k > 0 else None
+    risk = head.predict_risk(image, clinical).numpy()
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in head.state_dict().items()}, out / "head.safetensors")
     meta = {
