@@ -125,3 +125,13 @@ def test_pooled_features_give_the_same_tokens() -> None:
     model = tiny()
     grid = model.vision_encoder.features(torch.rand(2, 1, 32, 32, 16))
     torch.testing.assert_close(model.projector(model.projector.pool(grid)), model.projector(grid))
+
+
+def test_cnn_encoder_grid_and_gradients() -> None:
+    """vision.encoder=cnn3d: a stride-16 grid in (X, Y, Z) order, every parameter trained."""
+    model = tiny("vision.encoder=cnn3d", "vision.cnn_widths=[4,8,8,16]")
+    grid = model.vision_encoder.features(torch.rand(2, 1, 32, 32, 16))
+    assert grid.shape == (2, 16, 2, 2, 1)
+    batch = model.tokenize([format_prompt("Is there cardiomegaly?")] * 2, ["Yes.", "No."])
+    model(**batch, image_tokens=model.encode_image(torch.rand(2, 1, 32, 32, 16))).backward()
+    assert all(p.grad is not None for p in model.vision_encoder.parameters())

@@ -175,7 +175,7 @@ def survival(
     cohort: Path = typer.Option(..., "--cohort", help="Cohort table with volumes, clinical columns, time and event."),
     out: Path = typer.Option(..., "--out", help="Folder to create for results, figures and the fitted model."),
     pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="A `ctsurv pretrain` output folder."),
-    encoder: Optional[str] = typer.Option(None, "--encoder", help="Or a bare encoder (vit3d, i3resnet152): the ablation."),
+    encoder: Optional[str] = typer.Option(None, "--encoder", help="Or a bare encoder (vit3d, cnn3d, i3resnet152): the ablation."),
     folds: int = typer.Option(5, "--folds", help="Cross-validation folds."),
     repeats: int = typer.Option(1, "--repeats", help="Repeats of the k-fold split."),
     seed: int = typer.Option(0, "--seed", help="Seed of the folds and the heads."),

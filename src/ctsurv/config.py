@@ -66,7 +66,8 @@ class DataConfig:
 class VisionConfig:
     """The 3D vision encoder: a small ViT trained from scratch, or the pretrained I3ResNet-152."""
 
-    encoder: Literal["vit3d", "i3resnet152"] = "vit3d"
+    encoder: Literal["vit3d", "cnn3d", "i3resnet152"] = "vit3d"
+    cnn_widths: tuple[int, int, int, int] = (16, 32, 64, 128)  # cnn3d only: channels of its four stages
     # vit3d only (the I3ResNet-152 architecture is fixed by its weights)
     patch_size_zyx: tuple[int, int, int] = (8, 8, 8)
     dim: int = 128

@@ -1,6 +1,8 @@
 """3D vision encoders: both map a preprocessed CT (B, 1, X, Y, Z) in RAS to a feature grid.
 
 * ``ViT3D``: a small 3D Vision Transformer (MONAI's ``ViT``) trained from scratch, the CPU default.
+* ``CNN3D``: a small 3D ResNet (MONAI's ``ResNet``, basic blocks) trained from scratch; convolutions
+  learn local findings from a few hundred volumes faster than a ViT does.
 * ``I3ResNet152``: the pretrained CT encoder (see :mod:`ctsurv.models.i3resnet`).
 
 Both expose ``features(x) -> (B, D, gx, gy, gz)`` (the grid the projector pools) and
@@ -10,7 +12,7 @@ Both expose ``features(x) -> (B, D, gx, gy, gz)`` (the grid the projector pools)
 from __future__ import annotations
 
 import torch
-from monai.networks.nets import ViT
+from monai.networks.nets import ResNet, ViT
 from torch import nn
 
 from ctsurv.config import VisionConfig
@@ -58,12 +60,37 @@ class ViT3D(nn.Module):
     forward = features
 
 
+class CNN3D(nn.Module):
+    """A small 3D ResNet (one basic block per stage), the grid before pooling: stride 16 overall."""
+
+    def __init__(self, cfg: VisionConfig) -> None:
+        super().__init__()
+        self.out_dim = cfg.cnn_widths[-1]
+        self.resnet = ResNet(
+            block="basic", layers=[1, 1, 1, 1], block_inplanes=list(cfg.cnn_widths), spatial_dims=3,
+            n_input_channels=1, conv1_t_stride=2, no_max_pool=True, feed_forward=False,
+        )
+        self.resnet.avgpool = nn.Identity()  # the grid is pooled by the projector, not here
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        r = self.resnet
+        h = r.act(r.bn1(r.conv1(x)))  # (B, w0, X/2, Y/2, Z/2); no max-pool: small lesions keep their voxels
+        return r.layer4(r.layer3(r.layer2(r.layer1(h))))  # (B, w3, X/16, Y/16, Z/16)
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).flatten(2).transpose(1, 2)  # (B, N, D)
+
+    forward = features
+
+
 def build_vision_encoder(cfg: VisionConfig, image_size_xyz: tuple[int, int, int]) -> nn.Module:
     """The encoder named by ``cfg.encoder`` for inputs of ``image_size_xyz`` voxels."""
     if cfg.encoder == "vit3d":
         return ViT3D(cfg, image_size_xyz)
+    if cfg.encoder == "cnn3d":
+        return CNN3D(cfg)
     if cfg.encoder == "i3resnet152":
         from ctsurv.models.i3resnet import load_i3resnet152
 
         return load_i3resnet152()
-    raise ConfigError(f"unknown vision.encoder {cfg.encoder!r}; use 'vit3d' or 'i3resnet152'")
+    raise ConfigError(f"unknown vision.encoder {cfg.encoder!r}; use 'vit3d', 'cnn3d' or 'i3resnet152'")

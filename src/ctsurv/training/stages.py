@@ -29,7 +29,7 @@ LENGTH_BUCKETS = (64, 128, 256)  # sequence lengths (tokens) at which a batch is
 
 
 def vision_is_pretrained(cfg: ExperimentConfig) -> bool:
-    return cfg.vision.encoder != "vit3d"
+    return cfg.vision.encoder == "i3resnet152"
 
 
 def language_is_pretrained(cfg: ExperimentConfig) -> bool:
