@@ -9,6 +9,7 @@ import torch
 from ctsurv.data.instructions import QUESTIONS
 from ctsurv.data.transforms import Preprocessor
 from ctsurv.errors import CtsurvError
+from ctsurv.evaluation.vlm_eval import SHORT_ANSWER_TOKENS
 from ctsurv.training.checkpoint import load_checkpoint
 
 
@@ -33,7 +34,8 @@ def answer_volume(
     """``{question: answer}`` for one volume; the predefined questions unless ``questions`` are given.
 
     ``max_new_tokens`` caps the impression, the report and free questions (default: the checkpoint's
-    ``pretrain.max_new_tokens``, the limit its evaluation used); predefined short answers get 12 tokens.
+    ``pretrain.max_new_tokens``, the limit its evaluation used); predefined short answers get
+    ``SHORT_ANSWER_TOKENS``, as in the held-out evaluation.
     """
     model, cfg = load_checkpoint(resolve_checkpoint(checkpoint))
     if max_new_tokens is None:
@@ -42,4 +44,8 @@ def answer_volume(
     tokens = model.encode_image(image)  # (1, N, D)
     texts = questions or [q.text for q in QUESTIONS]
     long = {q.text for q in QUESTIONS if q.kind in ("impression", "report")}
-    return {t: model.generate(tokens, [t], max_new_tokens=max_new_tokens if (t in long or questions) else 12)[0] for t in texts}
+    answers = {}
+    for text in texts:  # free questions and the impression/report get the long budget
+        budget = max_new_tokens if (questions or text in long) else SHORT_ANSWER_TOKENS
+        answers[text] = model.generate(tokens, [text], max_new_tokens=budget)[0]
+    return answers

@@ -23,7 +23,7 @@ from ctsurv.data.clinical import ClinicalSchema
 from ctsurv.data.cohort import load_cohort
 from ctsurv.data.instructions import QUESTIONS
 from ctsurv.errors import CtsurvError
-from ctsurv.evaluation.vlm_eval import answer_questions
+from ctsurv.evaluation.vlm_eval import SHORT_ANSWER_TOKENS, answer_questions
 from ctsurv.models.survival import BreslowBaseline, SurvivalHead
 from ctsurv.training.checkpoint import load_checkpoint
 from ctsurv.training.pretrain import preprocess_all
@@ -90,7 +90,7 @@ def predict(run_dir: str | Path, target: str | Path, out_dir: str | Path, spacin
     for j, label in enumerate(PRESENCE_LABELS):
         table[f"answer: {label}"] = np.where(answers.p_yes[:, j] >= 0.5, "Yes.", "No.")
     details = [q for q in QUESTIONS if q.kind not in ("presence", "report")]
-    generated = answer_questions(vlm, volumes, "images", [q.text for q in details], max_new_tokens=24)
+    generated = answer_questions(vlm, volumes, "images", [q.text for q in details], max_new_tokens=SHORT_ANSWER_TOKENS)
     for j, q in enumerate(details):
         table[f"answer: {q.text}"] = [g[j] for g in generated]
 

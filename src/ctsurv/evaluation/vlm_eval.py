@@ -25,6 +25,8 @@ from ctsurv.data.instructions import QUESTIONS, Question, answers_from_report, p
 from ctsurv.evaluation.text_metrics import per_label_scores, text_report
 from ctsurv.models.vlm import CTVLM
 
+SHORT_ANSWER_TOKENS = 16  # enough for "Right upper lobe and left lower lobe." and sizes; impressions get more
+
 
 @torch.no_grad()
 def answer_questions(
@@ -58,7 +60,7 @@ def evaluate_vlm(
     short = [q for q in QUESTIONS if q.kind not in ("impression", "report")]
     generated: dict[str, list[str]] = {}
     for q in track(short, description="answering held-out questions", disable=not progress):
-        generated[q.key] = [a[0] for a in answer_questions(vlm, inputs, kind, [q.text], max_new_tokens=8)]
+        generated[q.key] = [a[0] for a in answer_questions(vlm, inputs, kind, [q.text], max_new_tokens=SHORT_ANSWER_TOKENS)]
     long_questions = [q for q in QUESTIONS if q.kind in ("impression", "report")]
     for q in long_questions:
         generated[q.key] = [a[0] for a in answer_questions(vlm, inputs, kind, [q.text], max_new_tokens)]
