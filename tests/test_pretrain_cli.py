@@ -18,6 +18,7 @@ from ctsurv.cli import app
 from ctsurv.data.findings import CTRATE_LABELS
 from ctsurv.data.instructions import QUESTIONS
 from ctsurv.data.simulate import simulate
+from ctsurv.evaluation.vlm_eval import SHORT_ANSWER_TOKENS
 from ctsurv.inference import answer_volume
 from ctsurv.models.vlm import CTVLM
 from ctsurv.training.stages import InstructionLoss
@@ -149,7 +150,7 @@ def test_ask_answers_the_predefined_questions(run: Path, cohort: Path, monkeypat
     assert list(expected) == [q.text for q in QUESTIONS]
     assert table_rows(result.stdout) == [(q, " ".join(a.split())) for q, a in expected.items()]
     # impression and report are as long as the checkpoint's pretrain.max_new_tokens allows (8 here)
-    assert limits == {q.text: 8 if q.kind in ("impression", "report") else 12 for q in QUESTIONS}
+    assert limits == {q.text: 8 if q.kind in ("impression", "report") else SHORT_ANSWER_TOKENS for q in QUESTIONS}
 
 
 @pytest.mark.parametrize("question", ["Is there a lung nodule?", "Is there a [/b] nodule or a [bold]mass[/bold]?"])
