@@ -96,3 +96,24 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path: Path) -> N
     assert [h["loss"] for h in two["history"]] == pytest.approx([h["loss"] for h in one["history"]], rel=1e-4, abs=1e-6)
     for p, q in zip(one["weights"], two["weights"]):
         torch.testing.assert_close(torch.tensor(q), torch.tensor(p), rtol=1e-4, atol=1e-5)
+
+
+class WithBatchNorm(Regression):
+    """The toy regression with a BatchNorm layer: its running statistics must survive a resume."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.BatchNorm1d(16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+
+
+def test_resume_restores_batchnorm_statistics(tmp_path: Path) -> None:
+    straight = WithBatchNorm()
+    train(straight, data(), collate, CFG, seed=3, out_dir=tmp_path / "a", progress=False)
+    interrupted = WithBatchNorm()
+    with pytest.raises(Crash):
+        train(interrupted, CrashingData(after=64 * 2 + 20), collate, CFG, seed=3, out_dir=tmp_path / "b", progress=False)
+    resumed = WithBatchNorm()
+    train(resumed, data(), collate, CFG, seed=3, out_dir=tmp_path / "b", resume=True, progress=False)
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)

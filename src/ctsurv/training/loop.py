@@ -34,8 +34,10 @@ STATE_DIR = "train_state"
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The parameters that this stage trains, detached and contiguous (what a checkpoint stores)."""
-    return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    """What training changes: the trainable parameters and every buffer (BatchNorm running statistics)."""
+    state = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    state.update({n: b.detach().contiguous().cpu() for n, b in model.named_buffers()})
+    return state
 
 
 def train(
@@ -135,16 +137,16 @@ def _save_state(state_dir: Path, model: nn.Module, optimizer: Any, scheduler: An
 
 def _load_state(state_dir: Path, model: nn.Module, optimizer: Any, scheduler: Any) -> tuple[int, list]:
     weights = load_file(state_dir / "trainable.safetensors")
-    expected = {n for n, p in model.named_parameters() if p.requires_grad}
+    expected = set(trainable_state(model))
     if set(weights) != expected:
         raise CtsurvError(
             f"cannot resume from {state_dir}: it holds {len(weights)} trained tensors but this stage trains "
             f"{len(expected)} (different config?). Start again without --resume, or restore the original config."
         )
-    params = dict(model.named_parameters())
+    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
     with torch.no_grad():
         for name, value in weights.items():
-            params[name].copy_(value)
+            tensors[name].copy_(value)
     state = torch.load(state_dir / "optimizer.pt", weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
