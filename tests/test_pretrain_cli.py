@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from safetensors.torch import load_file
-from tiny_setups import TINY as TINY_SETUP
+from tiny_setups import TINY_PIPELINE
 from tiny_setups import one_torch_thread  # noqa: F401 (autouse)
 from typer.testing import CliRunner, Result
 
@@ -24,15 +24,7 @@ from ctsurv.models.vlm import CTVLM
 from ctsurv.training.stages import InstructionLoss
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
-TINY = [
-    *TINY_SETUP,
-    "data.target_spacing_zyx=[18,10,10]",
-    "pretrain.align.epochs=1",
-    "pretrain.instruct.epochs=1",
-    "pretrain.align.batch_size=4",
-    "pretrain.instruct.batch_size=4",
-    "pretrain.max_new_tokens=8",
-]
+TINY = TINY_PIPELINE
 N_TRAIN, BATCH = 10, 4  # 12 studies of 6 patients; val_fraction 0.15 holds out 1 patient (2 studies)
 
 

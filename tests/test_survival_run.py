@@ -24,7 +24,7 @@ from lifelines.exceptions import ConvergenceWarning
 from rich.console import Console
 from sksurv.linear_model.coxph import BreslowEstimator
 from sksurv.metrics import concordance_index_censored
-from tiny_setups import TINY, one_torch_thread  # noqa: F401 (autouse)
+from tiny_setups import TINY_PIPELINE, one_torch_thread  # noqa: F401 (autouse)
 from typer.testing import CliRunner, Result
 
 import ctsurv.demo
@@ -37,19 +37,7 @@ from ctsurv.evaluation.crossval import make_folds
 from ctsurv.training.survival import FoldData, clinical_cox
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
-# tiny_setups.TINY with the simulated spacing, one epoch per pretraining stage, and a 400-token vocabulary:
-# trained on 10 reports, a 300-token BPE splits " Yes." and " No." into a bare space first, which
-# answer_features refuses (it reads P(yes) from the answers' first tokens).
-RUN = [
-    *(o for o in TINY if not o.startswith("language.vocab_size=")),
-    "language.vocab_size=400",
-    "data.target_spacing_zyx=[18,10,10]",
-    "pretrain.align.epochs=1",
-    "pretrain.instruct.epochs=1",
-    "pretrain.align.batch_size=4",
-    "pretrain.instruct.batch_size=4",
-    "pretrain.max_new_tokens=8",
-]
+RUN = TINY_PIPELINE
 SURVIVAL = ["survival.bootstrap=100", "survival.epochs=50"]
 SIM = {"shape_zyx": (16, 32, 32), "spacing_zyx": (18, 10, 10), "workers": 1}
 METHODS = {"model", "model_image_only", "clinical_cox", "encoder_no_instruction", "oracle"}
@@ -401,8 +389,10 @@ def test_predict_one_volume_imputes_the_clinical_data(run: Path, cohorts: Cohort
     numbers = [c for c in one.columns if c == "risk" or c.startswith("survival_at_")]
     for row in (0, 1):
         expected = one.loc[0, numbers].to_numpy(float)
-        # a batch of two vs one volume: float32 matmuls are not bitwise batch-invariant (~1e-5 here)
-        np.testing.assert_allclose(two.loc[row, numbers].to_numpy(float), expected, rtol=0, atol=1e-4)
+        # A batch of two vs one volume: float32 matmuls are not bitwise batch-invariant (~1e-6 in the
+        # features), and the head's standardisation of this tiny model's near-constant P(yes) features
+        # amplifies that to ~2e-4 in risk. Imputing anything else would move the risk by ~0.1 or more.
+        np.testing.assert_allclose(two.loc[row, numbers].to_numpy(float), expected, rtol=0, atol=2e-3)
 
 
 def test_predict_names_an_unseen_categorical_level(run: Path, cohorts: Cohorts, tmp_path: Path) -> None:

@@ -33,6 +33,15 @@ TINY_MODEL = [  # a CTVLM of a few thousand parameters on 16×32×32 volumes
     "language.max_length=128",
 ]
 TINY = [*TINY_MODEL, "projector.tokens_zyx=[1,2,2]"]
+TINY_PIPELINE = [  # TINY for `ctsurv pretrain` on cohorts simulated at 16×32×32 voxels of 18×10×10 mm
+    *TINY,
+    "data.target_spacing_zyx=[18,10,10]",
+    "pretrain.align.epochs=1",
+    "pretrain.instruct.epochs=1",
+    "pretrain.align.batch_size=4",
+    "pretrain.instruct.batch_size=4",
+    "pretrain.max_new_tokens=8",
+]
 IMAGE_XYZ = (32, 32, 16)  # data.target_shape_zyx reversed: what the encoders take
 
 REPORTS = [
