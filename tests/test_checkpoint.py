@@ -11,6 +11,7 @@ import torch
 import yaml
 from safetensors import safe_open
 from tiny_setups import (
+    LORA,
     build,
     one_torch_thread,  # noqa: F401 (autouse)
     random_images,
@@ -27,7 +28,6 @@ from ctsurv.training import checkpoint
 from ctsurv.training.checkpoint import WEIGHTS, load_checkpoint, save_checkpoint
 from ctsurv.training.stages import InstructionLoss
 
-LORA = ("lora.enabled=true", "lora.r=4", "lora.target_modules=[q_proj,v_proj]")
 QUESTIONS = ["Is there a lung nodule?", "Write the full report."]
 
 

@@ -10,11 +10,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from safetensors.torch import load_file
-from tiny_setups import TINY_PIPELINE
+from tiny_setups import TINY_PIPELINE, assert_user_error, cli
 from tiny_setups import one_torch_thread  # noqa: F401 (autouse)
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
-from ctsurv.cli import app
 from ctsurv.data.findings import CTRATE_LABELS
 from ctsurv.data.instructions import QUESTIONS
 from ctsurv.data.simulate import simulate
@@ -26,11 +25,6 @@ from ctsurv.training.stages import InstructionLoss
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 TINY = TINY_PIPELINE
 N_TRAIN, BATCH = 10, 4  # 12 studies of 6 patients; val_fraction 0.15 holds out 1 patient (2 studies)
-
-
-def cli(*args: object) -> Result:
-    """Run ``ctsurv ARGS`` in-process; a wide terminal so that rich tables keep one row per line."""
-    return CliRunner(env={"COLUMNS": "300"}).invoke(app, [str(a) for a in args])
 
 
 def pretrain(cohort: Path, out: Path, *extra: str) -> Result:
@@ -49,16 +43,6 @@ def table_rows(stdout: str) -> list[tuple[str, str]]:
             else:  # a continuation line of a multi-line answer
                 rows[-1] = (rows[-1][0], f"{rows[-1][1]} {answer}".strip())
     return rows
-
-
-def assert_user_error(result: Result, *fragments: str) -> None:
-    """Exit status 2 and one line on stderr naming the problem, no traceback."""
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 @pytest.fixture(scope="module")

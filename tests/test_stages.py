@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from tiny_setups import (
+    LORA,
     IMAGE_XYZ,
     build,
     needs_astra_weights,
@@ -21,7 +22,6 @@ from tiny_setups import (
 from ctsurv.models.vlm import CTVLM, format_prompt
 from ctsurv.training.stages import LENGTH_BUCKETS, InstructionLoss, set_trainable, vision_trains
 
-LORA = ("lora.enabled=true", "lora.r=4", "lora.target_modules=[q_proj,v_proj]")
 
 # setup -> (overrides, {stage: (vision encoder trains?, what of the LM trains: "all" / "lora" / "none")})
 SETUPS: dict[str, tuple[tuple[str, ...], dict[str, tuple[bool, str]]]] = {

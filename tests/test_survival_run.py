@@ -24,11 +24,9 @@ from lifelines.exceptions import ConvergenceWarning
 from rich.console import Console
 from sksurv.linear_model.coxph import BreslowEstimator
 from sksurv.metrics import concordance_index_censored
-from tiny_setups import TINY_PIPELINE, one_torch_thread  # noqa: F401 (autouse)
-from typer.testing import CliRunner, Result
+from tiny_setups import TINY_PIPELINE, assert_user_error, cli, one_torch_thread  # noqa: F401 (autouse)
 
 import ctsurv.demo
-from ctsurv.cli import app
 from ctsurv.config import ExperimentConfig, load_config
 from ctsurv.data.cohort import load_cohort
 from ctsurv.data.simulate import simulate
@@ -46,20 +44,6 @@ METHOD_KEYS = {
 }
 LEARNED = ("model", "model_image_only", "encoder_no_instruction")  # fitted per fold on image features
 N_SIM, N_PAIRS, N_TWINS = 40, 6, 3  # 40 simulated patients; 6 get a second, identical study; 3 an identical twin
-
-
-def cli(*args: object) -> Result:
-    return CliRunner(env={"COLUMNS": "300"}).invoke(app, [str(a) for a in args])
-
-
-def assert_user_error(result: Result, *fragments: str) -> None:
-    """Exit status 2 and one line on stderr naming the problem, no traceback."""
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def strict_json(path: Path) -> object:

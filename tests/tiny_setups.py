@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner, Result
 
+from ctsurv.cli import app
 from ctsurv.config import ExperimentConfig, load_config
 from ctsurv.data.datasets import align_pairs, study_collate
 from ctsurv.data.instructions import instruction_pairs
@@ -33,6 +35,7 @@ TINY_MODEL = [  # a CTVLM of a few thousand parameters on 16×32×32 volumes
     "language.max_length=128",
 ]
 TINY = [*TINY_MODEL, "projector.tokens_zyx=[1,2,2]"]
+LORA = ("lora.enabled=true", "lora.r=4", "lora.target_modules=[q_proj,v_proj]")
 TINY_PIPELINE = [  # TINY for `ctsurv pretrain` on cohorts simulated at 16×32×32 voxels of 18×10×10 mm
     *TINY,
     "data.target_spacing_zyx=[18,10,10]",
@@ -113,3 +116,18 @@ def study_batch(
 def random_images(n: int, seed: int = 0) -> torch.Tensor:
     """``n`` preprocessed-volume stand-ins (n, 1, X, Y, Z) in [0, 1]."""
     return torch.rand(n, 1, *IMAGE_XYZ, generator=torch.Generator().manual_seed(seed))
+
+
+def cli(*args: object) -> Result:
+    """Run ``ctsurv ARGS`` in-process; a wide terminal so that rich tables keep one row per line."""
+    return CliRunner(env={"COLUMNS": "300"}).invoke(app, [str(a) for a in args])
+
+
+def assert_user_error(result: Result, *fragments: str) -> None:
+    """Exit status 2 and one line on stderr naming the problem, no traceback."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
