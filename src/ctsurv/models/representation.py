@@ -1,32 +1,16 @@
 """What the CTVLM saw in a scan, as features for the survival head.
 
-Two readings of the language model's hidden states, both from the same visual tokens:
-
-* ``answer_features``: for each predefined yes/no question, the hidden state at the position
-  that produces the answer, and the probability the model gives to "Yes" over "No". The
-  probabilities are interpretable (one per finding); the hidden states carry size and extent.
-* ``RiskQuery``: a learned query embedding appended after the image and read out at the last
-  position, trained with the Cox loss (the alternative the survival stage compares against).
+``answer_features``: for each predefined yes/no question, the hidden state at the position that
+produces the answer, and the probability the model gives to "Yes" over "No". The probabilities
+are interpretable (one per finding); the hidden states carry size and extent.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ctsurv.models.vlm import CTVLM, IGNORE_INDEX, format_prompt
-
-
-def last_hidden(vlm: CTVLM, image_tokens: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-    """The LM's final hidden state at the last prompt position (left-padded batch): (B, D)."""
-    batch = vlm.tokenize(prompts, padding_side="left")
-    batch = {k: v.to(image_tokens.device) for k, v in batch.items()}
-    embeds = vlm.embed(batch["input_ids"], image_tokens)
-    out = vlm.language_model(
-        inputs_embeds=embeds, attention_mask=batch["attention_mask"], output_hidden_states=True, logits_to_keep=1
-    )
-    return out.hidden_states[-1][:, -1]  # (B, D)
 
 
 def score_answer(
@@ -68,27 +52,3 @@ def answer_features(vlm: CTVLM, image_tokens: torch.Tensor, questions: list[str]
     yes, h = score_answer(vlm, tokens, prompts, "Yes.")
     no, _ = score_answer(vlm, tokens, prompts, "No.")
     return torch.sigmoid(yes - no).reshape(b, q), h.float().reshape(b, q, -1)
-
-
-class RiskQuery(nn.Module):
-    """A learned query token after the image; the LM's state there, projected, is a risk feature."""
-
-    QUESTION = "What is the patient's risk?"
-
-    def __init__(self, vlm: CTVLM, dim_out: int = 16) -> None:
-        super().__init__()
-        d = vlm.language_model.get_input_embeddings().embedding_dim
-        self.vlm = vlm
-        self.query = nn.Parameter(torch.randn(d) * 0.02)  # replaces the embedding of the prompt's last token
-        self.proj = nn.Linear(d, dim_out)
-
-    def forward(self, image_tokens: torch.Tensor) -> torch.Tensor:
-        """(B, N, D) visual tokens -> (B, dim_out) risk features (gradients reach query and proj)."""
-        batch = self.vlm.tokenize([format_prompt(self.QUESTION)] * len(image_tokens), padding_side="left")
-        batch = {k: v.to(image_tokens.device) for k, v in batch.items()}
-        embeds = self.vlm.embed(batch["input_ids"], image_tokens)
-        embeds = torch.cat([embeds[:, :-1], self.query.expand(len(embeds), 1, -1)], dim=1)
-        out = self.vlm.language_model(
-            inputs_embeds=embeds, attention_mask=batch["attention_mask"], output_hidden_states=True, logits_to_keep=1
-        )
-        return self.proj(out.hidden_states[-1][:, -1])
