@@ -1,4 +1,4 @@
-"""Pretraining benchmark: time, throughput, memory and machine utilisation of stages 1-2 with
+"""Pretraining benchmark: time, throughput, memory and machine utilisation of stages 0-2 with
 configs/demo.yaml, and yes/no accuracy on a synthetic cohort from a seed never used in training.
 
     python benchmarks/pretrain.py [--work /tmp/ctsurv-bench] [--n-train 600] [--n-test 200]
@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.metrics import roc_auc_score
 from torch.utils.flop_counter import FlopCounterMode
 
 from ctsurv.config import load_config
@@ -31,8 +32,9 @@ from ctsurv.data.simulate import simulate
 from ctsurv.evaluation.text_metrics import binary_scores
 from ctsurv.evaluation.vlm_eval import answer_questions
 from ctsurv.training.checkpoint import load_checkpoint
-from ctsurv.training.pretrain import pretrain, preprocess_all
-from ctsurv.training.stages import InstructionLoss, set_trainable
+from ctsurv.training.survival import vlm_features
+from ctsurv.training.pretrain import encode_all, pretrain, preprocess_all
+from ctsurv.training.stages import InstructionLoss, set_trainable, vision_trains
 
 HERE = Path(__file__).parent
 CONFIG = HERE.parent / "configs" / "demo.yaml"
@@ -57,8 +59,10 @@ def step_flops_and_seconds(checkpoint: Path, cfg, cohort, volumes) -> tuple[floa
     table = cohort.table
     bs = cfg.pretrain.instruct.batch_size
     pairs = [[(q.text, a) for q, a in instruction_pairs(f, i)] for f, i in zip(table.findings[:bs], table.impression[:bs])]
-    batch = study_collate(model, "images")([(volumes[i], pairs[i]) for i in range(bs)])
-    loss_module = InstructionLoss(model, frozen_vision=False).train()
+    frozen = not vision_trains(cfg, "instruct")  # then stage 2 trains on cached encoder features, as here
+    inputs, kind = (encode_all(model, volumes[:bs]), "features") if frozen else (volumes, "images")
+    batch = study_collate(model, kind)([(inputs[i], pairs[i]) for i in range(bs)])
+    loss_module = InstructionLoss(model, frozen_vision=frozen).train()
     with FlopCounterMode(display=False) as counter:
         loss_module(**batch).backward()
     times = []
@@ -86,7 +90,8 @@ def main() -> None:
     t0 = time.perf_counter()
     summary = pretrain(cfg, train_dir / "cohort.csv", out, resume=True, progress=False)
     wall = time.perf_counter() - t0
-    stage_metrics = {s: json.loads((out / s / "metrics.json").read_text()) for s in ("align", "instruct")}
+    stages = [s for s in ("vision", "align", "instruct") if (out / s / "metrics.json").is_file()]
+    stage_metrics = {s: json.loads((out / s / "metrics.json").read_text()) for s in stages}
 
     model, cfg = load_checkpoint(out / "instruct")
     test = load_cohort(test_dir / "cohort.csv", cfg.data, require_reports=True)
@@ -96,6 +101,7 @@ def main() -> None:
     answers = answer_questions(model, volumes, "images", [q.text for q in presence], max_new_tokens=4)
     answer_seconds = time.perf_counter() - t1
     truth = pd.read_csv(test_dir / "truth.csv", dtype={"id": str}).set_index("id").loc[test.ids]
+    p_yes = vlm_features(model, volumes).p_yes  # (N, Q): how the model ranks the scans, whatever its answer
     rows = []
     for j, q in enumerate(presence):
         pred = [int(bool(parse_answer(q, a[j]))) for a in answers]
@@ -103,6 +109,7 @@ def main() -> None:
         row = {"finding": q.label, "vs_reports": binary_scores(from_reports, pred)}
         if q.label in truth.columns:
             row["vs_truth"] = binary_scores(truth[q.label].astype(int).tolist(), pred)
+            row["vs_truth"]["auc_p_yes"] = float(roc_auc_score(truth[q.label], p_yes[:, j]))
         rows.append(row)
 
     flops, step_s, step_tokens, step_studies = step_flops_and_seconds(out / "instruct", cfg, test, volumes)
@@ -114,7 +121,7 @@ def main() -> None:
             s: {
                 "volumes_per_s": round(stage_metrics[s]["studies"] * stage_metrics[s]["epochs"] / stage_metrics[s]["seconds"], 2),
             }
-            for s in ("align", "instruct")
+            for s in stages
         },
         "instruct_step": {
             "studies": step_studies, "tokens": step_tokens, "seconds": round(step_s, 3),
@@ -124,7 +131,7 @@ def main() -> None:
         },
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2),
         "answer_seconds_per_study": round(answer_seconds / len(test), 3),
-        "final_losses": {s: stage_metrics[s]["final_epoch_loss"] for s in ("align", "instruct")},
+        "final_losses": {s: stage_metrics[s]["final_epoch_loss"] for s in stages},
         "held_out_eval": summary.metrics["presence"]["macro"],
         "test_presence": rows,
     }
@@ -144,7 +151,7 @@ def _report_answers(cohort, question) -> list[str]:
 def _markdown(r: dict, argv: str) -> str:
     st = r["instruct_step"]
     lines = [
-        "# Pretraining benchmark (stages 1-2, configs/demo.yaml, CPU)",
+        "# Pretraining benchmark (stages 0-2, configs/demo.yaml, CPU)",
         "",
         f"Reproduce: `python benchmarks/pretrain.py {argv}`. Machine: {torch.get_num_threads()} torch threads.",
         "",
@@ -159,12 +166,12 @@ def _markdown(r: dict, argv: str) -> str:
         "",
         "## Yes/no answers on a test cohort from an unseen seed (1000)",
         "",
-        "| finding | accuracy vs truth | F1 vs truth | positives (truth) | accuracy vs report labels | F1 vs report labels |",
-        "|---|---|---|---|---|---|",
+        "| finding | accuracy vs truth | F1 vs truth | AUC of P(yes) vs truth | positives (truth) | accuracy vs report labels | F1 vs report labels |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in r["test_presence"]:
         t, rep = row.get("vs_truth"), row["vs_reports"]
-        truth_cells = f"{t['accuracy']:.3f} | {t['f1']:.3f} | {t['support']}" if t else "– | – | –"
+        truth_cells = f"{t['accuracy']:.3f} | {t['f1']:.3f} | {t['auc_p_yes']:.3f} | {t['support']}" if t else "– | – | – | –"
         lines.append(f"| {row['finding']} | {truth_cells} | {rep['accuracy']:.3f} | {rep['f1']:.3f} |")
     return "\n".join(lines) + "\n"
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from safetensors.torch import load_file
 from tiny_setups import TINY_PIPELINE, assert_user_error, cli
 from tiny_setups import one_torch_thread  # noqa: F401 (autouse)
@@ -83,7 +84,7 @@ def training_steps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 def test_pretrain_writes_checkpoints_split_and_evaluation(run: Path, cohort: Path) -> None:
-    for stage in ("align", "instruct"):
+    for stage in ("vision", "align", "instruct"):
         for name in ("config.yaml", "model.safetensors", "tokenizer/tokenizer.json", "metrics.json"):
             assert (run / stage / name).is_file(), f"{stage}/{name}"
         metrics = json.loads((run / stage / "metrics.json").read_text())
@@ -108,6 +109,21 @@ def test_pretrain_writes_checkpoints_split_and_evaluation(run: Path, cohort: Pat
         assert {"bleu_4", "rouge_l", "embedding_similarity"} <= set(evaluation[kind])
         assert evaluation[kind]["n"] == len(val_ids)
     assert (run / "instruct" / "eval.md").read_text().startswith(f"# Held-out evaluation ({len(val_ids)} studies)")
+
+
+def test_stage_0_trains_the_encoder_that_stages_1_and_2_keep_frozen(run: Path) -> None:
+    from ctsurv.models.vlm import build_vlm
+    from ctsurv.training.checkpoint import load_checkpoint
+
+    cfg = load_checkpoint(run / "vision")[1]
+    torch.manual_seed(cfg.seed)  # as `pretrain` does before building the model: the encoder's initial weights
+    untrained = build_vlm(cfg, texts=["a b c"]).vision_encoder.state_dict()
+    encoders = {stage: load_checkpoint(run / stage)[0].vision_encoder.state_dict() for stage in ("vision", "align", "instruct")}
+    for name, tensor in encoders["vision"].items():
+        for stage in ("align", "instruct"):
+            torch.testing.assert_close(encoders[stage][name], tensor, rtol=0, atol=0)
+    changed = [n for n, t in encoders["vision"].items() if t.is_floating_point() and not torch.equal(t, untrained[n])]
+    assert len(changed) > len(untrained) // 2  # stage 0 trained it
 
 
 def test_ask_answers_the_predefined_questions(run: Path, cohort: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -143,7 +159,7 @@ def test_resume_of_a_finished_run_trains_nothing(
     run: Path, cohort: Path, tmp_path: Path, training_steps: list[int]
 ) -> None:
     out = Path(shutil.copytree(run, tmp_path / "run"))
-    weights = [out / stage / "model.safetensors" for stage in ("align", "instruct")]
+    weights = [out / stage / "model.safetensors" for stage in ("vision", "align", "instruct")]
     stamps = [p.stat().st_mtime_ns for p in weights]
     result = pretrain(cohort, out, "--resume")
     assert result.exit_code == 0, result.output

@@ -1,5 +1,6 @@
-"""Stages 1-2: gradients reach exactly the parameters a stage trains; frozen pretrained parts stay in
-eval mode; the length-bucketed instruction loss equals the plain loss over the whole batch."""
+"""Stages 0-2: gradients reach exactly the parameters a stage trains; frozen pretrained parts stay in
+eval mode; stage 0's presence loss; the length-bucketed instruction loss equals the plain loss over the
+whole batch."""
 
 from __future__ import annotations
 
@@ -15,22 +16,47 @@ from tiny_setups import (
     one_torch_thread,  # noqa: F401 (autouse)
     random_images,
     save_local_lm,
+    stage_pairs,
     study_batch,
     tiny_config,
 )
 
+from ctsurv.data.datasets import PRESENCE_QUESTIONS, finding_collate
 from ctsurv.models.vlm import CTVLM, format_prompt
-from ctsurv.training.stages import LENGTH_BUCKETS, InstructionLoss, set_trainable, vision_trains
+from ctsurv.training.stages import (
+    LENGTH_BUCKETS,
+    FindingLoss,
+    InstructionLoss,
+    presence_loss,
+    set_trainable,
+    vision_stage_runs,
+    vision_trains,
+)
 
-
+NO_STAGE_0 = "pretrain.vision.epochs=0"
 # setup -> (overrides, {stage: (vision encoder trains?, what of the LM trains: "all" / "lora" / "none")})
+# With stage 0 (the default for a scratch encoder) the encoder is frozen afterwards, like a pretrained one.
 SETUPS: dict[str, tuple[tuple[str, ...], dict[str, tuple[bool, str]]]] = {
-    "scratch_vit+tiny_lm": ((), {"align": (True, "all"), "instruct": (True, "all")}),
+    "scratch_vit+tiny_lm": ((), {"align": (False, "all"), "instruct": (False, "all")}),
+    "scratch_vit+tiny_lm, finetune_vision": (
+        ("pretrain.finetune_vision=true",), {"align": (False, "all"), "instruct": (True, "all")}
+    ),
+    "scratch_vit+tiny_lm, no stage 0": ((NO_STAGE_0,), {"align": (True, "all"), "instruct": (True, "all")}),
+    "scratch_cnn+tiny_lm, no stage 0": (
+        (NO_STAGE_0, "vision.encoder=cnn3d", "vision.cnn_widths=[4,4,8,8]"),
+        {"align": (True, "all"), "instruct": (True, "all")},
+    ),
     "scratch_vit+local_lm_lora": (
         ("language.model={lm}", *LORA),
+        {"align": (False, "none"), "instruct": (False, "lora")},
+    ),
+    "scratch_vit+local_lm_lora, no stage 0": (
+        ("language.model={lm}", *LORA, NO_STAGE_0),
         {"align": (True, "none"), "instruct": (True, "lora")},
     ),
-    "scratch_vit+local_lm": (("language.model={lm}",), {"align": (True, "none"), "instruct": (True, "none")}),
+    "scratch_vit+local_lm, no stage 0": (
+        ("language.model={lm}", NO_STAGE_0), {"align": (True, "none"), "instruct": (True, "none")}
+    ),
 }
 
 
@@ -78,10 +104,50 @@ def test_gradients_reach_exactly_the_trained_parameters(setup: str, stage: str, 
     assert len(lm_wanted) == {"all": n_lm, "lora": 2 * 2 * 1, "none": 0}[lm]  # lora: A and B, q and v, 1 layer
     assert {n for n, p in vlm.named_parameters() if p.requires_grad} == want
 
-    loss = InstructionLoss(vlm, frozen_vision=not vision_trains(cfg, stage)).train()(**study_batch(vlm, stage))
+    frozen = not vision_trains(cfg, stage)
+    loss = InstructionLoss(vlm, frozen_vision=frozen).train()(**study_batch(vlm, stage, "features" if frozen else "images"))
     assert torch.isfinite(loss)
     loss.backward()
     assert with_gradient(vlm) == want
+
+
+# ------------------------------------------------------------------ stage 0: the encoder learns the presence labels
+
+
+@pytest.mark.parametrize("encoder", ["vit3d", "cnn3d"])
+def test_stage_0_trains_the_encoder_and_its_head_only(encoder: str) -> None:
+    cfg = tiny_config(f"vision.encoder={encoder}", "vision.cnn_widths=[4,4,8,8]")
+    assert vision_stage_runs(cfg) and vision_trains(cfg, "vision")
+    vlm = build(cfg)
+    set_trainable(vlm, cfg, "vision")
+    assert {n for n, p in vlm.named_parameters() if p.requires_grad} == expected_trainable(vlm, True, "none") - {
+        n for n, _ in vlm.projector.named_parameters(prefix="projector")
+    }
+    module = FindingLoss(vlm, len(PRESENCE_QUESTIONS)).train()
+    batch = finding_collate([(image, pairs) for image, pairs in zip(random_images(2), stage_pairs("instruct"))])
+    assert batch["finding_labels"].shape == (2, len(PRESENCE_QUESTIONS))
+    module(**batch).backward()
+    assert with_gradient(vlm) == {n for n, p in vlm.named_parameters() if p.requires_grad}
+    assert module.head.weight.grad is not None and bool(module.head.weight.grad.abs().sum() > 0)
+
+
+def test_stage_0_is_skipped_for_a_pretrained_encoder_or_zero_epochs() -> None:
+    assert not vision_stage_runs(tiny_config("vision.encoder=i3resnet152"))
+    assert not vision_stage_runs(tiny_config(NO_STAGE_0))
+    assert not vision_trains(tiny_config(NO_STAGE_0), "vision")
+
+
+def test_presence_loss_is_bce_over_known_labels_only() -> None:
+    torch.manual_seed(0)
+    head = torch.nn.Linear(6, 3)
+    grid = torch.randn(2, 3, 2, 2, 1)
+    labels = torch.tensor([[1, 0, -1], [-1, 1, 0]])
+    pooled = torch.cat([grid.flatten(2).mean(-1), grid.flatten(2).amax(-1)], 1)
+    logits = head(pooled)
+    known = labels >= 0
+    want = torch.nn.functional.binary_cross_entropy(torch.sigmoid(logits[known]), labels[known].float())
+    torch.testing.assert_close(presence_loss(head, grid, labels), want)
+    assert presence_loss(head, grid, torch.full((2, 3), -1)).item() == 0.0
 
 
 # ------------------------------------------------------------------ the pretrained I3ResNet-152 encoder

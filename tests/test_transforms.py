@@ -44,6 +44,19 @@ def test_at_native_spacing_the_pipeline_is_orientation_plus_window(realdata: Pat
     np.testing.assert_allclose(out, expected, atol=1e-4)
 
 
+def test_each_extra_window_is_one_more_channel(realdata: Path) -> None:
+    """Channel k is the RAS array in window k, voxel for voxel; channel 0 is the single-window output."""
+    volume = read_volume(realdata / "chest_cta_aorta_crop.nii.gz")
+    ras = volume.as_ras()
+    windows = ((-160.0, 240.0), (-200.0, 1300.0))
+    base = config(target_spacing_zyx=(1.5, 1.5, 1.5), target_shape_zyx=zyx_to_xyz(ras.shape))
+    out = Preprocessor(DataConfig(**{**base.__dict__, "extra_hu_windows": windows}))(volume).numpy()
+    assert out.shape == (3, *ras.shape)
+    np.testing.assert_allclose(out[0], Preprocessor(base)(volume)[0].numpy(), atol=0)
+    for k, (lo, hi) in enumerate(windows, start=1):
+        np.testing.assert_allclose(out[k], np.clip((ras.array - lo) / (hi - lo), 0.0, 1.0), atol=1e-4)
+
+
 def test_lps_markers_end_up_left_anterior_superior() -> None:
     """An LPS volume with one marker each on the patient's left, anterior and superior side."""
     a = np.full((30, 30, 30), -1000.0, dtype=np.float32)  # LPS: i -> left, j -> posterior, k -> superior
@@ -132,18 +145,21 @@ def test_cache_hits_and_misses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert len(reads) == 2  # another window: another entry
     Preprocessor(config(cache_dir=str(cache), crop="foreground")).load(path)
     assert len(reads) == 3
+    three = Preprocessor(config(cache_dir=str(cache), extra_hu_windows=((-160.0, 240.0), (0.0, 1000.0))))
+    assert three.load(path).shape == (3, 20, 16, 12) and len(reads) == 4  # more channels: another entry
+    assert three.load(path).shape == (3, 20, 16, 12) and len(reads) == 4  # ... which is reused
     st = path.stat()
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
     pre.load(path)
-    assert len(reads) == 4  # the file changed
+    assert len(reads) == 5  # the file changed
     pre.load(path)
-    assert len(reads) == 4
+    assert len(reads) == 5
 
     entry = pre.cache_file(path)
     assert entry is not None and entry.is_file()
     entry.write_bytes(b"half a file")
     torch.testing.assert_close(pre.load(path), first, rtol=0, atol=0)  # a damaged entry is recomputed
-    assert len(reads) == 5
+    assert len(reads) == 6
 
 
 def test_cache_key_covers_folder_contents_and_array_spacing(tmp_path: Path) -> None:

@@ -39,6 +39,8 @@ LORA = ("lora.enabled=true", "lora.r=4", "lora.target_modules=[q_proj,v_proj]")
 TINY_PIPELINE = [  # TINY for `ctsurv pretrain` on cohorts simulated at 16×32×32 voxels of 18×10×10 mm
     *TINY,
     "data.target_spacing_zyx=[18,10,10]",
+    "pretrain.vision.epochs=1",
+    "pretrain.vision.batch_size=4",
     "pretrain.align.epochs=1",
     "pretrain.instruct.epochs=1",
     "pretrain.align.batch_size=4",

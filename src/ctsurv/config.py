@@ -46,17 +46,24 @@ class DataConfig:
     target_spacing_zyx: tuple[float, float, float] = (6.0, 5.0, 5.0)
     target_shape_zyx: tuple[int, int, int] = (48, 64, 64)
     hu_window: tuple[float, float] = (-1000.0, 400.0)
+    # more input channels, one per window (e.g. mediastinum [-160, 240], bone [-200, 1300]); scratch encoders only
+    extra_hu_windows: tuple[tuple[float, float], ...] = ()
     crop: Literal["center", "foreground"] = "center"
     cache_dir: str | None = None  # on-disk cache of preprocessed volumes; None disables it
+
+    @property
+    def hu_windows(self) -> tuple[tuple[float, float], ...]:
+        """The window of each input channel: ``hu_window`` first."""
+        return (self.hu_window, *self.extra_hu_windows)
 
     def __post_init__(self) -> None:
         if len(self.target_shape_zyx) != 3 or min(self.target_shape_zyx) < 1:
             raise ConfigError(f"data.target_shape_zyx must be three positive integers (Z Y X), got {self.target_shape_zyx}")
         if len(self.target_spacing_zyx) != 3 or min(self.target_spacing_zyx) <= 0:
             raise ConfigError(f"data.target_spacing_zyx must be three positive numbers in mm (Z Y X), got {self.target_spacing_zyx}")
-        lo, hi = self.hu_window
-        if not lo < hi:
-            raise ConfigError(f"data.hu_window must be [low, high] with low < high, got {self.hu_window}")
+        for name, (lo, hi) in [("hu_window", self.hu_window), *(("extra_hu_windows", w) for w in self.extra_hu_windows)]:
+            if not lo < hi:
+                raise ConfigError(f"data.{name} must be [low, high] with low < high, got {[lo, hi]}")
         overlap = set(self.numeric_columns) & set(self.categorical_columns)
         if overlap:
             raise ConfigError(f"columns {sorted(overlap)} are declared both numeric and categorical; pick one")
@@ -136,27 +143,35 @@ class TrainConfig:
     log_every: int = 10  # batches between lines of <run>/log.jsonl
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.grad_accum < 1:
-            raise ConfigError("train.epochs, train.batch_size and train.grad_accum must be at least 1")
+        if self.epochs < 0 or self.batch_size < 1 or self.grad_accum < 1:
+            raise ConfigError(
+                "train.batch_size and train.grad_accum must be at least 1 and train.epochs at least 0 (0 skips the stage)"
+            )
         if not 0 <= self.warmup_fraction < 1:
             raise ConfigError(f"train.warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
 
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """Stages 1 (align: captioning with the report) and 2 (instruct: predefined questions + report)."""
+    """Stages 0 (vision: a scratch encoder learns the findings named in the reports), 1 (align:
+    captioning with the report) and 2 (instruct: predefined questions + report)."""
 
     val_fraction: float = 0.15  # patients held out for the evaluation written next to the checkpoint
+    # stage 0, for a vision encoder trained from scratch: it learns the report-derived presence labels
+    # (no language model) and is then frozen like a pretrained encoder; 0 epochs skips it
+    vision: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=12, batch_size=8, lr=1e-3))
     align: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=4, batch_size=8, lr=1e-3))
     instruct: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=12, batch_size=8, lr=1e-3))
-    finetune_vision: bool = False  # also train a *pretrained* vision encoder in stage 2 (a scratch one always trains)
+    finetune_vision: bool = False  # also train a pretrained (or stage-0-trained) vision encoder in stage 2
     loss_weighting: Literal["sequence", "token"] = "sequence"  # see training.stages.InstructionLoss
-    finding_loss_weight: float = 1.0  # auxiliary presence loss on a training vision encoder in stage 2 (0 = off)
+    finding_loss_weight: float = 1.0  # auxiliary presence loss on a vision encoder that trains in stage 2 (0 = off)
     max_new_tokens: int = 160  # for generating impressions/reports at evaluation
 
     def __post_init__(self) -> None:
         if not 0 < self.val_fraction < 0.9:
             raise ConfigError(f"pretrain.val_fraction must be in (0, 0.9), got {self.val_fraction}")
+        if self.instruct.epochs < 1:
+            raise ConfigError("pretrain.instruct.epochs must be at least 1: stage 2 teaches the model to answer")
 
 
 @dataclass(frozen=True)
@@ -197,6 +212,11 @@ class ExperimentConfig:
             raise ConfigError(
                 "lora.enabled is for pretrained language models; the tiny model starts from random weights "
                 "and trains fully. Set lora.enabled=false or language.model=<path of a local HF model>"
+            )
+        if self.data.extra_hu_windows and self.vision.encoder == "i3resnet152":
+            raise ConfigError(
+                "data.extra_hu_windows adds input channels, but the pretrained i3resnet152 reads one window; "
+                "remove data.extra_hu_windows or use a scratch encoder (cnn3d, vit3d)"
             )
 
 

@@ -40,7 +40,7 @@ def answer_volume(
     model, cfg = load_checkpoint(resolve_checkpoint(checkpoint))
     if max_new_tokens is None:
         max_new_tokens = cfg.pretrain.max_new_tokens
-    image = Preprocessor(cfg.data).load(volume, spacing_zyx=spacing_zyx).unsqueeze(0)  # (1, 1, X, Y, Z)
+    image = Preprocessor(cfg.data).load(volume, spacing_zyx=spacing_zyx).unsqueeze(0)  # (1, C, X, Y, Z)
     tokens = model.encode_image(image)  # (1, N, D)
     texts = questions or [q.text for q in QUESTIONS]
     long = {q.text for q in QUESTIONS if q.kind in ("impression", "report")}

@@ -37,7 +37,7 @@ def align_pairs(findings: str, impression: str | None) -> Pairs:
 
 
 class StudyDataset(Dataset):
-    """``inputs[i]`` (a preprocessed volume (1, X, Y, Z) or encoder features (Dv, gx, gy, gz)) and its pairs."""
+    """``inputs[i]`` (a preprocessed volume (C, X, Y, Z) or encoder features (Dv, gx, gy, gz)) and its pairs."""
 
     def __init__(self, inputs: torch.Tensor, pairs: list[Pairs], kind: str) -> None:
         if len(inputs) != len(pairs):
@@ -51,6 +51,14 @@ class StudyDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, Pairs]:
         return self.inputs[i], self.pairs[i]
+
+
+def finding_collate(rows: list[tuple[torch.Tensor, Pairs]]) -> dict[str, torch.Tensor]:
+    """Stage 0's batch: stacked volumes and their presence labels (no text)."""
+    return {
+        "images": torch.stack([r[0] for r in rows]).float(),
+        "finding_labels": torch.tensor([presence_labels(pairs) for _, pairs in rows], dtype=torch.long),
+    }
 
 
 def study_collate(vlm: CTVLM, kind: str) -> Callable[[list[tuple[torch.Tensor, Pairs]]], dict[str, torch.Tensor]]:

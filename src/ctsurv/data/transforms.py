@@ -7,8 +7,12 @@ The pipeline (MONAI array transforms on a ``MetaTensor`` that carries the volume
       -> Orientation("RAS")              flips/transposes only             (1, X, Y, Z) HU
       -> Spacing(target mm, bilinear)                                      (1, X', Y', Z') HU
       -> CropForeground(body)            only for crop="foreground": the body's bounding box (HU > -500, opened)
-      -> ScaleIntensityRange(window -> [0, 1], clip)                       air (and below the window) -> 0
-      -> ResizeWithPadOrCrop(target shape, pad 0 = air)                    (1, X, Y, Z) float32 in [0, 1]
+      -> ScaleIntensityRange(window -> [0, 1], clip), once per window      (C, X', Y', Z'), air -> 0
+      -> ResizeWithPadOrCrop(target shape, pad 0 = air)                    (C, X, Y, Z) float32 in [0, 1]
+
+C is 1 (``data.hu_window``) plus one channel per ``data.extra_hu_windows``: a CNN sees a 40 HU
+lymph node in -100 HU fat, or a lytic hole in 260 HU bone, far better in a narrow window of its
+own than in the lung window where both sit near the top (benchmarks/encoder_probe.md).
 
 Config tuples are (Z, Y, X), slice axis first, like the command line; tensors are (X, Y, Z)
 in RAS like MONAI and nibabel. :func:`zyx_to_xyz` is the one place that converts.
@@ -95,7 +99,7 @@ class BlockAverage:
 
 
 class Preprocessor:
-    """Volume -> (1, X, Y, Z) float32 tensor in [0, 1], built from a :class:`DataConfig`.
+    """Volume -> (C, X, Y, Z) float32 tensor in [0, 1], built from a :class:`DataConfig` (C windows).
 
     ``preprocessor(volume)`` runs the pipeline on a loaded volume; ``preprocessor.load(path)``
     reads the file too, and reuses an on-disk result when ``cfg.cache_dir`` is set.
@@ -105,7 +109,6 @@ class Preprocessor:
         self.cfg = cfg
         self.spacing_xyz: tuple[float, float, float] = zyx_to_xyz(tuple(float(s) for s in cfg.target_spacing_zyx))
         self.shape_xyz: tuple[int, int, int] = zyx_to_xyz(tuple(int(n) for n in cfg.target_shape_zyx))
-        lo, hi = cfg.hu_window
         steps: list[Callable[..., Any]] = [
             BlockAverage(self.spacing_xyz),  # first: Orientation then flips the small array
             Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),  # nibabel's axis labels
@@ -113,19 +116,20 @@ class Preprocessor:
         ]
         if cfg.crop == "foreground":
             steps.append(_body_crop(self.spacing_xyz))
+        windows = [ScaleIntensityRange(a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True) for lo, hi in cfg.hu_windows]
         steps += [
-            ScaleIntensityRange(a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True),
+            windows[0] if len(windows) == 1 else (lambda image: torch.cat([w(image) for w in windows])),
             ResizeWithPadOrCrop(spatial_size=self.shape_xyz, mode="constant"),  # pads with 0 = air after windowing
         ]
         self.pipeline = Compose(steps)
 
     def __call__(self, volume: Volume) -> torch.Tensor:
-        """Preprocess one volume: (1, X, Y, Z) float32 in [0, 1], axes growing towards R, A, S."""
+        """Preprocess one volume: (C, X, Y, Z) float32 in [0, 1], axes growing towards R, A, S."""
         array = torch.from_numpy(np.ascontiguousarray(volume.array))[None]  # (1, I, J, K) HU
         image = MetaTensor(array, affine=torch.as_tensor(volume.affine, dtype=torch.float64))
         out = self.pipeline(image)
         out = out.as_tensor() if isinstance(out, MetaTensor) else out  # plain tensor: no metadata to collate
-        return out.to(torch.float32).contiguous()  # (1, X, Y, Z)
+        return out.to(torch.float32).contiguous()  # (C, X, Y, Z)
 
     def load(self, path: str | Path, spacing_zyx: tuple[float, float, float] | None = None) -> torch.Tensor:
         """Read and preprocess ``path`` (any format of :func:`read_volume`), through the cache if set.
@@ -139,7 +143,7 @@ class Preprocessor:
         if cache_file is not None and cache_file.is_file():
             try:
                 cached = np.load(cache_file, allow_pickle=False)
-                if cached.shape == (1, *self.shape_xyz) and cached.dtype == np.float32:
+                if cached.shape == (len(self.cfg.hu_windows), *self.shape_xyz) and cached.dtype == np.float32:
                     return torch.from_numpy(cached)
             except (OSError, ValueError, EOFError):
                 pass  # a damaged entry (e.g. disk full mid-write elsewhere): recompute and overwrite it
@@ -162,6 +166,7 @@ class Preprocessor:
             "target_spacing_zyx": list(self.cfg.target_spacing_zyx),
             "target_shape_zyx": list(self.cfg.target_shape_zyx),
             "hu_window": list(self.cfg.hu_window),
+            **({"extra_hu_windows": [list(w) for w in self.cfg.extra_hu_windows]} if self.cfg.extra_hu_windows else {}),
             "crop": self.cfg.crop,
         }
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()

@@ -1,4 +1,5 @@
-"""3D vision encoders: both map a preprocessed CT (B, 1, X, Y, Z) in RAS to a feature grid.
+"""3D vision encoders: each maps a preprocessed CT (B, C, X, Y, Z) in RAS to a feature grid
+(C = 1 + len(data.extra_hu_windows) for the scratch encoders, 1 for the I3ResNet-152).
 
 * ``ViT3D``: a small 3D Vision Transformer (MONAI's ``ViT``) trained from scratch, the CPU default.
 * ``CNN3D``: a small 3D ResNet (MONAI's ``ResNet``, basic blocks) trained from scratch; convolutions
@@ -22,7 +23,7 @@ from ctsurv.errors import ConfigError
 class ViT3D(nn.Module):
     """A plain 3D ViT: conv patch embedding, learnable positions, pre-norm transformer blocks."""
 
-    def __init__(self, cfg: VisionConfig, image_size_xyz: tuple[int, int, int]) -> None:
+    def __init__(self, cfg: VisionConfig, image_size_xyz: tuple[int, int, int], in_channels: int = 1) -> None:
         super().__init__()
         patch_xyz = tuple(reversed(cfg.patch_size_zyx))
         for axis, (size, patch) in enumerate(zip(image_size_xyz, patch_xyz)):
@@ -34,7 +35,7 @@ class ViT3D(nn.Module):
         self.grid_xyz = tuple(s // p for s, p in zip(image_size_xyz, patch_xyz))
         self.out_dim = cfg.dim
         self.vit = ViT(
-            in_channels=1,
+            in_channels=in_channels,
             img_size=image_size_xyz,
             patch_size=patch_xyz,
             hidden_size=cfg.dim,
@@ -63,12 +64,12 @@ class ViT3D(nn.Module):
 class CNN3D(nn.Module):
     """A small 3D ResNet (one basic block per stage), the grid before pooling: stride 16 overall."""
 
-    def __init__(self, cfg: VisionConfig) -> None:
+    def __init__(self, cfg: VisionConfig, in_channels: int = 1) -> None:
         super().__init__()
         self.out_dim = cfg.cnn_widths[-1]
         self.resnet = ResNet(
             block="basic", layers=[1, 1, 1, 1], block_inplanes=list(cfg.cnn_widths), spatial_dims=3,
-            n_input_channels=1, conv1_t_stride=2, no_max_pool=True, feed_forward=False,
+            n_input_channels=in_channels, conv1_t_stride=2, no_max_pool=True, feed_forward=False,
         )
         self.resnet.avgpool = nn.Identity()  # the grid is pooled by the projector, not here
 
@@ -83,12 +84,12 @@ class CNN3D(nn.Module):
     forward = features
 
 
-def build_vision_encoder(cfg: VisionConfig, image_size_xyz: tuple[int, int, int]) -> nn.Module:
-    """The encoder named by ``cfg.encoder`` for inputs of ``image_size_xyz`` voxels."""
+def build_vision_encoder(cfg: VisionConfig, image_size_xyz: tuple[int, int, int], in_channels: int = 1) -> nn.Module:
+    """The encoder named by ``cfg.encoder`` for inputs of ``in_channels`` × ``image_size_xyz`` voxels."""
     if cfg.encoder == "vit3d":
-        return ViT3D(cfg, image_size_xyz)
+        return ViT3D(cfg, image_size_xyz, in_channels)
     if cfg.encoder == "cnn3d":
-        return CNN3D(cfg)
+        return CNN3D(cfg, in_channels)
     if cfg.encoder == "i3resnet152":
         from ctsurv.models.i3resnet import load_i3resnet152
 

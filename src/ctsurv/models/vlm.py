@@ -1,6 +1,6 @@
 """CTVLM: a LLaVA-style vision-language model for 3D CT.
 
-    volume (B, 1, X, Y, Z) -> vision_encoder -> grid (B, Dv, gx, gy, gz)
+    volume (B, C, X, Y, Z) -> vision_encoder -> grid (B, Dv, gx, gy, gz)
                            -> projector      -> visual tokens (B, N, D)
     prompt with one <image> -> N image-token ids -> embeddings, visual tokens scattered in
                            -> language_model  -> next-token loss / generated text / hidden states
@@ -51,7 +51,7 @@ class CTVLM(nn.Module):
     # ------------------------------------------------------------------ image side
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """Visual tokens of preprocessed volumes (B, 1, X, Y, Z) -> (B, N, D)."""
+        """Visual tokens of preprocessed volumes (B, C, X, Y, Z) -> (B, N, D)."""
         return self.projector(self.vision_encoder.features(images))
 
     def project_features(self, grid: torch.Tensor) -> torch.Tensor:
@@ -169,7 +169,7 @@ def build_vlm(cfg: ExperimentConfig, texts: list[str] | None = None, tokenizer: 
     ``texts`` train the tiny model's tokenizer; a checkpoint passes its saved ``tokenizer`` instead.
     """
     image_size_xyz = tuple(reversed(cfg.data.target_shape_zyx))
-    vision = build_vision_encoder(cfg.vision, image_size_xyz)
+    vision = build_vision_encoder(cfg.vision, image_size_xyz, in_channels=len(cfg.data.hu_windows))
     lm, tokenizer = build_language_model(cfg.language, texts=texts, tokenizer=tokenizer)
     if cfg.lora.enabled:
         lm = apply_lora(lm, cfg.lora)

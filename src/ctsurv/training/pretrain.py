@@ -1,8 +1,9 @@
-"""`ctsurv pretrain`: stages 1 (align) and 2 (instruct) on a cohort of CT volumes with reports.
+"""`ctsurv pretrain`: stages 0 (vision, for a scratch encoder), 1 (align) and 2 (instruct) on a
+cohort of CT volumes with reports (see ``training.stages`` for what each stage trains).
 
     out/config.yaml, out/split.csv        the config and the train/validation split (by patient)
     out/tokenizer/                         fitted on the training reports only
-    out/align/, out/instruct/              checkpoints (see ``training.checkpoint``)
+    out/vision/, out/align/, out/instruct/ checkpoints (see ``training.checkpoint``)
     out/instruct/eval.json, eval.md        held-out answers vs report labels, text metrics
     out/<stage>_run/train_state/           resume state while a stage runs
 
@@ -23,7 +24,7 @@ from transformers import AutoTokenizer
 
 from ctsurv.config import ExperimentConfig, save_config
 from ctsurv.data.cohort import Cohort, load_cohort
-from ctsurv.data.datasets import PRESENCE_QUESTIONS, StudyDataset, align_pairs, study_collate
+from ctsurv.data.datasets import PRESENCE_QUESTIONS, StudyDataset, align_pairs, finding_collate, study_collate
 from ctsurv.data.instructions import instruction_pairs
 from ctsurv.data.transforms import Preprocessor
 from ctsurv.errors import CtsurvError
@@ -31,7 +32,9 @@ from ctsurv.models.language import train_tokenizer
 from ctsurv.models.vlm import CTVLM, build_vlm
 from ctsurv.training.checkpoint import load_checkpoint, save_checkpoint
 from ctsurv.training.loop import train
-from ctsurv.training.stages import InstructionLoss, set_trainable, vision_trains
+from ctsurv.training.stages import FindingLoss, InstructionLoss, set_trainable, vision_stage_runs, vision_trains
+
+STAGES = ("vision", "align", "instruct")
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,7 @@ def split_patients(cohort: Cohort, val_fraction: float, seed: int) -> np.ndarray
 
 
 def preprocess_all(cohort: Cohort, cfg: ExperimentConfig, progress: bool) -> torch.Tensor:
-    """All volumes of ``cohort`` preprocessed, (N, 1, X, Y, Z) float16 (half the memory; exact enough)."""
+    """All volumes of ``cohort`` preprocessed, (N, C, X, Y, Z) float16 (half the memory; exact enough)."""
     pre = Preprocessor(cfg.data)
     paths = cohort.volume_paths
     volumes = [
@@ -102,12 +105,9 @@ def pretrain(
     if len(train_idx) < 2:
         raise CtsurvError(f"{cohort_path}: only {len(train_idx)} training studies after the validation split; add studies")
 
-    stage_pairs = {
-        "align": [align_pairs(findings[i], impressions[i]) for i in train_idx],
-        "instruct": [
-            [(q.text, a) for q, a in instruction_pairs(findings[i], impressions[i])] for i in train_idx
-        ],
-    }
+    answers = [[(q.text, a) for q, a in instruction_pairs(findings[i], impressions[i])] for i in train_idx]
+    # stage 0 learns the presence answers among them (report-derived, like everything here)
+    stage_pairs = {"vision": answers, "align": [align_pairs(findings[i], impressions[i]) for i in train_idx], "instruct": answers}
     tokenizer_dir = out_dir / "tokenizer"
     tokenizer = None
     if cfg.language.model == "tiny":
@@ -126,8 +126,10 @@ def pretrain(
     seconds["preprocess"] = time.perf_counter() - t0
 
     features = None
-    for stage in ("align", "instruct"):
+    for stage in STAGES:
         stage_dir = out_dir / stage
+        if (stage == "vision" and not vision_stage_runs(cfg)) or getattr(cfg.pretrain, stage).epochs == 0:
+            continue
         if resume and (stage_dir / "model.safetensors").is_file():
             vlm, _ = load_checkpoint(stage_dir)
             continue
@@ -138,14 +140,17 @@ def pretrain(
             features = encode_all(vlm, volumes)
         inputs, kind = (features, "features") if frozen_vision else (volumes, "images")
         dataset = StudyDataset(inputs[train_idx], stage_pairs[stage], kind)
-        train_cfg = getattr(cfg.pretrain, stage)
-        history = train(
-            InstructionLoss(
+        if stage == "vision":
+            loss, collate = FindingLoss(vlm, len(PRESENCE_QUESTIONS)), finding_collate
+        else:
+            loss = InstructionLoss(
                 vlm, frozen_vision, cfg.pretrain.loss_weighting,
                 finding_weight=cfg.pretrain.finding_loss_weight if stage == "instruct" else 0.0,
                 n_findings=len(PRESENCE_QUESTIONS),
-            ),
-            dataset, study_collate(vlm, kind), train_cfg, seed=cfg.seed,
+            )
+            collate = study_collate(vlm, kind)
+        history = train(
+            loss, dataset, collate, getattr(cfg.pretrain, stage), seed=cfg.seed,
             out_dir=out_dir / f"{stage}_run", resume=resume, description=stage, progress=progress,
         )
         seconds[stage] = time.perf_counter() - t0

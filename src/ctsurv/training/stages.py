@@ -3,10 +3,19 @@
 =========  ===========================================================================
 stage      trainable
 =========  ===========================================================================
-align      projector; plus every part that starts from random weights (scratch ViT, tiny LM)
-instruct   projector + LoRA adapters (pretrained LM) or the whole tiny LM; the scratch ViT;
-           a pretrained vision encoder only with ``pretrain.finetune_vision``
+vision     (stage 0, scratch encoders only) the vision encoder and a linear presence head,
+           on the report-derived presence labels; no language model
+align      projector; plus every part that starts from random weights (tiny LM; a scratch
+           encoder when stage 0 is skipped)
+instruct   projector + LoRA adapters (pretrained LM) or the whole tiny LM; a scratch encoder
+           when stage 0 is skipped; a pretrained or stage-0 encoder only with
+           ``pretrain.finetune_vision``
 =========  ===========================================================================
+
+Why stage 0: a language model trained from scratch passes too weak a signal back to a scratch
+encoder (benchmarks/pretrain.md: after 2 + 6 epochs the model read only the large findings). A
+presence head on the encoder's pooled grid gives each finding a direct gradient, and the frozen
+encoder then lets stages 1–2 run on cached features.
 
 A pretrained part that a stage does not train is frozen *and* kept in eval mode, so that
 BatchNorm statistics of the pretrained CT encoder are never updated by accident. When the
@@ -24,7 +33,7 @@ from torch import nn
 from ctsurv.config import ExperimentConfig
 from ctsurv.models.vlm import CTVLM, IGNORE_INDEX
 
-Stage = Literal["align", "instruct"]
+Stage = Literal["vision", "align", "instruct"]
 LENGTH_BUCKETS = (64, 128, 256)  # sequence lengths (tokens) at which a batch is split for the LM
 
 
@@ -36,22 +45,31 @@ def language_is_pretrained(cfg: ExperimentConfig) -> bool:
     return cfg.language.model != "tiny"
 
 
+def vision_stage_runs(cfg: ExperimentConfig) -> bool:
+    """Whether stage 0 trains the vision encoder on the presence labels before stages 1–2."""
+    return not vision_is_pretrained(cfg) and cfg.pretrain.vision.epochs > 0
+
+
 def vision_trains(cfg: ExperimentConfig, stage: Stage) -> bool:
     """Whether the vision encoder's weights change in ``stage``."""
-    if not vision_is_pretrained(cfg):
-        return True
-    return stage == "instruct" and cfg.pretrain.finetune_vision
+    if stage == "vision":
+        return vision_stage_runs(cfg)
+    if vision_is_pretrained(cfg) or vision_stage_runs(cfg):
+        return stage == "instruct" and cfg.pretrain.finetune_vision
+    return True
 
 
 def set_trainable(model: CTVLM, cfg: ExperimentConfig, stage: Stage) -> None:
     """Set ``requires_grad`` on every parameter of ``model`` for ``stage`` (see the table above)."""
     model.requires_grad_(False)
+    if stage == "vision":
+        model.vision_encoder.requires_grad_(vision_stage_runs(cfg))
+        _freeze_unused_vision_parameters(model)
+        return
     model.projector.requires_grad_(True)
     if vision_trains(cfg, stage):
         model.vision_encoder.requires_grad_(True)
-        for name, p in model.vision_encoder.named_parameters():
-            if "norm_cross_attn" in name:  # MONAI's unused cross-attention norm
-                p.requires_grad_(False)
+        _freeze_unused_vision_parameters(model)
     if not language_is_pretrained(cfg):
         model.language_model.requires_grad_(True)
     elif stage == "instruct" and cfg.lora.enabled:
@@ -60,12 +78,51 @@ def set_trainable(model: CTVLM, cfg: ExperimentConfig, stage: Stage) -> None:
                 p.requires_grad_(True)
 
 
+def _freeze_unused_vision_parameters(model: CTVLM) -> None:
+    for name, p in model.vision_encoder.named_parameters():
+        if "norm_cross_attn" in name:  # MONAI's unused cross-attention norm
+            p.requires_grad_(False)
+
+
+def pooled_grid(grid: torch.Tensor) -> torch.Tensor:
+    """Mean- and max-pooled encoder grid (B, Dv, gx, gy, gz) -> (B, 2*Dv): the max keeps small lesions."""
+    flat = grid.flatten(2)
+    return torch.cat([flat.mean(-1), flat.amax(-1)], dim=1)
+
+
+def presence_loss(head: nn.Linear, grid: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of ``head`` on the pooled grid against ``labels`` (B, P), -1 where unknown."""
+    logits = head(pooled_grid(grid))  # (B, P)
+    known = labels >= 0
+    if not bool(known.any()):
+        return grid.new_zeros(())
+    return F.binary_cross_entropy_with_logits(logits[known], labels[known].float())
+
+
+class FindingLoss(nn.Module):
+    """Loss module for stage 0: the vision encoder and a linear head predict the presence labels.
+
+    The labels are the "Yes."/"No." answers to the presence questions, extracted from the report
+    text (never the generator's truth). The head is not part of the CTVLM and is not saved.
+    (Mirroring half the studies left-right did not help: mean probe AUC 0.814 after 16 epochs with it,
+    0.829 after 12 without, benchmarks/encoder_probe.md.)
+    """
+
+    def __init__(self, vlm: CTVLM, n_findings: int) -> None:
+        super().__init__()
+        self.vision_encoder = vlm.vision_encoder
+        self.head = nn.Linear(2 * vlm.vision_encoder.out_dim, n_findings)
+
+    def forward(self, images: torch.Tensor, finding_labels: torch.Tensor) -> torch.Tensor:
+        return presence_loss(self.head, self.vision_encoder.features(images), finding_labels)
+
+
 class InstructionLoss(nn.Module):
     """Loss module for stages 1–2: next-token loss of the answers given the visual tokens.
 
     A batch holds a few studies and several (prompt, answer) sequences per study; ``image_index``
     maps each sequence to its study so that each volume is encoded once per batch. Give either
-    ``images`` (B, 1, X, Y, Z) or cached encoder ``features`` (B, Dv, gx, gy, gz).
+    ``images`` (B, C, X, Y, Z) or cached encoder ``features`` (B, Dv, gx, gy, gz).
 
     ``weighting="sequence"`` averages the loss per (question, answer) pair and then over pairs, so a
     one-token "Yes."/"No." weighs as much as a 300-token report; with per-token weighting the reports
@@ -136,9 +193,6 @@ class InstructionLoss(nn.Module):
         return (per_sequence[answered] / n_targets[answered]).mean() + auxiliary
 
     def _finding_loss(self, grid: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        if self.finding_head is None or labels is None or not bool((labels >= 0).any()):
+        if self.finding_head is None or labels is None:
             return grid.new_zeros(())
-        pooled = torch.cat([grid.flatten(2).mean(-1), grid.flatten(2).amax(-1)], dim=1)  # (B, 2*Dv)
-        logits = self.finding_head(pooled)  # (B, P)
-        known = labels >= 0
-        return self.finding_weight * F.binary_cross_entropy_with_logits(logits[known], labels[known].float())
+        return self.finding_weight * presence_loss(self.finding_head, grid, labels)

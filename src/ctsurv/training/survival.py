@@ -55,7 +55,7 @@ class ImageFeatures:
 
 @torch.no_grad()
 def vlm_features(vlm: CTVLM, volumes: torch.Tensor, batch_size: int = 16) -> ImageFeatures:
-    """Answers (P(yes), hidden states) of the instruction-tuned model for every volume (N, 1, X, Y, Z)."""
+    """Answers (P(yes), hidden states) of the instruction-tuned model for every volume (N, C, X, Y, Z)."""
     probs, states = [], []
     for i in range(0, len(volumes), batch_size):
         tokens = vlm.encode_image(volumes[i : i + batch_size].float())

@@ -63,7 +63,8 @@ def with_preprocessing(cfg: ExperimentConfig, model_cfg: ExperimentConfig) -> Ex
     """The user's config (cohort columns) with the model's preprocessing (what its encoder expects)."""
     d = model_cfg.data
     data = dataclasses.replace(
-        cfg.data, target_spacing_zyx=d.target_spacing_zyx, target_shape_zyx=d.target_shape_zyx, hu_window=d.hu_window, crop=d.crop
+        cfg.data, target_spacing_zyx=d.target_spacing_zyx, target_shape_zyx=d.target_shape_zyx, hu_window=d.hu_window,
+        extra_hu_windows=d.extra_hu_windows, crop=d.crop,
     )
     return dataclasses.replace(cfg, data=data, vision=model_cfg.vision)
 
@@ -124,7 +125,8 @@ def prepare(
     else:
         torch.manual_seed(cfg.seed)
         size_xyz = tuple(reversed(cfg.data.target_shape_zyx))
-        pooled = encoder_features(build_vision_encoder(cfg.vision, size_xyz), volumes)  # type: ignore[arg-type]
+        encoder = build_vision_encoder(cfg.vision, size_xyz, in_channels=len(cfg.data.hu_windows))  # type: ignore[arg-type]
+        pooled = encoder_features(encoder, volumes)
     return cfg, cohort, Features(cohort.ids, answers, pooled, instruct)
 
 
