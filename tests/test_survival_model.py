@@ -20,6 +20,7 @@ from torchsurv.loss.cox import neg_partial_log_likelihood
 from ctsurv.models.survival import (
     BreslowBaseline,
     ClinicalEncoder,
+    RiskQueryHead,
     SurvivalHead,
     cox_loss,
     cox_partial_log_likelihood,
@@ -256,6 +257,55 @@ def test_l2_shrinks_the_coefficients() -> None:
     free = fit_survival_head(SurvivalHead(2, 2), *args, epochs=300, seed=0)
     ridge = fit_survival_head(SurvivalHead(2, 2), *args, epochs=300, seed=0, l2=1.0)
     assert ridge.net.weight.norm() < 0.8 * free.net.weight.norm()
+
+
+# ------------------------------------------------------------------------------------------- risk query
+
+
+def test_risk_query_starts_as_mean_pooling_and_learns_where_the_signal_is() -> None:
+    """At its zero start the query is the linear head on mean-pooled standardised tokens; trained on data whose
+    risk lives in one token, its attention moves there and it beats mean pooling."""
+    rng = np.random.default_rng(0)
+    n, tokens, dim = 400, 6, 4
+    x = rng.normal(size=(n, tokens, dim))
+    x[:, 2, 0] += 3.0  # token 2 stands out on feature 0, so the query can find it
+    risk = 1.5 * x[:, 2, 1]  # the true log-hazard is feature 1 of token 2 only
+    time = rng.exponential(np.exp(-risk))
+    event = rng.random(n) < 0.8
+    clinical = rng.normal(size=(n, 2))
+    x_t, c_t, t_t, e_t = tensors(x, clinical, time, event)
+
+    head = RiskQueryHead(dim, 2)
+    head.set_image_standardisation(x_t.float())
+    torch.testing.assert_close(head.attention(x_t.float()), torch.full((n, tokens), 1 / tokens))
+    z = (x_t.double() - head.token_mean) / head.token_std
+    with torch.no_grad():
+        head.head.net.weight.normal_()
+    torch.testing.assert_close(head(x_t.float(), c_t.float()), head.head(z.mean(1), c_t.float()))
+
+    fitted = fit_survival_head(RiskQueryHead(dim, 2), x_t.float(), c_t.float(), t_t, e_t, epochs=400, lr=0.05, seed=0)
+    with torch.no_grad():
+        attention = fitted.attention(x_t.float()).mean(0)
+    assert int(attention.argmax()) == 2 and float(attention[2]) > 0.5
+    mean_pooled = fit_survival_head(SurvivalHead(dim, 2), x_t.float().mean(1), c_t.float(), t_t, e_t, epochs=400, seed=0)
+    assert cox_loss(fitted.predict_risk(x_t.float(), c_t.float()), e_t, t_t) < cox_loss(
+        mean_pooled.predict_risk(x_t.float().mean(1), c_t.float()), e_t, t_t
+    )
+
+
+def test_risk_query_gradients_and_shape_errors() -> None:
+    head = RiskQueryHead(4, 3)
+    with torch.no_grad():
+        head.query.normal_()
+        head.head.net.weight.normal_()
+    head(torch.randn(5, 6, 4), torch.randn(5, 3)).sum().backward()
+    assert {n for n, p in head.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0} == {
+        "query", "head.net.weight"
+    }
+    with pytest.raises(ValueError, match=r"tokens must have shape \(B, N, 4\)"):
+        head(torch.randn(5, 4), torch.randn(5, 3))
+    with pytest.raises(ValueError, match="clinical must have shape"):
+        head(torch.randn(5, 6, 4), torch.randn(5, 2))
 
 
 # ------------------------------------------------------------------------------------------- Breslow

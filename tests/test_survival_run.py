@@ -38,11 +38,11 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 RUN = TINY_PIPELINE
 SURVIVAL = ["survival.bootstrap=100", "survival.epochs=50"]
 SIM = {"shape_zyx": (16, 32, 32), "spacing_zyx": (18, 10, 10), "workers": 1}
-METHODS = {"model", "model_image_only", "clinical_cox", "encoder_no_instruction", "oracle"}
+METHODS = {"model", "model_image_only", "model_risk_query", "clinical_cox", "encoder_no_instruction", "oracle"}
 METHOD_KEYS = {
     "harrell_c", "harrell_c_ci", "uno_c", "td_auc", "ibs", "delta_c_vs_clinical", "delta_c_ci", "p_vs_clinical"
 }
-LEARNED = ("model", "model_image_only", "encoder_no_instruction")  # fitted per fold on image features
+LEARNED = ("model", "model_image_only", "model_risk_query", "encoder_no_instruction")  # fitted per fold on image features
 N_SIM, N_PAIRS, N_TWINS = 40, 6, 3  # 40 simulated patients; 6 get a second, identical study; 3 an identical twin
 
 
@@ -422,6 +422,13 @@ def test_demo_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert report.startswith("# ctsurv demo") and "# Survival results" in report
     rows = [line for line in report.splitlines() if line.startswith("| ") and line.split("|")[1].strip()[:1].isdigit()]
     assert [float(r.split("|")[1]) for r in rows] == list(signals)
+
+
+@pytest.mark.parametrize("option, value", [("--image-signal", "-1"), ("--clinical-signal", "nan"), ("--n-survival", "5")])
+def test_demo_checks_its_options_before_writing_anything(tmp_path: Path, option: str, value: str) -> None:
+    out = tmp_path / "demo"
+    assert_user_error(cli("demo", "--out", out, option, value), option)
+    assert not out.exists()
 
 
 def test_demo_refuses_a_non_empty_out(tmp_path: Path) -> None:

@@ -215,12 +215,18 @@ def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Folder to create for everything the demo writes."),
     n_pretrain: int = typer.Option(300, "--n-pretrain", help="Patients with CT + reports for pretraining."),
     n_survival: int = typer.Option(600, "--n-survival", help="Patients in the survival cohort."),
+    image_signal: float = typer.Option(1.0, "--image-signal", help="SD of the image part of the true log-hazard."),
+    clinical_signal: float = typer.Option(
+        0.3, "--clinical-signal", help="SD of the clinical part of the true log-hazard (the main cohort's)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic cohorts."),
 ) -> None:
     """Simulate, pretrain, cross-validate survival against baselines, sweep the clinical signal: one command."""
     from ctsurv.demo import DemoSettings, run_demo
 
-    run_demo(out, DemoSettings(n_pretrain=n_pretrain, n_survival=n_survival, seed=seed), console=console)
+    settings = DemoSettings(n_pretrain=n_pretrain, n_survival=n_survival, image_signal=image_signal,
+                            clinical_signal=clinical_signal, seed=seed)
+    run_demo(out, settings, console=console)
     console.print(f"report: [bold]{escape(str(out / 'REPORT.md'))}[/]  sweep figure: {escape(str(out / 'sweep.png'))}")
 
 

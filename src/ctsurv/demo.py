@@ -2,7 +2,7 @@
 
     out/pretrain_cohort/  CT + reports for pretraining (its own patients, as open CT-report data would be)
     out/cohort/           the survival cohort: CT + clinical + outcomes (+ truth.csv for the oracle)
-    out/pretrain/         stages 1-2 (align, instruct) and their held-out evaluation
+    out/pretrain/         stages 0-2 (vision, align, instruct) and their held-out evaluation
     out/survival/         stage 3: cross-validated comparison against the baselines, figures, final model
     out/sweep/            the same scans and model with outcomes redrawn at other clinical signal strengths
     out/sweep.png         gain of the model over clinical-only Cox against the clinical signal strength
@@ -21,7 +21,7 @@ from rich.console import Console
 
 from ctsurv.config import ExperimentConfig, load_config
 from ctsurv.data.cohort import load_cohort
-from ctsurv.data.simulate import resample_outcomes, simulate
+from ctsurv.data.simulate import check_simulation_args, resample_outcomes, simulate
 from ctsurv.errors import CtsurvError
 from ctsurv.evaluation import report
 from ctsurv.training.pretrain import pretrain
@@ -49,6 +49,8 @@ def run_demo(out_dir: str | Path, settings: DemoSettings = DemoSettings(), conso
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise CtsurvError(f"{out} already exists and is not empty; choose a new --out folder (or delete it)")
+    for option, n in (("--n-pretrain", settings.n_pretrain), ("--n-survival", settings.n_survival)):  # before any writing
+        check_simulation_args(n, settings.seed, settings.image_signal, settings.clinical_signal, n_option=option)
     cfg = demo_config()
     seconds: dict[str, float] = {}
 

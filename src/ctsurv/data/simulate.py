@@ -108,10 +108,12 @@ def _write_table(df: pd.DataFrame, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _check_args(n: int, seed: int, image_signal: float, clinical_signal: float, shape_zyx: Sequence[int],
-                spacing_zyx: Sequence[float], workers: int | None) -> None:
+def check_simulation_args(n: int, seed: int, image_signal: float, clinical_signal: float,
+                          shape_zyx: Sequence[int] = (8, 8, 8), spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0),
+                          workers: int | None = None, n_option: str = "--n") -> None:
+    """Raise a :class:`CtsurvError` naming the option when an argument of :func:`simulate` is invalid."""
     if n < 10:
-        raise CtsurvError(f"--n must be at least 10 patients (a survival model needs events to learn from), got {n}")
+        raise CtsurvError(f"{n_option} must be at least 10 patients (a survival model needs events to learn from), got {n}")
     if seed < 0:
         raise CtsurvError(f"--seed must be a non-negative integer, got {seed}")
     for name, v in (("--image-signal", image_signal), ("--clinical-signal", clinical_signal)):
@@ -148,7 +150,7 @@ def simulate(out_dir: str | Path, n: int = 600, seed: int = 0, image_signal: flo
     from ctsurv.data.report_writer import write_report
 
     start = time.perf_counter()
-    _check_args(n, seed, image_signal, clinical_signal, shape_zyx, spacing_zyx, workers)
+    check_simulation_args(n, seed, image_signal, clinical_signal, shape_zyx, spacing_zyx, workers)
     shape = tuple(int(v) for v in shape_zyx)
     spacing = tuple(float(v) for v in spacing_zyx)
     out = Path(out_dir)
@@ -212,7 +214,7 @@ def resample_outcomes(cohort_dir: str | Path, image_signal: float, clinical_sign
     for name in ("cohort.csv", "truth.csv"):
         if not (src / name).is_file():
             raise CtsurvError(f"{src / name} not found; resample_outcomes needs a folder written by `ctsurv simulate`")
-    _check_args(10, seed, image_signal, clinical_signal, (8, 8, 8), (1.0, 1.0, 1.0), None)
+    check_simulation_args(10, seed, image_signal, clinical_signal, (8, 8, 8), (1.0, 1.0, 1.0), None)
     text = {"id": str, **{c: str for c in CATEGORICAL_COLUMNS}}
     cohort = pd.read_csv(src / "cohort.csv", dtype=text, keep_default_na=False, na_values=[""])
     words = ("pleural_effusion_side", "pleural_effusion_size", "emphysema_severity", "consolidation_lobes")

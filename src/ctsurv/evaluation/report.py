@@ -41,6 +41,7 @@ ORACLE = "oracle"
 LABELS = {  # method key -> (short display name, one-line description for the legend)
     "model": ("Model: CT + clinical", "survival head on the instruction-tuned CT-VLM, fused with clinical data"),
     "model_image_only": ("Model: CT only", "the same survival head without clinical data"),
+    "model_risk_query": ("Model: risk query + clinical", "a learned query over the LM's visual-token states instead of the answers"),
     "encoder_no_instruction": ("Encoder w/o instruction tuning", "ablation: survival head on the encoder alone"),
     "clinical_cox": ("Clinical Cox", "Cox proportional hazards on the clinical variables; the reference for ΔC"),
     "oracle": ("Oracle (true risk)", "the true simulated risk score; synthetic data only, an upper bound"),

@@ -3,6 +3,9 @@
 ``answer_features``: for each predefined yes/no question, the hidden state at the position that
 produces the answer, and the probability the model gives to "Yes" over "No". The probabilities
 are interpretable (one per finding); the hidden states carry size and extent.
+
+``visual_states``: the LM's last hidden states at the N visual-token positions, what a learned risk
+query (:class:`ctsurv.models.survival.RiskQueryHead`) attends over.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ctsurv.data.datasets import REPORT_QUESTION
 from ctsurv.models.vlm import CTVLM, IGNORE_INDEX, format_prompt
 
 
@@ -52,3 +56,17 @@ def answer_features(vlm: CTVLM, image_tokens: torch.Tensor, questions: list[str]
     yes, h = score_answer(vlm, tokens, prompts, "Yes.")
     no, _ = score_answer(vlm, tokens, prompts, "No.")
     return torch.sigmoid(yes - no).reshape(b, q), h.float().reshape(b, q, -1)
+
+
+def visual_states(vlm: CTVLM, image_tokens: torch.Tensor) -> torch.Tensor:
+    """The LM's last hidden states at the visual-token positions (B, N, D).
+
+    ``<image>`` opens every prompt, so in a causal LM these states depend on the scan alone, not on
+    the question that follows.
+    """
+    b = len(image_tokens)
+    batch = vlm.tokenize([format_prompt(REPORT_QUESTION)] * b)
+    batch = {k: v.to(image_tokens.device) for k, v in batch.items()}
+    hidden = vlm.hidden_states(batch["input_ids"], batch["attention_mask"], image_tokens)  # (B, L, D)
+    at_image = batch["input_ids"] == vlm.image_token_id  # (B, L), N per row
+    return hidden[at_image].float().reshape(b, vlm.num_image_tokens, -1)

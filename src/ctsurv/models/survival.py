@@ -19,6 +19,8 @@
 
 * :class:`ClinicalEncoder` and :class:`SurvivalHead`: (image representation, clinical design matrix) ->
   log-hazard. ``linear`` is a Cox model on [standardised image features, clinical]; ``mlp`` a small MLP.
+* :class:`RiskQueryHead`: the alternative representation, a learned query attending over the LM's
+  visual-token states (compared against the answers in the same folds: ``model_risk_query``).
 * :func:`fit_survival_head`: full-batch AdamW on precomputed features, deterministic for a seed.
 * :class:`BreslowBaseline`: Breslow's baseline cumulative hazard, as lifelines' ``CoxPHFitter`` computes it,
   and survival curves S(t | risk) = exp(-H0(t) exp(risk)).
@@ -214,8 +216,58 @@ class SurvivalHead(nn.Module):
         return x
 
 
+class RiskQueryHead(nn.Module):
+    """A learned risk query over the language model's visual-token states (B, N, D), fused with clinical data.
+
+    The alternative to reading the answers: one learned query vector attends over the N visual-token
+    hidden states of the CT-VLM (standardised per feature with training statistics), and the attended
+    state goes with the clinical features into a :class:`SurvivalHead` (``linear`` or ``mlp``). The query
+    starts at zero, i.e. at mean pooling. ``tokens_dim`` is D; the inner head's image standardisation is
+    left at the identity because the tokens are standardised here.
+    """
+
+    def __init__(self, tokens_dim: int, n_clinical: int, kind: HeadKind = "linear") -> None:
+        super().__init__()
+        self.config: dict[str, Any] = {"tokens_dim": tokens_dim, "n_clinical": n_clinical, "kind": kind}
+        self.query = nn.Parameter(torch.zeros(tokens_dim))  # (D,)
+        self.register_buffer("token_mean", torch.zeros(tokens_dim))
+        self.register_buffer("token_std", torch.ones(tokens_dim))
+        self.head = SurvivalHead(tokens_dim, n_clinical, kind)
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.query)
+        self.head.reset_parameters()
+
+    @torch.no_grad()
+    def set_image_standardisation(self, tokens: torch.Tensor) -> None:
+        """Mean and std of every feature over the training studies and their N tokens; std 0 -> 1."""
+        x = self._check(tokens).double().flatten(0, 1)
+        std = x.std(0, unbiased=False)
+        self.token_mean.copy_(x.mean(0))
+        self.token_std.copy_(torch.where(std > 0, std, torch.ones_like(std)))
+
+    def attention(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Weights (B, N) of the query over each study's visual tokens."""
+        z = (self._check(tokens).to(self.token_mean.dtype) - self.token_mean) / self.token_std
+        return torch.softmax(z @ self.query / math.sqrt(z.shape[-1]), dim=1)
+
+    def forward(self, tokens: torch.Tensor | None, clinical: torch.Tensor | None) -> torch.Tensor:
+        z = (self._check(tokens).to(self.token_mean.dtype) - self.token_mean) / self.token_std  # (B, N, D)
+        pooled = (self.attention(tokens).unsqueeze(-1) * z).sum(1)  # (B, D)
+        return self.head(pooled, clinical)
+
+    predict_risk = SurvivalHead.predict_risk
+
+    def _check(self, tokens: torch.Tensor | None) -> torch.Tensor:
+        width = self.config["tokens_dim"]
+        if tokens is None or tokens.dim() != 3 or tokens.shape[2] != width:
+            got = "None" if tokens is None else tuple(tokens.shape)
+            raise ValueError(f"tokens must have shape (B, N, {width}); got {got}")
+        return tokens
+
+
 def fit_survival_head(
-    head: SurvivalHead,
+    head: SurvivalHead | RiskQueryHead,
     image_repr: torch.Tensor | None,
     clinical: torch.Tensor | None,
     time: torch.Tensor,
@@ -247,7 +299,8 @@ def fit_survival_head(
             head.set_image_standardisation(image_repr)
         head.train()
         params = [p for p in head.parameters() if p.requires_grad]
-        weights = [p for p in params if p.dim() > 1]
+        # the ridge penalty: weight matrices, and a risk query (whose length sharpens its attention)
+        weights = [p for name, p in head.named_parameters() if p.requires_grad and (p.dim() > 1 or name == "query")]
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
         for _ in range(epochs):
             optimizer.zero_grad(set_to_none=True)

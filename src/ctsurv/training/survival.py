@@ -8,9 +8,11 @@ hidden states, the head, the Breslow baseline — is fitted on the training fold
 model                    answers to the predefined questions (P(yes) per finding + principal
                          components of the answer-position hidden states) + clinical data
 model_image_only         the same image features, no clinical data
+model_risk_query         the alternative representation: a learned risk query attending over the
+                         LM's hidden states at the visual tokens (RiskQueryHead) + clinical data
 clinical_cox             Cox model on the clinical columns alone (lifelines)
-encoder_no_instruction   the vision encoder without instruction tuning (the stage-1 checkpoint,
-                         or a bare encoder given by ``--encoder``): pooled features + clinical
+encoder_no_instruction   the vision encoder without instruction tuning (the stage-0 checkpoint, else
+                         stage 1's, or a bare encoder given by ``--encoder``): pooled features + clinical
 oracle                   the true log-hazard from ``truth.csv`` (synthetic cohorts only; no fitting)
 =======================  ==================================================================
 
@@ -36,8 +38,8 @@ from ctsurv.data.clinical import ClinicalSchema
 from ctsurv.data.cohort import Cohort, _as_text
 from ctsurv.data.instructions import QUESTIONS
 from ctsurv.evaluation.crossval import FoldPrediction
-from ctsurv.models.representation import answer_features
-from ctsurv.models.survival import BreslowBaseline, SurvivalHead, fit_survival_head
+from ctsurv.models.representation import answer_features, visual_states
+from ctsurv.models.survival import BreslowBaseline, RiskQueryHead, SurvivalHead, fit_survival_head
 from ctsurv.models.vlm import CTVLM
 
 PRESENCE_QUESTIONS: list[str] = [q.text for q in QUESTIONS if q.kind == "presence"]
@@ -51,18 +53,21 @@ class ImageFeatures:
     p_yes: np.ndarray | None  # (n, Q) probability of "Yes" per presence question
     hidden: np.ndarray | None  # (n, Q*D) answer-position hidden states
     pooled: np.ndarray | None  # (n, Dv) mean-pooled vision encoder grid (the no-instruction ablation)
+    visual: np.ndarray | None = None  # (n, N, D) LM hidden states at the visual tokens (the risk query's input)
 
 
 @torch.no_grad()
 def vlm_features(vlm: CTVLM, volumes: torch.Tensor, batch_size: int = 16) -> ImageFeatures:
-    """Answers (P(yes), hidden states) of the instruction-tuned model for every volume (N, C, X, Y, Z)."""
-    probs, states = [], []
+    """Answers (P(yes), hidden states) of the instruction-tuned model for every volume (N, C, X, Y, Z),
+    and the LM's states at the visual tokens."""
+    probs, states, visual = [], [], []
     for i in range(0, len(volumes), batch_size):
         tokens = vlm.encode_image(volumes[i : i + batch_size].float())
         p, h = answer_features(vlm, tokens, PRESENCE_QUESTIONS)
         probs.append(p.numpy())
         states.append(h.flatten(1).numpy())
-    return ImageFeatures(np.concatenate(probs), np.concatenate(states), None)
+        visual.append(visual_states(vlm, tokens).numpy())
+    return ImageFeatures(np.concatenate(probs), np.concatenate(states), None, np.concatenate(visual))
 
 
 @torch.no_grad()
@@ -110,9 +115,10 @@ def _prediction(data: FoldData, train: np.ndarray, risk_train: np.ndarray, risk_
 
 def head_method(
     data: FoldData, cfg: ExperimentConfig, image: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None,
-    use_clinical: bool, seed: int,
+    use_clinical: bool, seed: int, risk_query: bool = False,
 ) -> FitPredict:
-    """A survival head on image features (built per fold by ``image``) and/or clinical data."""
+    """A survival head on image features (built per fold by ``image``) and/or clinical data; with
+    ``risk_query`` the image features are visual-token states (n, N, D) read by a :class:`RiskQueryHead`."""
     s = cfg.survival
 
     def fit_predict(train: np.ndarray, test: np.ndarray) -> FoldPrediction:
@@ -121,11 +127,12 @@ def head_method(
         if use_clinical:
             schema = data.schema(train)
             clin_tr, clin_te = data.clinical(train, schema), data.clinical(test, schema)
-        head = SurvivalHead(
-            image_dim=0 if img_tr is None else img_tr.shape[1],
-            n_clinical=0 if clin_tr is None else clin_tr.shape[1],
-            kind=s.head,
-        )
+        n_clinical = 0 if clin_tr is None else clin_tr.shape[1]
+        head: SurvivalHead | RiskQueryHead
+        if risk_query and img_tr is not None:
+            head = RiskQueryHead(img_tr.shape[2], n_clinical, kind=s.head)
+        else:
+            head = SurvivalHead(image_dim=0 if img_tr is None else img_tr.shape[1], n_clinical=n_clinical, kind=s.head)
         as_t = lambda a: None if a is None else torch.as_tensor(a, dtype=torch.float32)
         fit_survival_head(
             head, as_t(img_tr), as_t(clin_tr), torch.as_tensor(data.time[train]), torch.as_tensor(data.event[train]),
@@ -176,6 +183,11 @@ def pooled_image(pooled: np.ndarray, components: int) -> Callable[[np.ndarray, n
     return build
 
 
+def visual_image(features: ImageFeatures) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """The visual-token states of the training and test rows (nothing is fitted here)."""
+    return lambda train, test: (features.visual[train], features.visual[test])
+
+
 def clinical_cox(data: FoldData, penalizer: float = 0.01) -> FitPredict:
     """lifelines' Cox model (Efron ties) on the fold's standardised, imputed clinical design matrix."""
 
@@ -217,6 +229,10 @@ def survival_methods(
     if answers is not None:
         methods["model"] = head_method(data, cfg, answer_image(answers, k), use_clinical=True, seed=seed)
         methods["model_image_only"] = head_method(data, cfg, answer_image(answers, k), use_clinical=False, seed=seed)
+        if answers.visual is not None:
+            methods["model_risk_query"] = head_method(
+                data, cfg, visual_image(answers), use_clinical=True, seed=seed, risk_query=True
+            )
     methods["clinical_cox"] = clinical_cox(data)
     if pooled is not None:
         methods["encoder_no_instruction"] = head_method(data, cfg, pooled_image(pooled, max(k, 8)), use_clinical=True, seed=seed)

@@ -50,10 +50,12 @@ class SurvivalRun:
 
 
 def pretrained_checkpoints(path: Path) -> tuple[Path, Path | None]:
-    """(instruct checkpoint, stage-1 checkpoint or None) from a `ctsurv pretrain` folder or a checkpoint."""
+    """(instruct checkpoint, checkpoint of the encoder before instruction tuning or None) from a `ctsurv
+    pretrain` folder or a checkpoint. The latter is stage 0's (a scratch encoder trained on the report
+    labels) or else stage 1's: the ablation reads the encoder before the language model was taught to answer."""
     if (path / "instruct" / "model.safetensors").is_file():
-        align = path / "align"
-        return path / "instruct", align if (align / "model.safetensors").is_file() else None
+        before = [path / stage for stage in ("vision", "align") if (path / stage / "model.safetensors").is_file()]
+        return path / "instruct", before[0] if before else None
     if (path / "model.safetensors").is_file():
         return path, None
     raise CtsurvError(f"--pretrained {path} is neither a `ctsurv pretrain` output folder nor a checkpoint")
