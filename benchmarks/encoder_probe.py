@@ -1,11 +1,14 @@
 """Can a vision encoder trained from scratch see the synthetic findings? A direct probe, no LM.
 
-    python benchmarks/encoder_probe.py --train DIR --test DIR [--epochs 8] [--encoders vit3d cnn3d]
+    python benchmarks/encoder_probe.py --train DIR --test DIR [--epochs 12] [--encoder cnn3d]
+                                       [--single-window] [--mirror] [--out NAME]
 
-Each encoder (configs/demo.yaml's vision settings) gets a linear head on its mean- and max-pooled
-feature grid and is trained with binary cross-entropy on the presence labels extracted from the
-training reports (what stage 2's auxiliary loss uses). It is scored by AUC against the generator's
-truth on a cohort from another seed. Writes benchmarks/encoder_probe.md.
+The encoder (configs/demo.yaml's vision and data settings: three HU windows unless --single-window)
+gets a linear head on its mean- and max-pooled feature grid, trained with binary cross-entropy on the
+presence labels extracted from the training reports: what stage 0 of `ctsurv pretrain` does, here with
+a one-cycle schedule and an AUC check every 4 epochs. ``--mirror`` flips every other training study
+left-right. Scored by AUC against the generator's truth on a cohort from another seed. Prints one line
+per check and appends the last to benchmarks/encoder_probe.md.
 """
 
 from __future__ import annotations
@@ -23,86 +26,79 @@ from torch import nn
 
 from ctsurv.config import load_config
 from ctsurv.data.cohort import load_cohort
-from ctsurv.data.datasets import PRESENCE_QUESTIONS, presence_labels
+from ctsurv.data.datasets import presence_labels
 from ctsurv.data.instructions import QUESTIONS, instruction_pairs
 from ctsurv.models.vision import build_vision_encoder
 from ctsurv.training.pretrain import preprocess_all
+from ctsurv.training.stages import pooled_grid
 
 HERE = Path(__file__).parent
 LABELS = [str(q.label) for q in QUESTIONS if q.kind == "presence"]
-
-
-def pooled(grid: torch.Tensor) -> torch.Tensor:
-    return torch.cat([grid.flatten(2).mean(-1), grid.flatten(2).amax(-1)], 1)
-
-
-def probe(encoder_name: str, cfg, x_train, y_train, x_test, epochs: int, seed: int = 0) -> tuple[np.ndarray, float]:
-    torch.manual_seed(seed)
-    encoder = build_vision_encoder(dataclasses.replace(cfg.vision, encoder=encoder_name), tuple(reversed(cfg.data.target_shape_zyx)))
-    head = nn.Linear(2 * encoder.out_dim, y_train.shape[1])
-    opt = torch.optim.AdamW([*encoder.parameters(), *head.parameters()], lr=1e-3, weight_decay=0.01)
-    rng = np.random.default_rng(seed)
-    t0 = time.perf_counter()
-    for _ in range(epochs):
-        encoder.train()
-        for batch in np.array_split(rng.permutation(len(x_train)), max(1, len(x_train) // 8)):
-            logits = head(pooled(encoder.features(x_train[batch].float())))
-            y = y_train[batch]
-            known = y >= 0
-            loss = nn.functional.binary_cross_entropy_with_logits(logits[known], y[known].float())
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    per_epoch = (time.perf_counter() - t0) / epochs
-    encoder.eval()
-    with torch.no_grad():
-        scores = torch.cat([head(pooled(encoder.features(x_test[i : i + 16].float()))) for i in range(0, len(x_test), 16)])
-    return scores.numpy(), per_epoch
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--train", type=Path, required=True)
     parser.add_argument("--test", type=Path, required=True)
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--encoders", nargs="+", default=["vit3d", "cnn3d"])
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--encoder", default="cnn3d", choices=["cnn3d", "vit3d"])
+    parser.add_argument("--single-window", action="store_true", help="only data.hu_window, no extra channels")
+    parser.add_argument("--mirror", action="store_true", help="flip every other training study left-right")
+    parser.add_argument("--lr", type=float, default=1e-3)
     args = parser.parse_args()
-    cfg = load_config(HERE.parent / "configs" / "demo.yaml")
+    torch.set_num_threads(2)
+    cfg = load_config(HERE.parent / "configs" / "demo.yaml", ["data.extra_hu_windows=[]"] if args.single_window else [])
     train = load_cohort(args.train / "cohort.csv", cfg.data, require_reports=True)
     test = load_cohort(args.test / "cohort.csv", cfg.data)
-    x_train, x_test = preprocess_all(train, cfg, progress=False), preprocess_all(test, cfg, progress=False)
+    x_train = preprocess_all(train, cfg, progress=False).float()
+    x_test = preprocess_all(test, cfg, progress=False).float()
     t = train.table
     y_train = torch.tensor(
         [presence_labels([(q.text, a) for q, a in instruction_pairs(f, i)]) for f, i in zip(t.findings, t.impression.fillna(""))]
     )
     truth = pd.read_csv(args.test / "truth.csv", dtype={"id": str}).set_index("id").loc[test.ids]
-    rows = {}
-    timing = {}
-    for name in args.encoders:
-        scores, timing[name] = probe(name, cfg, x_train, y_train, x_test, args.epochs)
-        rows[name] = {
-            label: roc_auc_score(truth[label], scores[:, j])
-            for j, label in enumerate(LABELS)
-            if label in truth.columns and truth[label].nunique() > 1
-        }
-    table = pd.DataFrame(rows)
-    lines = [
-        "# Encoder probe: findings seen by a vision encoder trained from scratch (no language model)",
-        "",
-        f"Reproduce: `python benchmarks/encoder_probe.py --train {args.train} --test {args.test} --epochs {args.epochs}`.",
-        f"Training: {len(train)} volumes, labels extracted from their reports; test: {len(test)} volumes of another seed, "
-        f"AUC against the generator's truth. {len(PRESENCE_QUESTIONS)} presence labels, linear head on mean+max pooling.",
-        "",
-        "| finding | " + " | ".join(f"{n} AUC" for n in table.columns) + " |",
-        "|---|" + "---|" * len(table.columns),
-        *[f"| {label} | " + " | ".join(f"{v:.3f}" for v in row) + " |" for label, row in table.iterrows()],
-        "| **mean** | " + " | ".join(f"**{v:.3f}**" for v in table.mean()) + " |",
-        "",
-        "Seconds per epoch: " + ", ".join(f"{n} {s:.0f}" for n, s in timing.items()) + " (machine shared with other runs).",
-        "",
-    ]
-    (HERE / "encoder_probe.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+
+    torch.manual_seed(0)
+    vision = dataclasses.replace(cfg.vision, encoder=args.encoder)
+    encoder = build_vision_encoder(vision, tuple(reversed(cfg.data.target_shape_zyx)), in_channels=x_train.shape[1])
+    head = nn.Linear(2 * encoder.out_dim, y_train.shape[1])
+    opt = torch.optim.AdamW([*encoder.parameters(), *head.parameters()], lr=args.lr, weight_decay=0.01)
+    per_epoch = len(x_train) // 8
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=args.epochs * per_epoch, pct_start=0.1)
+    rng = np.random.default_rng(0)
+    t0 = time.perf_counter()
+    line = ""
+    for epoch in range(args.epochs):
+        encoder.train()
+        for batch in np.array_split(rng.permutation(len(x_train)), per_epoch):
+            x = x_train[batch]
+            if args.mirror:
+                x = x.clone()
+                x[1::2] = x[1::2].flip(2)  # (B, C, X, Y, Z): X is left-right
+            y = y_train[batch]
+            known = y >= 0
+            loss = nn.functional.binary_cross_entropy_with_logits(head(pooled_grid(encoder.features(x)))[known], y[known].float())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+        if (epoch + 1) % 4 == 0 or epoch + 1 == args.epochs:
+            encoder.eval()
+            with torch.no_grad():
+                scores = torch.cat([head(pooled_grid(encoder.features(x_test[i : i + 16]))) for i in range(0, len(x_test), 16)])
+            aucs = {
+                label: roc_auc_score(truth[label], scores[:, j].numpy())
+                for j, label in enumerate(LABELS)
+                if label in truth.columns and truth[label].nunique() > 1
+            }
+            line = (
+                f"| {args.encoder} | {x_train.shape[1]} | {'yes' if args.mirror else 'no'} | {epoch + 1} | "
+                + " | ".join(f"{v:.2f}" for v in aucs.values())
+                + f" | **{np.mean(list(aucs.values())):.3f}** | {time.perf_counter() - t0:.0f} |"
+            )
+            print(line, flush=True)
+    with (HERE / "encoder_probe.md").open("a") as f:
+        f.write(line + "\n")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ SWEEP_CLINICAL_SIGNALS = (0.0, 0.3, 0.6, 1.0)  # the main cohort's 0.3 is one of
 
 @dataclass(frozen=True)
 class DemoSettings:
-    n_pretrain: int = 300
+    n_pretrain: int = 400
     n_survival: int = 600
     image_signal: float = 1.0
     clinical_signal: float = 0.3
