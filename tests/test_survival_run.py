@@ -416,7 +416,8 @@ def test_demo_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert main["model_c"] == raw["model"]["harrell_c"] and main["clinical_c"] == raw["clinical_cox"]["harrell_c"]
     for signal in signals:
         if signal != settings.clinical_signal:
-            assert (out / "sweep" / f"clinical_{signal:g}" / "results.json").is_file(), signal
+            swept = strict_json(out / "sweep" / f"clinical_{signal:g}" / "results.json")
+            assert set(swept["methods"]) == set(ctsurv.demo.SWEEP_METHODS), signal
     assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (out / "REPORT.md").read_text()
     assert report.startswith("# ctsurv demo") and "# Survival results" in report

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time as clock
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,9 +149,10 @@ def run_survival(
 
 def evaluate(
     cfg: ExperimentConfig, cohort: Cohort, features: Features, out_dir: Path, folds: int = 5, repeats: int = 1,
-    progress: bool = True, final_model: bool = True,
+    progress: bool = True, final_model: bool = True, only: Collection[str] | None = None,
 ) -> SurvivalRun:
-    """Cross-validate every method in the same folds; write results, figures and (optionally) the final model."""
+    """Cross-validate every method (or the ``only`` ones) in the same folds; write results, figures and
+    (optionally) the final model."""
     t0 = clock.perf_counter()
     features = features.for_cohort(cohort)
     time, event = cohort.times, cohort.events
@@ -161,6 +163,8 @@ def evaluate(
     horizons = choose_horizons(time, event)
     horizon = float(np.quantile(time[event], cfg.survival.horizon_quantile))
     methods = survival_methods(data, cfg, features.answers, features.pooled, truth_risk(cohort))
+    if only is not None:
+        methods = {name: fit for name, fit in methods.items() if name in only}
     main = "model" if "model" in methods else "encoder_no_instruction"
     methods[main], surv_at_horizon = at_horizon(methods[main], horizon, len(time))
     oofs = {
