@@ -147,7 +147,8 @@ def test_presence_loss_is_bce_over_known_labels_only() -> None:
     known = labels >= 0
     want = torch.nn.functional.binary_cross_entropy(torch.sigmoid(logits[known]), labels[known].float())
     torch.testing.assert_close(presence_loss(head, grid, labels), want)
-    assert presence_loss(head, grid, torch.full((2, 3), -1)).item() == 0.0
+    nothing = presence_loss(head, grid, torch.full((2, 3), -1))
+    assert nothing.item() == 0.0 and nothing.requires_grad  # a batch without labels still backpropagates
 
 
 # ------------------------------------------------------------------ the pretrained I3ResNet-152 encoder

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from lifelines import CoxPHFitter
 from lifelines.exceptions import ConvergenceWarning
 from rich.console import Console
@@ -32,7 +33,7 @@ from ctsurv.data.cohort import load_cohort
 from ctsurv.data.simulate import simulate
 from ctsurv.errors import CohortError
 from ctsurv.evaluation.crossval import make_folds
-from ctsurv.training.survival import FoldData, clinical_cox
+from ctsurv.training.survival import FoldData, ImageFeatures, clinical_cox
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 RUN = TINY_PIPELINE
@@ -194,6 +195,17 @@ def test_c_indices_match_scikit_survival(run: Path, cohorts: Cohorts) -> None:
         assert results["methods"][name]["harrell_c"] == pytest.approx(round(c, 4), abs=1e-12), name
 
 
+def test_image_features_reorder_every_field_alike() -> None:
+    n = 5
+    features = ImageFeatures(np.arange(n * 2.0).reshape(n, 2), np.arange(n * 3.0).reshape(n, 3), None,
+                             np.arange(n * 8.0).reshape(n, 4, 2))
+    order = np.array([3, 0, 4])
+    picked = features.rows(order)
+    for got, full in ((picked.p_yes, features.p_yes), (picked.hidden, features.hidden), (picked.visual, features.visual)):
+        np.testing.assert_array_equal(got, full[order])
+    assert picked.pooled is None
+
+
 def test_folds_keep_a_patients_studies_together(run: Path, cohorts: Cohorts) -> None:
     """The folds `ctsurv survival` builds (make_folds on patient_id, seed 0) never split a patient, and the
     run used such folds: a patient's two studies are identical inputs, so a fitted method gives them the same
@@ -268,6 +280,39 @@ def test_cross_validation_reads_a_level_missing_from_its_training_fold_as_missin
     risk = np.asarray(clinical_cox(fold_data)(train, test).risk)
     assert np.isfinite(risk).all()
     assert risk[0] == pytest.approx(risk[-1], abs=1e-12)
+
+
+def test_finetuned_run_tunes_per_fold_saves_the_tuned_model_and_predict_reads_it(
+    cohorts: Cohorts, pretrained: Path, tmp_path: Path
+) -> None:
+    """survival.finetune=projector: `model` is the tuned variant and `model_frozen` the frozen one, in the same
+    folds; the final model's tuned checkpoint differs from the pretrained one in the projector only; predict
+    reads it and gives the final model's training risks back."""
+    from ctsurv.training.checkpoint import load_checkpoint
+
+    out = tmp_path / "tuned"
+    tuning = ["survival.finetune=projector", "survival.finetune_epochs=1", "survival.finetune_batch_size=10",
+              "survival.finetune_lr=0.01"]
+    result = cli("survival", "--config", CONFIG, "--cohort", cohorts.cohort, "--out", out, "--pretrained", pretrained,
+                 "--folds", 3, *SURVIVAL, *tuning)
+    assert result.exit_code == 0, result.output
+    results = strict_json(out / "results.json")
+    assert set(results["methods"]) == METHODS | {"model_frozen"}
+    oof = pd.read_csv(out / "oof.csv", dtype={"id": str})
+    assert not np.allclose(oof["risk_model"], oof["risk_model_frozen"])
+
+    tuned, _ = load_checkpoint(out / "model" / "vlm")
+    base, _ = load_checkpoint(pretrained / "instruct")
+    tuned_state, base_state = tuned.state_dict(), base.state_dict()
+    changed = {n for n in base_state if not torch.equal(base_state[n], tuned_state[n])}
+    assert changed and all(n.startswith("projector.") for n in changed)
+    meta = json.loads((out / "model" / "model.json").read_text())
+    assert Path(meta["checkpoint"]) == (out / "model" / "vlm").resolve()
+
+    assert cli("predict", out, cohorts.cohort, "--out", tmp_path / "pred").exit_code == 0
+    risk = read_table(tmp_path / "pred" / "predictions.csv")["risk"].to_numpy()
+    # the tuned model read cached encoder grids in training and the scans here: equal to float rounding
+    np.testing.assert_allclose(np.sort(risk), meta["training_risk"], rtol=0, atol=1e-4)
 
 
 def test_survival_refuses_a_non_empty_out(run: Path, cohorts: Cohorts, pretrained: Path) -> None:

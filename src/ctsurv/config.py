@@ -185,10 +185,22 @@ class SurvivalConfig:
     l2: float = 0.05  # ridge penalty on the head's weights (l2/2 · Σw²), against overfitting ~30 image features
     bootstrap: int = 1000  # resamples for confidence intervals and paired comparisons
     horizon_quantile: float = 0.5  # Uno's C horizon and calibration time: this quantile of the event times
+    # what of the CT-VLM stage 3 tunes per training fold before reading the answers (the encoder stays frozen):
+    # "none" (the default: features of the frozen model), "projector", or "projector+lora" (LoRA models)
+    finetune: Literal["none", "projector", "projector+lora"] = "none"
+    finetune_epochs: int = 2
+    finetune_lr: float = 1e-4
+    finetune_batch_size: int = 32
+    answer_loss_weight: float = 1.0  # joint LM loss: the yes/no answers the frozen model gave, so it keeps answering
 
     def __post_init__(self) -> None:
         if not 0 < self.horizon_quantile < 1:
             raise ConfigError(f"survival.horizon_quantile must be in (0, 1), got {self.horizon_quantile}")
+        if self.finetune_epochs < 1 or self.finetune_batch_size < 2 or self.finetune_lr <= 0 or self.answer_loss_weight < 0:
+            raise ConfigError(
+                "survival.finetune_epochs must be >= 1, finetune_batch_size >= 2 (a Cox loss compares patients), "
+                "finetune_lr > 0 and answer_loss_weight >= 0"
+            )
         if self.bootstrap < 100:
             raise ConfigError(f"survival.bootstrap must be at least 100 resamples, got {self.bootstrap}")
 

@@ -40,6 +40,7 @@ REFERENCE = "clinical_cox"  # the method ΔC and p are computed against
 ORACLE = "oracle"
 LABELS = {  # method key -> (short display name, one-line description for the legend)
     "model": ("Model: CT + clinical", "survival head on the instruction-tuned CT-VLM, fused with clinical data"),
+    "model_frozen": ("Model, not fine-tuned", "the frozen model's answers + clinical (stage 3 without fine-tuning)"),
     "model_image_only": ("Model: CT only", "the same survival head without clinical data"),
     "model_risk_query": ("Model: risk query + clinical", "a learned query over the LM's visual-token states instead of the answers"),
     "encoder_no_instruction": ("Encoder w/o instruction tuning", "ablation: survival head on the encoder alone"),

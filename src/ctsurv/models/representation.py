@@ -45,7 +45,12 @@ def score_answer(
 
 @torch.no_grad()
 def answer_features(vlm: CTVLM, image_tokens: torch.Tensor, questions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """P(yes) (B, Q) and answer-position hidden states (B, Q, D) for yes/no ``questions``.
+    """P(yes) (B, Q) and answer-position hidden states (B, Q, D) for yes/no ``questions``, without gradients."""
+    return answer_scores(vlm, image_tokens, questions)
+
+
+def answer_scores(vlm: CTVLM, image_tokens: torch.Tensor, questions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """P(yes) (B, Q) and answer-position hidden states (B, Q, D), differentiable (stage-3 fine-tuning).
 
     P(yes) compares the likelihoods of the canonical answers " Yes." and " No."; all B×Q prompts
     go through the LM together (study-major order).

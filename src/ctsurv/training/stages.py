@@ -94,8 +94,8 @@ def presence_loss(head: nn.Linear, grid: torch.Tensor, labels: torch.Tensor) -> 
     """Binary cross-entropy of ``head`` on the pooled grid against ``labels`` (B, P), -1 where unknown."""
     logits = head(pooled_grid(grid))  # (B, P)
     known = labels >= 0
-    if not bool(known.any()):
-        return grid.new_zeros(())
+    if not bool(known.any()):  # nothing to learn from this batch: zero, still attached to the graph
+        return logits.sum() * 0.0
     return F.binary_cross_entropy_with_logits(logits[known], labels[known].float())
 
 

@@ -6,7 +6,9 @@ hidden states, the head, the Breslow baseline — is fitted on the training fold
 
 =======================  ==================================================================
 model                    answers to the predefined questions (P(yes) per finding + principal
-                         components of the answer-position hidden states) + clinical data
+                         components of the answer-position hidden states) + clinical data; with
+                         ``survival.finetune`` the answers of a model tuned per fold (stage 3)
+model_frozen             (only with ``survival.finetune``) the same without fine-tuning
 model_image_only         the same image features, no clinical data
 model_risk_query         the alternative representation: a learned risk query attending over the
                          LM's hidden states at the visual tokens (RiskQueryHead) + clinical data
@@ -16,8 +18,9 @@ encoder_no_instruction   the vision encoder without instruction tuning (the stag
 oracle                   the true log-hazard from ``truth.csv`` (synthetic cohorts only; no fitting)
 =======================  ==================================================================
 
-The VLM is frozen in this stage: its features are functions of the image alone, computed once
-for all studies, so no outcome information can leak between folds through them.
+Without ``survival.finetune`` the VLM is frozen in this stage: its features are functions of the
+image alone, computed once for all studies, so no outcome information can leak between folds through
+them. With it, each fold tunes its own copy on its training patients only.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -41,6 +45,7 @@ from ctsurv.evaluation.crossval import FoldPrediction
 from ctsurv.models.representation import answer_features, visual_states
 from ctsurv.models.survival import BreslowBaseline, RiskQueryHead, SurvivalHead, fit_survival_head
 from ctsurv.models.vlm import CTVLM
+from ctsurv.training.survival_finetune import tuned_model
 
 PRESENCE_QUESTIONS: list[str] = [q.text for q in QUESTIONS if q.kind == "presence"]
 PRESENCE_LABELS: list[str] = [str(q.label) for q in QUESTIONS if q.kind == "presence"]
@@ -55,14 +60,20 @@ class ImageFeatures:
     pooled: np.ndarray | None  # (n, Dv) mean-pooled vision encoder grid (the no-instruction ablation)
     visual: np.ndarray | None = None  # (n, N, D) LM hidden states at the visual tokens (the risk query's input)
 
+    def rows(self, order: np.ndarray) -> ImageFeatures:
+        """The features of studies ``order`` (indices), every field alike."""
+        return ImageFeatures(*(None if a is None else a[order] for a in (self.p_yes, self.hidden, self.pooled, self.visual)))
+
 
 @torch.no_grad()
-def vlm_features(vlm: CTVLM, volumes: torch.Tensor, batch_size: int = 16) -> ImageFeatures:
+def vlm_features(vlm: CTVLM, inputs: torch.Tensor, batch_size: int = 16, kind: str = "images") -> ImageFeatures:
     """Answers (P(yes), hidden states) of the instruction-tuned model for every volume (N, C, X, Y, Z),
-    and the LM's states at the visual tokens."""
+    or for cached encoder features (N, Dv, tx, ty, tz) with ``kind="features"``, and the LM's states
+    at the visual tokens."""
     probs, states, visual = [], [], []
-    for i in range(0, len(volumes), batch_size):
-        tokens = vlm.encode_image(volumes[i : i + batch_size].float())
+    for i in range(0, len(inputs), batch_size):
+        x = inputs[i : i + batch_size].float()
+        tokens = vlm.encode_image(x) if kind == "images" else vlm.project_features(x)
         p, h = answer_features(vlm, tokens, PRESENCE_QUESTIONS)
         probs.append(p.numpy())
         states.append(h.flatten(1).numpy())
@@ -219,15 +230,42 @@ def fixed_risk(data: FoldData, risk: np.ndarray) -> FitPredict:
 # ----------------------------------------------------------------------------- the protocol
 
 
+def finetuned_method(
+    data: FoldData, cfg: ExperimentConfig, checkpoint: Path, grids: torch.Tensor, frozen: ImageFeatures
+) -> FitPredict:
+    """``model`` with stage-3 fine-tuning: per fold, a fresh copy of the pretrained model is tuned on the
+    training patients (:mod:`ctsurv.training.survival_finetune`), then reads every study; the head is
+    fitted on its answers as in ``model``."""
+    k, seed = cfg.survival.hidden_components, cfg.seed
+
+    def fit_predict(train: np.ndarray, test: np.ndarray) -> FoldPrediction:
+        schema = data.schema(train)
+        vlm, _ = tuned_model(
+            checkpoint, grids[train], data.clinical(train, schema), data.time[train], data.event[train],
+            frozen.p_yes[train], PRESENCE_QUESTIONS, cfg, seed,
+        )
+        tuned = vlm_features(vlm, grids, kind="features")
+        return head_method(data, cfg, answer_image(tuned, k), use_clinical=True, seed=seed)(train, test)
+
+    return fit_predict
+
+
 def survival_methods(
     data: FoldData, cfg: ExperimentConfig, answers: ImageFeatures | None, pooled: np.ndarray | None,
-    truth_risk: np.ndarray | None,
+    truth_risk: np.ndarray | None, tuning: tuple[Path, torch.Tensor] | None = None,
 ) -> dict[str, FitPredict]:
-    """The methods compared in the same folds (see the module docstring); absent inputs drop methods."""
+    """The methods compared in the same folds (see the module docstring); absent inputs drop methods.
+
+    ``tuning`` (the pretrained checkpoint and the cached encoder grids of the cohort) makes ``model``
+    the fine-tuned variant when ``survival.finetune`` asks for one; ``model_frozen`` then keeps the
+    frozen model's answers for comparison."""
     k, seed = cfg.survival.hidden_components, cfg.seed
     methods: dict[str, FitPredict] = {}
     if answers is not None:
         methods["model"] = head_method(data, cfg, answer_image(answers, k), use_clinical=True, seed=seed)
+        if cfg.survival.finetune != "none" and tuning is not None:
+            methods["model_frozen"] = methods["model"]
+            methods["model"] = finetuned_method(data, cfg, tuning[0], tuning[1], answers)
         methods["model_image_only"] = head_method(data, cfg, answer_image(answers, k), use_clinical=False, seed=seed)
         if answers.visual is not None:
             methods["model_risk_query"] = head_method(

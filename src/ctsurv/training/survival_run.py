@@ -28,10 +28,11 @@ from ctsurv.evaluation.crossval import compare_methods, cross_validate, make_fol
 from ctsurv.evaluation.metrics import choose_horizons
 from ctsurv.models.survival import BreslowBaseline, SurvivalHead, fit_survival_head
 from ctsurv.models.vision import build_vision_encoder
-from ctsurv.training.checkpoint import load_checkpoint
-from ctsurv.training.pretrain import preprocess_all
+from ctsurv.training.checkpoint import load_checkpoint, save_checkpoint
+from ctsurv.training.pretrain import encode_all, preprocess_all
 from ctsurv.training.survival import (
     PRESENCE_LABELS,
+    PRESENCE_QUESTIONS,
     FoldData,
     ImageFeatures,
     answer_matrix,
@@ -41,6 +42,7 @@ from ctsurv.training.survival import (
     survival_methods,
     vlm_features,
 )
+from ctsurv.training.survival_finetune import tuned_model
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,7 @@ class Features:
     answers: ImageFeatures | None
     pooled: np.ndarray | None
     checkpoint: Path | None
+    grids: torch.Tensor | None = None  # cached encoder features pooled to the token grid, for stage-3 fine-tuning
 
     def for_cohort(self, cohort: Cohort) -> Features:
         """These features in ``cohort``'s row order (same scans); an error if a study is missing."""
@@ -102,8 +105,11 @@ class Features:
         if missing:
             raise CtsurvError(f"no image features for {len(missing)} studies (e.g. {missing[:3]}); recompute them")
         order = np.array([where[s] for s in cohort.ids])
-        answers = None if self.answers is None else ImageFeatures(self.answers.p_yes[order], self.answers.hidden[order], None)
-        return Features(cohort.ids, answers, None if self.pooled is None else self.pooled[order], self.checkpoint)
+        answers = None if self.answers is None else self.answers.rows(order)
+        return Features(
+            cohort.ids, answers, None if self.pooled is None else self.pooled[order], self.checkpoint,
+            None if self.grids is None else self.grids[torch.as_tensor(order)],
+        )
 
 
 def prepare(
@@ -121,16 +127,18 @@ def prepare(
         cfg = dataclasses.replace(cfg, vision=VisionConfig(encoder=encoder))  # type: ignore[arg-type]
     cohort = load_cohort(cohort_path, cfg.data, require_outcomes=True)
     volumes = preprocess_all(cohort, cfg, progress)
-    answers = None
+    answers = grids = None
     if instruct is not None:
         answers = vlm_features(vlm, volumes)
         pooled = encoder_features(load_checkpoint(align)[0].vision_encoder, volumes) if align is not None else None
+        if cfg.survival.finetune != "none":
+            grids = encode_all(vlm, volumes)  # the encoder stays frozen in stage 3: encode once
     else:
         torch.manual_seed(cfg.seed)
         size_xyz = tuple(reversed(cfg.data.target_shape_zyx))
         encoder = build_vision_encoder(cfg.vision, size_xyz, in_channels=len(cfg.data.hu_windows))  # type: ignore[arg-type]
         pooled = encoder_features(encoder, volumes)
-    return cfg, cohort, Features(cohort.ids, answers, pooled, instruct)
+    return cfg, cohort, Features(cohort.ids, answers, pooled, instruct, grids)
 
 
 def run_survival(
@@ -162,7 +170,8 @@ def evaluate(
     data = FoldData(cohort, time, event)
     horizons = choose_horizons(time, event)
     horizon = float(np.quantile(time[event], cfg.survival.horizon_quantile))
-    methods = survival_methods(data, cfg, features.answers, features.pooled, truth_risk(cohort))
+    tuning = (features.checkpoint, features.grids) if features.checkpoint is not None and features.grids is not None else None
+    methods = survival_methods(data, cfg, features.answers, features.pooled, truth_risk(cohort), tuning)
     if only is not None:
         methods = {name: fit for name, fit in methods.items() if name in only}
     main = "model" if "model" in methods else "encoder_no_instruction"
@@ -192,14 +201,25 @@ def evaluate(
     report.cindex_forest(results, out_dir / "cindex.png")
     report.write_results(results, out_dir)
     if final_model and features.answers is not None and features.checkpoint is not None:
-        fit_final_model(cfg, data, features.answers, features.checkpoint, out_dir / "model")
+        fit_final_model(cfg, data, features.answers, features.checkpoint, out_dir / "model", tuning)
     return SurvivalRun(out_dir, results, {"crossval": clock.perf_counter() - t0})
 
 
-def fit_final_model(cfg: ExperimentConfig, data: FoldData, answers: ImageFeatures, checkpoint: Path, out: Path) -> None:
-    """The model method fitted on the whole cohort, saved for `ctsurv predict` (no pickle)."""
+def fit_final_model(
+    cfg: ExperimentConfig, data: FoldData, answers: ImageFeatures, checkpoint: Path, out: Path,
+    tuning: tuple[Path, torch.Tensor] | None = None,
+) -> None:
+    """The model method fitted on the whole cohort, saved for `ctsurv predict` (no pickle). With
+    ``survival.finetune``, the model tuned on the whole cohort is saved as ``out/vlm`` and read instead."""
     everyone = np.arange(len(data.time))
     schema = data.schema(everyone)
+    if cfg.survival.finetune != "none" and tuning is not None:
+        vlm, model_cfg = tuned_model(
+            checkpoint, tuning[1], data.clinical(everyone, schema), data.time, data.event, answers.p_yes,
+            PRESENCE_QUESTIONS, cfg, cfg.seed,
+        )
+        checkpoint = save_checkpoint(out / "vlm", vlm, model_cfg)
+        answers = vlm_features(vlm, tuning[1], kind="features")
     pca = fit_answer_pca(answers, everyone, cfg.survival.hidden_components)
     image = torch.as_tensor(answer_matrix(answers, everyone, pca), dtype=torch.float32)
     clinical = torch.as_tensor(schema.transform(data.cohort.clinical()))

@@ -1,0 +1,74 @@
+"""Stage-3 fine-tuning: what trains, that nothing else changes, determinism, and the clear error for
+projector+lora on a model without LoRA adapters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tiny_setups import (
+    LORA,
+    build,
+    one_torch_thread,  # noqa: F401 (autouse)
+    save_local_lm,
+    tiny_config,
+)
+
+from ctsurv.errors import CtsurvError
+from ctsurv.models.vlm import CTVLM
+from ctsurv.training.survival import PRESENCE_QUESTIONS
+from ctsurv.training.survival_finetune import finetune_parameters, finetune_vlm
+
+QUESTIONS = PRESENCE_QUESTIONS[:3]
+
+
+def names_of(vlm: CTVLM, params: list[torch.nn.Parameter]) -> set[str]:
+    ids = {id(p) for p in params}
+    return {n for n, p in vlm.named_parameters() if id(p) in ids}
+
+
+def training_set(vlm: CTVLM, n: int = 12, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    with torch.no_grad():
+        grids = vlm.projector.pool(vlm.vision_encoder.eval().features(torch.rand(n, 1, 32, 32, 16)))
+    return {
+        "grids": grids, "clinical": rng.normal(size=(n, 2)), "time": rng.exponential(100, n).round() + 1,
+        "event": rng.random(n) < 0.7, "frozen_p_yes": rng.random((n, len(QUESTIONS))), "questions": QUESTIONS,
+    }
+
+
+def test_projector_mode_trains_the_projector_only() -> None:
+    vlm = build(tiny_config())
+    params = finetune_parameters(vlm, "projector")
+    assert names_of(vlm, params) == {n for n, _ in vlm.named_parameters() if n.startswith("projector.")}
+    with pytest.raises(CtsurvError, match="needs a model pretrained with LoRA adapters"):
+        finetune_parameters(vlm, "projector+lora")
+
+
+def test_lora_mode_adds_the_adapters(tmp_path: Path) -> None:
+    vlm = build(tiny_config(f"language.model={save_local_lm(tmp_path / 'lm')}", *LORA))
+    names = names_of(vlm, finetune_parameters(vlm, "projector+lora"))
+    assert {n for n in names if not n.startswith("projector.")} == {
+        n for n, _ in vlm.named_parameters() if "lora_" in n
+    } != set()
+
+
+def test_finetuning_changes_the_projector_alone_and_is_deterministic() -> None:
+    cfg = tiny_config("survival.finetune=projector", "survival.finetune_epochs=2", "survival.finetune_batch_size=6",
+                      "survival.finetune_lr=0.01")
+    models = [build(cfg) for _ in range(3)]
+    before = {n: t.clone() for n, t in models[0].state_dict().items()}
+    data = training_set(models[0])
+    state = torch.get_rng_state()
+    for vlm, seed in zip(models, (0, 0, 1)):
+        finetune_vlm(vlm, **data, cfg=cfg, seed=seed)
+    assert torch.equal(torch.get_rng_state(), state)
+    after = models[0].state_dict()
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert changed and all(n.startswith("projector.") for n in changed)
+    assert not any(p.requires_grad for p in models[0].parameters()) and not models[0].training
+    for (name, a), b in zip(models[0].state_dict().items(), models[1].state_dict().values()):
+        assert torch.equal(a, b), name  # same seed, same result
+    assert any(not torch.equal(a, b) for a, b in zip(models[0].state_dict().values(), models[2].state_dict().values()))
