@@ -132,7 +132,8 @@ def pretrain(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
     overrides: Optional[list[str]] = typer.Argument(None, help="Config overrides, e.g. pretrain.instruct.epochs=5."),
 ) -> None:
-    """Stages 1-2: align the vision encoder to the LM with the reports, then instruction-tune on the predefined questions."""
+    """Stages 0-2: a scratch encoder learns the report findings, the projector aligns it to the LM,
+    then instruction tuning on the predefined questions."""
     from ctsurv.config import load_config
     from ctsurv.training.pretrain import pretrain as run_pretrain
 

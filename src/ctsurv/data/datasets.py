@@ -1,7 +1,8 @@
 """Torch datasets for pretraining: one item per study, holding its volume (or cached encoder
 features) and its (prompt, answer) pairs.
 
-Stage 1 (align) pairs each volume with its report; stage 2 (instruct) with the answers to the
+Stage 0 (vision) pairs each volume with the presence answers only (``finding_collate``); stage 1
+(align) pairs each volume with its report; stage 2 (instruct) with the answers to the
 predefined questions (built from the report text by :mod:`ctsurv.data.instructions`), the
 impression and the report. Batching by study lets the loss encode each volume once per batch.
 """
