@@ -1,7 +1,7 @@
 """Can a vision encoder trained from scratch see the synthetic findings? A direct probe, no LM.
 
     python benchmarks/encoder_probe.py --train DIR --test DIR [--epochs 12] [--encoder cnn3d]
-                                       [--single-window] [--mirror] [--out NAME]
+                                       [--single-window] [--mirror] [key=value ...]
 
 The encoder (configs/demo.yaml's vision and data settings: three HU windows unless --single-window)
 gets a linear head on its mean- and max-pooled feature grid, trained with binary cross-entropy on the
@@ -45,9 +45,11 @@ def main() -> None:
     parser.add_argument("--single-window", action="store_true", help="only data.hu_window, no extra channels")
     parser.add_argument("--mirror", action="store_true", help="flip every other training study left-right")
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. data.target_shape_zyx=[64,96,96]")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    cfg = load_config(HERE.parent / "configs" / "demo.yaml", ["data.extra_hu_windows=[]"] if args.single_window else [])
+    overrides = [*(["data.extra_hu_windows=[]"] if args.single_window else []), *args.overrides]
+    cfg = load_config(HERE.parent / "configs" / "demo.yaml", overrides)
     train = load_cohort(args.train / "cohort.csv", cfg.data, require_reports=True)
     test = load_cohort(args.test / "cohort.csv", cfg.data)
     x_train = preprocess_all(train, cfg, progress=False).float()
@@ -92,7 +94,7 @@ def main() -> None:
                 if label in truth.columns and truth[label].nunique() > 1
             }
             line = (
-                f"| {args.encoder} | {x_train.shape[1]} | {'yes' if args.mirror else 'no'} | {epoch + 1} | "
+                f"| {args.encoder} {' '.join(args.overrides)} | {x_train.shape[1]} | {'yes' if args.mirror else 'no'} | {epoch + 1} | "
                 + " | ".join(f"{v:.2f}" for v in aucs.values())
                 + f" | **{np.mean(list(aucs.values())):.3f}** | {time.perf_counter() - t0:.0f} |"
             )
