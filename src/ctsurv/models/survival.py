@@ -248,13 +248,18 @@ class RiskQueryHead(nn.Module):
 
     def attention(self, tokens: torch.Tensor) -> torch.Tensor:
         """Weights (B, N) of the query over each study's visual tokens."""
-        z = (self._check(tokens).to(self.token_mean.dtype) - self.token_mean) / self.token_std
-        return torch.softmax(z @ self.query / math.sqrt(z.shape[-1]), dim=1)
+        return self._weights(self._standardise(tokens))
 
     def forward(self, tokens: torch.Tensor | None, clinical: torch.Tensor | None) -> torch.Tensor:
-        z = (self._check(tokens).to(self.token_mean.dtype) - self.token_mean) / self.token_std  # (B, N, D)
-        pooled = (self.attention(tokens).unsqueeze(-1) * z).sum(1)  # (B, D)
+        z = self._standardise(tokens)  # (B, N, D)
+        pooled = (self._weights(z).unsqueeze(-1) * z).sum(1)  # (B, D)
         return self.head(pooled, clinical)
+
+    def _standardise(self, tokens: torch.Tensor | None) -> torch.Tensor:
+        return (self._check(tokens).to(self.token_mean.dtype) - self.token_mean) / self.token_std
+
+    def _weights(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(z @ self.query / math.sqrt(z.shape[-1]), dim=1)
 
     predict_risk = SurvivalHead.predict_risk
 

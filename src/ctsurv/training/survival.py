@@ -40,6 +40,7 @@ from sklearn.decomposition import PCA
 from ctsurv.config import ExperimentConfig
 from ctsurv.data.clinical import ClinicalSchema
 from ctsurv.data.cohort import Cohort, _as_text
+from ctsurv.data.datasets import PRESENCE_QUESTIONS
 from ctsurv.data.instructions import QUESTIONS
 from ctsurv.evaluation.crossval import FoldPrediction
 from ctsurv.models.representation import answer_features, visual_states
@@ -47,7 +48,6 @@ from ctsurv.models.survival import BreslowBaseline, RiskQueryHead, SurvivalHead,
 from ctsurv.models.vlm import CTVLM
 from ctsurv.training.survival_finetune import tuned_model
 
-PRESENCE_QUESTIONS: list[str] = [q.text for q in QUESTIONS if q.kind == "presence"]
 PRESENCE_LABELS: list[str] = [str(q.label) for q in QUESTIONS if q.kind == "presence"]
 
 

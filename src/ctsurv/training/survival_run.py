@@ -129,10 +129,12 @@ def prepare(
     volumes = preprocess_all(cohort, cfg, progress)
     answers = grids = None
     if instruct is not None:
-        answers = vlm_features(vlm, volumes)
+        if cfg.survival.finetune != "none":  # the encoder stays frozen in stage 3: encode once, read from the grids
+            grids = encode_all(vlm, volumes)
+            answers = vlm_features(vlm, grids, kind="features")
+        else:
+            answers = vlm_features(vlm, volumes)
         pooled = encoder_features(load_checkpoint(align)[0].vision_encoder, volumes) if align is not None else None
-        if cfg.survival.finetune != "none":
-            grids = encode_all(vlm, volumes)  # the encoder stays frozen in stage 3: encode once
     else:
         torch.manual_seed(cfg.seed)
         size_xyz = tuple(reversed(cfg.data.target_shape_zyx))
