@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from monai.transforms import RandAffine
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
@@ -45,9 +46,12 @@ def main() -> None:
     parser.add_argument("--single-window", action="store_true", help="only data.hu_window, no extra channels")
     parser.add_argument("--mirror", action="store_true", help="flip every other training study left-right")
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--augment", action="store_true", help="random affine (MONAI RandAffine) per training study")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--save", type=Path, help="write the trained encoder and head here (torch.save)")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. data.target_shape_zyx=[64,96,96]")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     overrides = [*(["data.extra_hu_windows=[]"] if args.single_window else []), *args.overrides]
     cfg = load_config(HERE.parent / "configs" / "demo.yaml", overrides)
     train = load_cohort(args.train / "cohort.csv", cfg.data, require_reports=True)
@@ -62,12 +66,16 @@ def main() -> None:
 
     torch.manual_seed(0)
     vision = dataclasses.replace(cfg.vision, encoder=args.encoder)
-    encoder = build_vision_encoder(vision, tuple(reversed(cfg.data.target_shape_zyx)), in_channels=x_train.shape[1])
+    encoder = build_vision_encoder(vision, tuple(reversed(cfg.data.target_shape_zyx)), in_channels=x_train.shape[1],
+                                   skip_channels=len(cfg.data.blob_sigmas_mm))
     head = nn.Linear(2 * encoder.out_dim, y_train.shape[1])
     opt = torch.optim.AdamW([*encoder.parameters(), *head.parameters()], lr=args.lr, weight_decay=0.01)
     per_epoch = len(x_train) // 8
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=args.epochs * per_epoch, pct_start=0.1)
     rng = np.random.default_rng(0)
+    augment = RandAffine(prob=1.0, rotate_range=(0.08, 0.08, 0.08), scale_range=(0.06, 0.06, 0.06),
+                         translate_range=(3, 3, 2), padding_mode="border")
+    augment.set_random_state(0)
     t0 = time.perf_counter()
     line = ""
     for epoch in range(args.epochs):
@@ -77,6 +85,8 @@ def main() -> None:
             if args.mirror:
                 x = x.clone()
                 x[1::2] = x[1::2].flip(2)  # (B, C, X, Y, Z): X is left-right
+            if args.augment:
+                x = torch.stack([augment(v) for v in x])
             y = y_train[batch]
             known = y >= 0
             loss = nn.functional.binary_cross_entropy_with_logits(head(pooled_grid(encoder.features(x)))[known], y[known].float())
@@ -94,13 +104,15 @@ def main() -> None:
                 if label in truth.columns and truth[label].nunique() > 1
             }
             line = (
-                f"| {args.encoder} {' '.join(args.overrides)} | {x_train.shape[1]} | {'yes' if args.mirror else 'no'} | {epoch + 1} | "
+                f"| {args.encoder}{' augment' if args.augment else ''} {' '.join(args.overrides)} | {x_train.shape[1]} | {'yes' if args.mirror else 'no'} | {epoch + 1} | "
                 + " | ".join(f"{v:.2f}" for v in aucs.values())
                 + f" | **{np.mean(list(aucs.values())):.3f}** | {time.perf_counter() - t0:.0f} |"
             )
             print(line, flush=True)
     with (HERE / "encoder_probe.md").open("a") as f:
         f.write(line + "\n")
+    if args.save:
+        torch.save({"encoder": encoder.state_dict(), "head": head.state_dict()}, args.save)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ def test_override_beats_file(tmp_path: Path) -> None:
         ("data.hu_window=[400,-1000]", "low < high"),
         ("data.extra_hu_windows=[[-160,240],[300,200]]", "data.extra_hu_windows must be [low, high] with low < high"),
         ("data.extra_hu_windows=[-160,240]", "must be a list"),
+        ("data.blob_sigmas_mm=[4,0]", "data.blob_sigmas_mm must be positive scales in mm"),
         ("pretrain.instruct.epochs=0", "pretrain.instruct.epochs must be at least 1"),
         ("pretrain.vision.epochs=-1", "train.epochs at least 0"),
         ("seed=abc", "must be an integer"),
@@ -57,8 +58,10 @@ def test_bad_overrides_raise_clear_errors(override: str, message: str) -> None:
 def test_extra_windows_are_refused_for_the_pretrained_one_channel_encoder() -> None:
     with pytest.raises(ConfigError, match="i3resnet152 reads one window"):
         load_config(None, ["vision.encoder=i3resnet152", "data.extra_hu_windows=[[-160,240]]"])
-    cfg = load_config(None, ["data.extra_hu_windows=[[-160,240]]"])
-    assert cfg.data.hu_windows == ((-1000.0, 400.0), (-160.0, 240.0))
+    with pytest.raises(ConfigError, match=r"set data.blob_sigmas_mm=\[\]"):
+        load_config(None, ["vision.encoder=i3resnet152", "data.blob_sigmas_mm=[4]"])
+    cfg = load_config(None, ["data.extra_hu_windows=[[-160,240]]", "data.blob_sigmas_mm=[4]"])
+    assert cfg.data.hu_windows == ((-1000.0, 400.0), (-160.0, 240.0)) and cfg.data.in_channels == 3
 
 
 def test_bad_files(tmp_path: Path) -> None:

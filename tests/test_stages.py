@@ -28,6 +28,7 @@ from ctsurv.training.stages import (
     FindingLoss,
     InstructionLoss,
     presence_loss,
+    random_affine,
     set_trainable,
     vision_stage_runs,
     vision_trains,
@@ -129,6 +130,37 @@ def test_stage_0_trains_the_encoder_and_its_head_only(encoder: str) -> None:
     module(**batch).backward()
     assert with_gradient(vlm) == {n for n, p in vlm.named_parameters() if p.requires_grad}
     assert module.head.weight.grad is not None and bool(module.head.weight.grad.abs().sum() > 0)
+
+
+def test_random_affine_jitters_within_its_bounds_and_repeats_with_the_seed() -> None:
+    images = torch.zeros(3, 2, 24, 24, 16)
+    images[:, :, 10:14, 10:14, 6:10] = 1.0  # a cube in the middle of each volume, both channels
+    torch.testing.assert_close(random_affine(images, 0.0, 0.0, 0.0), images, atol=1e-5, rtol=0)  # no range: identity
+    torch.manual_seed(3)
+    out = random_affine(images)
+    torch.manual_seed(3)
+    torch.testing.assert_close(random_affine(images), out, rtol=0, atol=0)
+    assert not torch.allclose(out[0], out[1])  # each volume gets its own draw
+    torch.testing.assert_close(out[:, 0], out[:, 1], rtol=0, atol=0)  # ... shared by its channels
+    grid = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in (24, 24, 16)], indexing="ij"))
+    for volume in out[:, 0]:
+        mass = volume.sum()
+        assert abs(float(mass) / 64 - 1) < 0.25  # scaled by at most 6 % per axis
+        centre = (grid * volume).flatten(1).sum(1) / mass
+        shift = (centre - torch.tensor([11.5, 11.5, 7.5])).abs()
+        assert bool((shift <= torch.tensor([24, 24, 16]) * 0.05 + 0.5).all())  # at most 5 % of the extent
+
+
+def test_stage_0_augments_in_training_only() -> None:
+    cfg = tiny_config("vision.encoder=cnn3d", "vision.cnn_widths=[4,4,8,8]")
+    vlm = build(cfg)
+    batch = finding_collate([(image, pairs) for image, pairs in zip(random_images(2), stage_pairs("instruct"))])
+    plain, jittered = FindingLoss(vlm, len(PRESENCE_QUESTIONS)), FindingLoss(vlm, len(PRESENCE_QUESTIONS), augment=True)
+    jittered.head.load_state_dict(plain.head.state_dict())
+    vlm.vision_encoder.eval()
+    torch.testing.assert_close(jittered.eval()(**batch), plain.eval()(**batch), rtol=0, atol=0)
+    torch.manual_seed(0)
+    assert not torch.allclose(jittered.train()(**batch), plain.train()(**batch))
 
 
 def test_stage_0_is_skipped_for_a_pretrained_encoder_or_zero_epochs() -> None:

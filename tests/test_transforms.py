@@ -57,6 +57,42 @@ def test_each_extra_window_is_one_more_channel(realdata: Path) -> None:
         np.testing.assert_allclose(out[k], np.clip((ras.array - lo) / (hi - lo), 0.0, 1.0), atol=1e-4)
 
 
+def lung_with_ball_and_tube(spacing_mm: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(X, Y, Z) HU: -850 lung holding a 12 mm ball and a 12 mm-wide tube along Z, both 40 HU; their centres."""
+    n = round(96 / spacing_mm)
+    x, y, z = np.meshgrid(*[(np.arange(n) + 0.5) * spacing_mm] * 3, indexing="ij")
+    ball, tube = np.array([30.0, 48.0, 48.0]), np.array([66.0, 48.0, 48.0])
+    hu = np.full((n, n, n), -850.0, np.float32)
+    hu[(x - ball[0]) ** 2 + (y - ball[1]) ** 2 + (z - ball[2]) ** 2 <= 36] = 40.0
+    hu[(x - tube[0]) ** 2 + (y - tube[1]) ** 2 <= 36] = 40.0
+    return hu, ball, tube
+
+
+@pytest.mark.parametrize("spacing_mm", [2.0, 4.0])
+def test_blobness_lights_up_a_ball_and_not_a_vessel_of_the_same_calibre(spacing_mm: float) -> None:
+    hu, ball, tube = lung_with_ball_and_tube(spacing_mm)
+    blob = transforms.blobness(torch.from_numpy(hu), (spacing_mm,) * 3, sigma_mm=4.0).numpy()
+    assert blob.shape == hu.shape and blob.min() >= 0.0 and blob.max() <= 1.0
+    peak = np.unravel_index(blob.argmax(), blob.shape)
+    np.testing.assert_allclose((np.array(peak) + 0.5) * spacing_mm, ball, atol=spacing_mm)  # the peak is the ball's centre
+    assert blob.max() > 0.3
+    at_tube = blob[tuple(np.round(tube / spacing_mm - 0.5).astype(int))]
+    assert at_tube < 0.05 * blob.max()  # a vessel of the same width and density stays dark
+
+
+def test_blob_scales_are_more_channels_after_the_windows() -> None:
+    hu, _, _ = lung_with_ball_and_tube(4.0)
+    volume = Volume(hu, np.diag([4.0, 4.0, 4.0, 1.0]))  # already RAS
+    cfg = config(target_spacing_zyx=(4.0, 4.0, 4.0), target_shape_zyx=(24, 24, 24), extra_hu_windows=((-160.0, 240.0),))
+    two = Preprocessor(cfg)(volume)
+    four = Preprocessor(DataConfig(**{**cfg.__dict__, "blob_sigmas_mm": (4.0, 6.0)}))(volume)
+    assert four.shape == (4, 24, 24, 24) and cfg.in_channels == 2
+    torch.testing.assert_close(four[:2], two, rtol=0, atol=0)  # the windows are unchanged
+    for k, sigma in enumerate((4.0, 6.0), start=2):  # computed on the lung window, back in HU units
+        torch.testing.assert_close(four[k], transforms.blobness(two[0] * 1400.0, (4.0, 4.0, 4.0), sigma), rtol=0, atol=1e-6)
+    assert float(four[2].max()) > 0.3
+
+
 def test_lps_markers_end_up_left_anterior_superior() -> None:
     """An LPS volume with one marker each on the patient's left, anterior and superior side."""
     a = np.full((30, 30, 30), -1000.0, dtype=np.float32)  # LPS: i -> left, j -> posterior, k -> superior
@@ -148,18 +184,21 @@ def test_cache_hits_and_misses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     three = Preprocessor(config(cache_dir=str(cache), extra_hu_windows=((-160.0, 240.0), (0.0, 1000.0))))
     assert three.load(path).shape == (3, 20, 16, 12) and len(reads) == 4  # more channels: another entry
     assert three.load(path).shape == (3, 20, 16, 12) and len(reads) == 4  # ... which is reused
+    blob = Preprocessor(config(cache_dir=str(cache), blob_sigmas_mm=(4.0,)))
+    assert blob.load(path).shape == (2, 20, 16, 12) and len(reads) == 5  # a blob channel: another entry
+    assert blob.load(path).shape == (2, 20, 16, 12) and len(reads) == 5
     st = path.stat()
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
     pre.load(path)
-    assert len(reads) == 5  # the file changed
+    assert len(reads) == 6  # the file changed
     pre.load(path)
-    assert len(reads) == 5
+    assert len(reads) == 6
 
     entry = pre.cache_file(path)
     assert entry is not None and entry.is_file()
     entry.write_bytes(b"half a file")
     torch.testing.assert_close(pre.load(path), first, rtol=0, atol=0)  # a damaged entry is recomputed
-    assert len(reads) == 6
+    assert len(reads) == 7
 
 
 def test_cache_key_covers_folder_contents_and_array_spacing(tmp_path: Path) -> None:

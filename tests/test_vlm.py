@@ -30,6 +30,7 @@ def tiny(*overrides: str) -> CTVLM:
         ((), 32),
         (("projector.tokens_zyx=[1,1,1]", "projector.layers=1"), 1),
         (("projector.tokens_zyx=[2,2,2]", "vision.patch_size_zyx=[4,8,8]", "language.hidden_size=48"), 8),
+        (("projector.max_token=true",), 33),
     ],
 )
 def test_shapes_on_tiny_grid(overrides: tuple[str, ...], n_tokens: int) -> None:
@@ -51,6 +52,21 @@ def test_shapes_on_tiny_grid(overrides: tuple[str, ...], n_tokens: int) -> None:
     torch.testing.assert_close(loss, reference, rtol=1e-5, atol=1e-6)
     hidden = model.hidden_states(batch["input_ids"], batch["attention_mask"], tokens)
     assert hidden.shape == (*batch["input_ids"].shape, model.language_model.config.hidden_size)
+
+
+def test_the_max_token_is_the_grids_channel_maximum_and_pooled_features_pass_through() -> None:
+    model = tiny("projector.max_token=true", "projector.tokens_zyx=[1,2,2]")
+    dv = model.vision_encoder.out_dim
+    grid = torch.randn(2, dv, 4, 4, 3)  # (B, Dv, gx, gy, gz)
+    grid[0, 5, 3, 0, 2] = 9.0  # one hot cell: averaging dilutes it, the max keeps it
+    pooled = model.projector.pool(grid)
+    assert pooled.shape == (2, dv, 5)
+    torch.testing.assert_close(pooled[:, :, :4], torch.nn.functional.adaptive_avg_pool3d(grid, (2, 2, 1)).flatten(2))
+    torch.testing.assert_close(pooled[:, :, 4], grid.amax(dim=(2, 3, 4)))
+    assert float(pooled[0, 5, 4]) == 9.0 and float(pooled[0, 5, :4].max()) < 9.0 / 4
+    torch.testing.assert_close(model.projector(pooled), model.projector(grid), rtol=0, atol=0)  # cached features
+    with pytest.raises(ValueError, match="pooled features hold 4 tokens, the projector makes 5"):
+        model.projector(pooled[:, :, :4])
 
 
 def test_visual_tokens_land_in_the_image_positions() -> None:
@@ -135,3 +151,27 @@ def test_cnn_encoder_grid_and_gradients() -> None:
     batch = model.tokenize([format_prompt("Is there cardiomegaly?")] * 2, ["Yes.", "No."])
     model(**batch, image_tokens=model.encode_image(torch.rand(2, 1, 32, 32, 16))).backward()
     assert all(p.grad is not None for p in model.vision_encoder.parameters())
+
+
+@pytest.mark.parametrize("encoder", ["cnn3d", "vit3d"])
+def test_blob_channels_also_reach_the_grid_max_pooled(encoder: str) -> None:
+    """data.blob_sigmas_mm: the blob channels come last in the input and, max-pooled to the grid, last in
+    the features; the encoder itself still trains."""
+    model = tiny(f"vision.encoder={encoder}", "vision.cnn_widths=[4,8,8,16]", "data.extra_hu_windows=[[-160,240]]",
+                 "data.blob_sigmas_mm=[4,6]")
+    encoder_dim = model.vision_encoder.encoder.out_dim
+    assert model.vision_encoder.out_dim == encoder_dim + 2
+    x = torch.rand(2, 4, 32, 32, 16)  # two windows, two blob scales
+    x[1, 3, 30, 1, 5] = 7.0  # one bright blob voxel
+    grid = model.vision_encoder.eval().features(x)  # eval: the fresh batch norm is the identity (mean 0, var 1)
+    assert grid.shape[1] == encoder_dim + 2
+    gx, gy, gz = grid.shape[2:]
+    expected = x[:, 2:].reshape(2, 2, gx, 32 // gx, gy, 32 // gy, gz, 16 // gz).amax(dim=(3, 5, 7))
+    torch.testing.assert_close(grid[:, encoder_dim:], expected / (1 + 1e-5) ** 0.5)
+    assert abs(float(grid[1, -1].max()) - 7.0) < 1e-3
+    normed = model.vision_encoder.train().features(x)[:, encoder_dim:]  # training: batch statistics
+    torch.testing.assert_close(normed.mean(dim=(0, 2, 3, 4)), torch.zeros(2), atol=1e-5, rtol=0)
+    batch = model.tokenize([format_prompt("Is there a nodule?")] * 2, ["Yes.", "No."])
+    model(**batch, image_tokens=model.encode_image(x)).backward()
+    first = next(model.vision_encoder.encoder.parameters())  # the ViT's patch embedding, the CNN's first conv
+    assert first.grad is not None and float(first.grad.abs().sum()) > 0

@@ -48,6 +48,9 @@ class DataConfig:
     hu_window: tuple[float, float] = (-1000.0, 400.0)
     # more input channels, one per window (e.g. mediastinum [-160, 240], bone [-200, 1300]); scratch encoders only
     extra_hu_windows: tuple[tuple[float, float], ...] = ()
+    # more input channels, one per Gaussian scale (mm): the blobness of the hu_window image (ITK's Hessian
+    # objectness for bright round objects), which sets round nodules apart from tubular vessels; scratch encoders only
+    blob_sigmas_mm: tuple[float, ...] = ()
     crop: Literal["center", "foreground"] = "center"
     cache_dir: str | None = None  # on-disk cache of preprocessed volumes; None disables it
 
@@ -55,6 +58,11 @@ class DataConfig:
     def hu_windows(self) -> tuple[tuple[float, float], ...]:
         """The window of each input channel: ``hu_window`` first."""
         return (self.hu_window, *self.extra_hu_windows)
+
+    @property
+    def in_channels(self) -> int:
+        """Channels of a preprocessed volume: one per HU window, then one per blob scale."""
+        return len(self.hu_windows) + len(self.blob_sigmas_mm)
 
     def __post_init__(self) -> None:
         if len(self.target_shape_zyx) != 3 or min(self.target_shape_zyx) < 1:
@@ -64,6 +72,8 @@ class DataConfig:
         for name, (lo, hi) in [("hu_window", self.hu_window), *(("extra_hu_windows", w) for w in self.extra_hu_windows)]:
             if not lo < hi:
                 raise ConfigError(f"data.{name} must be [low, high] with low < high, got {[lo, hi]}")
+        if any(not s > 0 for s in self.blob_sigmas_mm):
+            raise ConfigError(f"data.blob_sigmas_mm must be positive scales in mm (e.g. [4.0]), got {list(self.blob_sigmas_mm)}")
         overlap = set(self.numeric_columns) & set(self.categorical_columns)
         if overlap:
             raise ConfigError(f"columns {sorted(overlap)} are declared both numeric and categorical; pick one")
@@ -94,11 +104,13 @@ class ProjectorConfig:
 
     tokens_zyx: tuple[int, int, int] = (2, 4, 4)  # adaptive average pooling of the feature grid; N = product
     layers: int = 2  # 1 = linear, 2 = Linear-GELU-Linear
+    # one more token: the grid's channel-wise maximum over all cells (what stage 0's presence head reads)
+    max_token: bool = False
 
     @property
     def num_tokens(self) -> int:
         z, y, x = self.tokens_zyx
-        return z * y * x
+        return z * y * x + int(self.max_token)
 
 
 @dataclass(frozen=True)
@@ -160,6 +172,8 @@ class PretrainConfig:
     # stage 0, for a vision encoder trained from scratch: it learns the report-derived presence labels
     # (no language model) and is then frozen like a pretrained encoder; 0 epochs skips it
     vision: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=12, batch_size=8, lr=1e-3))
+    # stage 0 jitters each training volume (small random rotation, scaling, shift) against learning it by heart
+    vision_augment: bool = False
     align: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=4, batch_size=8, lr=1e-3))
     instruct: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=12, batch_size=8, lr=1e-3))
     finetune_vision: bool = False  # also train a pretrained (or stage-0-trained) vision encoder in stage 2
@@ -225,10 +239,11 @@ class ExperimentConfig:
                 "lora.enabled is for pretrained language models; the tiny model starts from random weights "
                 "and trains fully. Set lora.enabled=false or language.model=<path of a local HF model>"
             )
-        if self.data.extra_hu_windows and self.vision.encoder == "i3resnet152":
+        extra = [k for k in ("extra_hu_windows", "blob_sigmas_mm") if getattr(self.data, k)]
+        if extra and self.vision.encoder == "i3resnet152":
             raise ConfigError(
-                "data.extra_hu_windows adds input channels, but the pretrained i3resnet152 reads one window; "
-                "remove data.extra_hu_windows or use a scratch encoder (cnn3d, vit3d)"
+                f"data.{' and data.'.join(extra)} add input channels, but the pretrained i3resnet152 reads one window; "
+                f"set {' and '.join(f'data.{k}=[]' for k in extra)} or use a scratch encoder (cnn3d, vit3d)"
             )
 
 

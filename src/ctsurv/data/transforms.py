@@ -12,7 +12,10 @@ The pipeline (MONAI array transforms on a ``MetaTensor`` that carries the volume
 
 C is 1 (``data.hu_window``) plus one channel per ``data.extra_hu_windows``: a CNN sees a 40 HU
 lymph node in -100 HU fat, or a lytic hole in 260 HU bone, far better in a narrow window of its
-own than in the lung window where both sit near the top (benchmarks/encoder_probe.md).
+own than in the lung window where both sit near the top (benchmarks/encoder_probe.md). Then one
+channel per ``data.blob_sigmas_mm``: the :func:`blobness` of the ``hu_window`` image, a classical
+nodule-enhancement filter (round bright objects light up, tubular vessels do not) that a small CNN
+trained on a few hundred weakly labelled scans does not learn by itself.
 
 Config tuples are (Z, Y, X), slice axis first, like the command line; tensors are (X, Y, Z)
 in RAS like MONAI and nibabel. :func:`zyx_to_xyz` is the one place that converts.
@@ -42,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 from monai.data import MetaTensor
 from monai.transforms import (
@@ -99,7 +103,7 @@ class BlockAverage:
 
 
 class Preprocessor:
-    """Volume -> (C, X, Y, Z) float32 tensor in [0, 1], built from a :class:`DataConfig` (C windows).
+    """Volume -> (C, X, Y, Z) float32 tensor in [0, 1], built from a :class:`DataConfig` (C = windows + blob scales).
 
     ``preprocessor(volume)`` runs the pipeline on a loaded volume; ``preprocessor.load(path)``
     reads the file too, and reuses an on-disk result when ``cfg.cache_dir`` is set.
@@ -129,7 +133,12 @@ class Preprocessor:
         image = MetaTensor(array, affine=torch.as_tensor(volume.affine, dtype=torch.float64))
         out = self.pipeline(image)
         out = out.as_tensor() if isinstance(out, MetaTensor) else out  # plain tensor: no metadata to collate
-        return out.to(torch.float32).contiguous()  # (C, X, Y, Z)
+        out = out.to(torch.float32)
+        if self.cfg.blob_sigmas_mm:
+            width = self.cfg.hu_window[1] - self.cfg.hu_window[0]
+            blobs = [blobness(out[0] * width, self.spacing_xyz, s) for s in self.cfg.blob_sigmas_mm]
+            out = torch.cat([out, torch.stack(blobs)])
+        return out.contiguous()  # (C, X, Y, Z)
 
     def load(self, path: str | Path, spacing_zyx: tuple[float, float, float] | None = None) -> torch.Tensor:
         """Read and preprocess ``path`` (any format of :func:`read_volume`), through the cache if set.
@@ -143,7 +152,7 @@ class Preprocessor:
         if cache_file is not None and cache_file.is_file():
             try:
                 cached = np.load(cache_file, allow_pickle=False)
-                if cached.shape == (len(self.cfg.hu_windows), *self.shape_xyz) and cached.dtype == np.float32:
+                if cached.shape == (self.cfg.in_channels, *self.shape_xyz) and cached.dtype == np.float32:
                     return torch.from_numpy(cached)
             except (OSError, ValueError, EOFError):
                 pass  # a damaged entry (e.g. disk full mid-write elsewhere): recompute and overwrite it
@@ -167,10 +176,27 @@ class Preprocessor:
             "target_shape_zyx": list(self.cfg.target_shape_zyx),
             "hu_window": list(self.cfg.hu_window),
             **({"extra_hu_windows": [list(w) for w in self.cfg.extra_hu_windows]} if self.cfg.extra_hu_windows else {}),
+            **({"blob_sigmas_mm": list(self.cfg.blob_sigmas_mm)} if self.cfg.blob_sigmas_mm else {}),
             "crop": self.cfg.crop,
         }
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
         return Path(self.cfg.cache_dir) / f"{digest}.npy"
+
+
+def blobness(image: torch.Tensor, spacing_xyz: tuple[float, float, float], sigma_mm: float) -> torch.Tensor:
+    """Blobness in [0, 1] of a (X, Y, Z) image in HU-sized units at Gaussian scale ``sigma_mm``.
+
+    ITK's Hessian objectness for bright 0-dimensional objects (Antiga 2007, Frangi's vesselness
+    generalised; all three Hessian eigenvalues negative and alike) on the image smoothed at
+    ``sigma_mm``: high at the centre of a round lesion about 2-4 sigma across, near 0 along a vessel
+    (one eigenvalue near 0) or a wall. Spacing is in mm, so the scale means the same at any resolution.
+    """
+    itk_image = sitk.GetImageFromArray(np.ascontiguousarray(image.numpy().astype(np.float32).transpose(2, 1, 0)))
+    itk_image.SetSpacing([float(s) for s in spacing_xyz])
+    smoothed = sitk.SmoothingRecursiveGaussian(itk_image, float(sigma_mm))
+    blob = sitk.ObjectnessMeasure(smoothed, alpha=0.5, beta=0.5, gamma=5.0, scaleObjectnessMeasure=False,
+                                  objectDimension=0, brightObject=True)
+    return torch.from_numpy(sitk.GetArrayFromImage(blob).transpose(2, 1, 0).astype(np.float32))
 
 
 def _body_crop(spacing_xyz: tuple[float, float, float]) -> Callable[[MetaTensor], MetaTensor]:

@@ -1,5 +1,5 @@
 """3D vision encoders: each maps a preprocessed CT (B, C, X, Y, Z) in RAS to a feature grid
-(C = 1 + len(data.extra_hu_windows) for the scratch encoders, 1 for the I3ResNet-152).
+(C = data.in_channels for the scratch encoders: HU windows and blob scales; 1 for the I3ResNet-152).
 
 * ``ViT3D``: a small 3D Vision Transformer (MONAI's ``ViT``) trained from scratch, the CPU default.
 * ``CNN3D``: a small 3D ResNet (MONAI's ``ResNet``, basic blocks) trained from scratch; convolutions
@@ -8,11 +8,18 @@
 
 Both expose ``features(x) -> (B, D, gx, gy, gz)`` (the grid the projector pools) and
 ``tokens(x) -> (B, N, D)``; ``out_dim`` is D. ``build_vision_encoder`` picks one from the config.
+
+``InputMaxSkip`` appends the last input channels (the blob channels of ``data.blob_sigmas_mm``),
+max-pooled to the grid, to an encoder's feature grid: a small, sparse enhancement map is hard for a
+CNN trained from scratch to pass through its early layers (a CNN given the blob channel as input
+alone still read nodules at chance after 8 epochs), while the pooled maximum is already a good
+nodule read (benchmarks/encoder_probe.md).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from monai.networks.nets import ResNet, ViT
 from torch import nn
 
@@ -84,12 +91,37 @@ class CNN3D(nn.Module):
     forward = features
 
 
-def build_vision_encoder(cfg: VisionConfig, image_size_xyz: tuple[int, int, int], in_channels: int = 1) -> nn.Module:
-    """The encoder named by ``cfg.encoder`` for inputs of ``in_channels`` × ``image_size_xyz`` voxels."""
-    if cfg.encoder == "vit3d":
-        return ViT3D(cfg, image_size_xyz, in_channels)
-    if cfg.encoder == "cnn3d":
-        return CNN3D(cfg, in_channels)
+class InputMaxSkip(nn.Module):
+    """An encoder whose feature grid also carries its last ``skip`` input channels, max-pooled to the grid
+    and batch-normalised."""
+
+    def __init__(self, encoder: nn.Module, skip: int) -> None:
+        super().__init__()
+        self.encoder, self.skip = encoder, skip
+        # batch norm: blobness peaks are 0.05-0.8, and Adam (steps of about lr per update) would need
+        # thousands of steps to grow the weights that read such small values
+        self.norm = nn.BatchNorm3d(skip)
+        self.out_dim = encoder.out_dim + skip
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        grid = self.encoder.features(x)  # (B, D, gx, gy, gz)
+        pooled = F.adaptive_max_pool3d(x[:, -self.skip :], grid.shape[2:]).to(grid.dtype)  # (B, skip, gx, gy, gz)
+        return torch.cat([grid, self.norm(pooled)], dim=1)
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).flatten(2).transpose(1, 2)
+
+    forward = features
+
+
+def build_vision_encoder(
+    cfg: VisionConfig, image_size_xyz: tuple[int, int, int], in_channels: int = 1, skip_channels: int = 0
+) -> nn.Module:
+    """The encoder named by ``cfg.encoder`` for inputs of ``in_channels`` × ``image_size_xyz`` voxels;
+    the last ``skip_channels`` of them also reach the grid directly (:class:`InputMaxSkip`)."""
+    if cfg.encoder in ("vit3d", "cnn3d"):
+        encoder = ViT3D(cfg, image_size_xyz, in_channels) if cfg.encoder == "vit3d" else CNN3D(cfg, in_channels)
+        return InputMaxSkip(encoder, skip_channels) if skip_channels else encoder
     if cfg.encoder == "i3resnet152":
         from ctsurv.models.i3resnet import load_i3resnet152
 

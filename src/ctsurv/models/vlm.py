@@ -169,7 +169,8 @@ def build_vlm(cfg: ExperimentConfig, texts: list[str] | None = None, tokenizer: 
     ``texts`` train the tiny model's tokenizer; a checkpoint passes its saved ``tokenizer`` instead.
     """
     image_size_xyz = tuple(reversed(cfg.data.target_shape_zyx))
-    vision = build_vision_encoder(cfg.vision, image_size_xyz, in_channels=len(cfg.data.hu_windows))
+    vision = build_vision_encoder(cfg.vision, image_size_xyz, in_channels=cfg.data.in_channels,
+        skip_channels=len(cfg.data.blob_sigmas_mm))
     lm, tokenizer = build_language_model(cfg.language, texts=texts, tokenizer=tokenizer)
     if cfg.lora.enabled:
         lm = apply_lora(lm, cfg.lora)

@@ -68,11 +68,11 @@ def preprocess_all(cohort: Cohort, cfg: ExperimentConfig, progress: bool) -> tor
 
 @torch.no_grad()
 def encode_all(vlm: CTVLM, volumes: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
-    """Features of a frozen vision encoder for every volume, computed once: (N, Dv, tx, ty, tz).
+    """Features of a frozen vision encoder for every volume, computed once: (n, Dv, N tokens).
 
-    They are stored already average-pooled to the projector's token grid: the pooling has no
-    parameters, so this is exact, and it shrinks the I3ResNet-152 grid (2048×7×7×10 at full size)
-    by an order of magnitude.
+    They are stored already pooled by the projector (the token grid, and the max token if any): the
+    pooling has no parameters, so this is exact, and it shrinks the I3ResNet-152 grid (2048×7×7×10 at
+    full size) by an order of magnitude.
     """
     vlm.vision_encoder.eval()
     chunks = [
@@ -141,7 +141,7 @@ def pretrain(
         inputs, kind = (features, "features") if frozen_vision else (volumes, "images")
         dataset = StudyDataset(inputs[train_idx], stage_pairs[stage], kind)
         if stage == "vision":
-            loss, collate = FindingLoss(vlm, len(PRESENCE_QUESTIONS)), finding_collate
+            loss, collate = FindingLoss(vlm, len(PRESENCE_QUESTIONS), cfg.pretrain.vision_augment), finding_collate
         else:
             loss = InstructionLoss(
                 vlm, frozen_vision, cfg.pretrain.loss_weighting,

@@ -99,21 +99,52 @@ def presence_loss(head: nn.Linear, grid: torch.Tensor, labels: torch.Tensor) -> 
     return F.binary_cross_entropy_with_logits(logits[known], labels[known].float())
 
 
+def random_affine(images: torch.Tensor, rotation: float = 0.08, scale: float = 0.06, shift: float = 0.05) -> torch.Tensor:
+    """Each volume of (B, C, X, Y, Z) rotated by up to ``rotation`` rad about each axis, scaled by up to
+    ``scale`` per axis and shifted by up to ``shift`` of its extent, resampled trilinearly with border padding.
+
+    The angles are in normalised grid coordinates, so on anisotropic voxels a rotation also shears
+    slightly; at these few degrees that is part of the jitter. Draws from torch's global generator,
+    which the training loop seeds per epoch: the same epoch gets the same augmentation on resume.
+    """
+    b = images.shape[0]
+    a = (torch.rand(b, 3) * 2 - 1) * rotation
+    c, s = a.cos(), a.sin()
+    one, zero = torch.ones(b), torch.zeros(b)
+
+    def mat(*rows: torch.Tensor) -> torch.Tensor:  # 9 (b,) entries, row by row -> (b, 3, 3)
+        return torch.stack(rows, dim=1).view(b, 3, 3)
+
+    rx = mat(one, zero, zero, zero, c[:, 0], -s[:, 0], zero, s[:, 0], c[:, 0])
+    ry = mat(c[:, 1], zero, s[:, 1], zero, one, zero, -s[:, 1], zero, c[:, 1])
+    rz = mat(c[:, 2], -s[:, 2], zero, s[:, 2], c[:, 2], zero, zero, zero, one)
+    scales = 1 + (torch.rand(b, 3) * 2 - 1) * scale
+    theta = torch.cat([rz @ ry @ rx * scales[:, None, :], ((torch.rand(b, 3) * 2 - 1) * 2 * shift)[..., None]], dim=2)
+    x = images.float()
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 class FindingLoss(nn.Module):
     """Loss module for stage 0: the vision encoder and a linear head predict the presence labels.
 
     The labels are the "Yes."/"No." answers to the presence questions, extracted from the report
     text (never the generator's truth). The head is not part of the CTVLM and is not saved.
+    With ``augment`` every training volume is jittered by :func:`random_affine`, so that the encoder
+    cannot learn its few hundred training scans by heart (see benchmarks/encoder_probe.md).
     (Mirroring half the studies left-right did not help: mean probe AUC 0.814 after 16 epochs with it,
-    0.829 after 12 without, benchmarks/encoder_probe.md.)
+    0.829 after 12 without.)
     """
 
-    def __init__(self, vlm: CTVLM, n_findings: int) -> None:
+    def __init__(self, vlm: CTVLM, n_findings: int, augment: bool = False) -> None:
         super().__init__()
         self.vision_encoder = vlm.vision_encoder
         self.head = nn.Linear(2 * vlm.vision_encoder.out_dim, n_findings)
+        self.augment = augment
 
     def forward(self, images: torch.Tensor, finding_labels: torch.Tensor) -> torch.Tensor:
+        if self.augment and self.training:
+            images = random_affine(images)
         return presence_loss(self.head, self.vision_encoder.features(images), finding_labels)
 
 

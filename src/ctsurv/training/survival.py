@@ -68,7 +68,7 @@ class ImageFeatures:
 @torch.no_grad()
 def vlm_features(vlm: CTVLM, inputs: torch.Tensor, batch_size: int = 16, kind: str = "images") -> ImageFeatures:
     """Answers (P(yes), hidden states) of the instruction-tuned model for every volume (N, C, X, Y, Z),
-    or for cached encoder features (N, Dv, tx, ty, tz) with ``kind="features"``, and the LM's states
+    or for cached, pooled encoder features (N, Dv, tokens) with ``kind="features"``, and the LM's states
     at the visual tokens."""
     probs, states, visual = [], [], []
     for i in range(0, len(inputs), batch_size):

@@ -60,7 +60,7 @@ def finetune_vlm(
 ) -> CTVLM:
     """Tune ``vlm`` in place on one training set and return it frozen, in eval mode.
 
-    ``grids`` (n, Dv, tx, ty, tz) are the cached, pooled encoder features of the training studies,
+    ``grids`` (n, Dv, N) are the cached, pooled encoder features of the training studies,
     ``clinical`` (n, p) their design matrix, ``frozen_p_yes`` (n, Q) the frozen model's P(yes) for
     ``questions`` (standardises the head's inputs; thresholded at 0.5 they are the answer targets).
     Deterministic for a seed; torch's global RNG state is left as it was.

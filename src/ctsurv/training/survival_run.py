@@ -138,7 +138,7 @@ def prepare(
     else:
         torch.manual_seed(cfg.seed)
         size_xyz = tuple(reversed(cfg.data.target_shape_zyx))
-        encoder = build_vision_encoder(cfg.vision, size_xyz, in_channels=len(cfg.data.hu_windows))  # type: ignore[arg-type]
+        encoder = build_vision_encoder(cfg.vision, size_xyz, in_channels=cfg.data.in_channels, skip_channels=len(cfg.data.blob_sigmas_mm))  # type: ignore[arg-type]
         pooled = encoder_features(encoder, volumes)
     return cfg, cohort, Features(cohort.ids, answers, pooled, instruct, grids)
 
