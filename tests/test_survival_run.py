@@ -481,3 +481,20 @@ def test_demo_refuses_a_non_empty_out(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("keep me\n")
     assert_user_error(cli("demo", "--out", tmp_path), str(tmp_path), "already exists and is not empty")
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_survival_preprocesses_as_the_pretrained_model_did(tmp_path: Path) -> None:
+    """with_preprocessing: every preprocessing parameter comes from the model's config (the cache key, which
+    covers them all, is the same), the cohort columns from the user's."""
+    from ctsurv.data.transforms import Preprocessor
+    from ctsurv.training.survival_run import with_preprocessing
+
+    model = load_config(None, ["data.target_spacing_zyx=[3,3,3]", "data.target_shape_zyx=[8,16,16]",
+                               "data.hu_window=[-900,300]", "data.extra_hu_windows=[[-160,240]]",
+                               "data.blob_sigmas_mm=[4]", "data.crop=foreground", f"data.cache_dir={tmp_path}"])
+    user = load_config(None, ["data.numeric_columns=[age]", f"data.cache_dir={tmp_path}"])
+    merged = with_preprocessing(user, model)
+    assert merged.data.numeric_columns == ("age",) and merged.data.in_channels == 3
+    volume = tmp_path / "v.npy"
+    np.save(volume, np.zeros((4, 4, 4)))
+    assert Preprocessor(merged.data).cache_file(volume) == Preprocessor(model.data).cache_file(volume)

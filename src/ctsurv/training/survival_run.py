@@ -69,7 +69,7 @@ def with_preprocessing(cfg: ExperimentConfig, model_cfg: ExperimentConfig) -> Ex
     d = model_cfg.data
     data = dataclasses.replace(
         cfg.data, target_spacing_zyx=d.target_spacing_zyx, target_shape_zyx=d.target_shape_zyx, hu_window=d.hu_window,
-        extra_hu_windows=d.extra_hu_windows, crop=d.crop,
+        extra_hu_windows=d.extra_hu_windows, blob_sigmas_mm=d.blob_sigmas_mm, crop=d.crop,
     )
     return dataclasses.replace(cfg, data=data, vision=model_cfg.vision)
 
@@ -138,7 +138,9 @@ def prepare(
     else:
         torch.manual_seed(cfg.seed)
         size_xyz = tuple(reversed(cfg.data.target_shape_zyx))
-        encoder = build_vision_encoder(cfg.vision, size_xyz, in_channels=cfg.data.in_channels, skip_channels=len(cfg.data.blob_sigmas_mm))  # type: ignore[arg-type]
+        encoder = build_vision_encoder(  # type: ignore[arg-type]
+            cfg.vision, size_xyz, in_channels=cfg.data.in_channels, skip_channels=len(cfg.data.blob_sigmas_mm)
+        )
         pooled = encoder_features(encoder, volumes)
     return cfg, cohort, Features(cohort.ids, answers, pooled, instruct, grids)
 
