@@ -214,7 +214,7 @@ def predict(
 @_user_errors
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Folder to create for everything the demo writes."),
-    n_pretrain: int = typer.Option(500, "--n-pretrain", help="Patients with CT + reports for pretraining."),
+    n_pretrain: int = typer.Option(400, "--n-pretrain", help="Patients with CT + reports for pretraining."),
     n_survival: int = typer.Option(600, "--n-survival", help="Patients in the survival cohort."),
     image_signal: float = typer.Option(1.0, "--image-signal", help="SD of the image part of the true log-hazard."),
     clinical_signal: float = typer.Option(

@@ -34,7 +34,7 @@ SWEEP_METHODS = ("model", "clinical_cox", "oracle")  # what the sweep plots; the
 
 @dataclass(frozen=True)
 class DemoSettings:
-    n_pretrain: int = 500
+    n_pretrain: int = 400  # 500 would take the demo past 15 min (estimated from benchmarks/pretrain.md stage times)
     n_survival: int = 600
     image_signal: float = 1.0
     clinical_signal: float = 0.3
