@@ -107,10 +107,14 @@ def random_affine(images: torch.Tensor, rotation: float = 0.08, scale: float = 0
     slightly; at these few degrees that is part of the jitter. Draws from torch's global generator,
     which the training loop seeds per epoch: the same epoch gets the same augmentation on resume.
     """
-    b = images.shape[0]
-    a = (torch.rand(b, 3) * 2 - 1) * rotation
+    b, dev = images.shape[0], images.device
+
+    def uniform(bound: float) -> torch.Tensor:  # (b, 3) in [-bound, bound]
+        return (torch.rand(b, 3, device=dev) * 2 - 1) * bound
+
+    a = uniform(rotation)
     c, s = a.cos(), a.sin()
-    one, zero = torch.ones(b), torch.zeros(b)
+    one, zero = torch.ones(b, device=dev), torch.zeros(b, device=dev)
 
     def mat(*rows: torch.Tensor) -> torch.Tensor:  # 9 (b,) entries, row by row -> (b, 3, 3)
         return torch.stack(rows, dim=1).view(b, 3, 3)
@@ -118,8 +122,7 @@ def random_affine(images: torch.Tensor, rotation: float = 0.08, scale: float = 0
     rx = mat(one, zero, zero, zero, c[:, 0], -s[:, 0], zero, s[:, 0], c[:, 0])
     ry = mat(c[:, 1], zero, s[:, 1], zero, one, zero, -s[:, 1], zero, c[:, 1])
     rz = mat(c[:, 2], -s[:, 2], zero, s[:, 2], c[:, 2], zero, zero, zero, one)
-    scales = 1 + (torch.rand(b, 3) * 2 - 1) * scale
-    theta = torch.cat([rz @ ry @ rx * scales[:, None, :], ((torch.rand(b, 3) * 2 - 1) * 2 * shift)[..., None]], dim=2)
+    theta = torch.cat([rz @ ry @ rx * (1 + uniform(scale))[:, None, :], uniform(2 * shift)[..., None]], dim=2)
     x = images.float()
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
