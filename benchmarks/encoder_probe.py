@@ -1,13 +1,15 @@
 """Can a vision encoder trained from scratch see the synthetic findings? A direct probe, no LM.
 
     python benchmarks/encoder_probe.py --train DIR --test DIR [--epochs 12] [--encoder cnn3d]
-                                       [--single-window] [--mirror] [key=value ...]
+                                       [--single-window] [--mirror] [--augment] [--threads N]
+                                       [--save FILE] [key=value ...]
 
 The encoder (configs/demo.yaml's vision and data settings: three HU windows unless --single-window)
 gets a linear head on its mean- and max-pooled feature grid, trained with binary cross-entropy on the
 presence labels extracted from the training reports: what stage 0 of `ctsurv pretrain` does, here with
 a one-cycle schedule and an AUC check every 4 epochs. ``--mirror`` flips every other training study
-left-right. Scored by AUC against the generator's truth on a cohort from another seed. Prints one line
+left-right; ``--augment`` jitters each training study with MONAI's RandAffine (``ctsurv pretrain``'s own
+``pretrain.vision_augment`` uses a batched equivalent, ``training.stages.random_affine``). Scored by AUC against the generator's truth on a cohort from another seed. Prints one line
 per check and appends the last to benchmarks/encoder_probe.md.
 """
 
