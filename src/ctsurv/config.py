@@ -26,6 +26,9 @@ from ctsurv.errors import ConfigError
 T = TypeVar("T")
 
 
+PREPROCESSING_FIELDS = ("target_spacing_zyx", "target_shape_zyx", "hu_window", "extra_hu_windows", "blob_sigmas_mm", "crop")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """How to read the cohort table and preprocess its volumes."""
@@ -58,6 +61,11 @@ class DataConfig:
     def hu_windows(self) -> tuple[tuple[float, float], ...]:
         """The window of each input channel: ``hu_window`` first."""
         return (self.hu_window, *self.extra_hu_windows)
+
+    def preprocessing(self) -> dict[str, Any]:
+        """The fields that decide what a preprocessed volume holds (``PREPROCESSING_FIELDS``): a model
+        trained on them must be fed the same, and the on-disk cache is keyed on them."""
+        return {name: getattr(self, name) for name in PREPROCESSING_FIELDS}
 
     @property
     def in_channels(self) -> int:

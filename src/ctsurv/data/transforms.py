@@ -172,12 +172,8 @@ class Preprocessor:
             "version": CACHE_VERSION,
             "file": fingerprint,
             "spacing_zyx": None if spacing_zyx is None else [float(s) for s in spacing_zyx],
-            "target_spacing_zyx": list(self.cfg.target_spacing_zyx),
-            "target_shape_zyx": list(self.cfg.target_shape_zyx),
-            "hu_window": list(self.cfg.hu_window),
-            **({"extra_hu_windows": [list(w) for w in self.cfg.extra_hu_windows]} if self.cfg.extra_hu_windows else {}),
-            **({"blob_sigmas_mm": list(self.cfg.blob_sigmas_mm)} if self.cfg.blob_sigmas_mm else {}),
-            "crop": self.cfg.crop,
+            # empty channel lists are left out, so entries cached before such a field existed stay valid
+            **{k: v for k, v in self.cfg.preprocessing().items() if v != ()},
         }
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
         return Path(self.cfg.cache_dir) / f"{digest}.npy"

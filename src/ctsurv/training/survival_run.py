@@ -66,11 +66,7 @@ def pretrained_checkpoints(path: Path) -> tuple[Path, Path | None]:
 
 def with_preprocessing(cfg: ExperimentConfig, model_cfg: ExperimentConfig) -> ExperimentConfig:
     """The user's config (cohort columns) with the model's preprocessing (what its encoder expects)."""
-    d = model_cfg.data
-    data = dataclasses.replace(
-        cfg.data, target_spacing_zyx=d.target_spacing_zyx, target_shape_zyx=d.target_shape_zyx, hu_window=d.hu_window,
-        extra_hu_windows=d.extra_hu_windows, blob_sigmas_mm=d.blob_sigmas_mm, crop=d.crop,
-    )
+    data = dataclasses.replace(cfg.data, **model_cfg.data.preprocessing())
     return dataclasses.replace(cfg, data=data, vision=model_cfg.vision)
 
 
