@@ -1,7 +1,9 @@
 """`ctsurv pretrain`: stages 0 (vision, for a scratch encoder), 1 (align) and 2 (instruct) on a
 cohort of CT volumes with reports (see ``training.stages`` for what each stage trains).
 
-    out/config.yaml, out/split.csv        the config and the train/validation split (by patient)
+    out/config.yaml, out/split.csv        the config and the split by patient: "train" (every stage), or with
+                                           pretrain.vision_fraction < 1 "vision" (stage 0) and "language"
+                                           (stages 1-2); "val" (the evaluation)
     out/tokenizer/                         fitted on the training reports only
     out/vision/, out/align/, out/instruct/ checkpoints (see ``training.checkpoint``)
     out/instruct/eval.json, eval.md        held-out answers vs report labels, text metrics
@@ -55,6 +57,23 @@ def split_patients(cohort: Cohort, val_fraction: float, seed: int) -> np.ndarray
     return np.array([p in val for p in cohort.patient_ids])
 
 
+def split_stages(cohort: Cohort, train_idx: np.ndarray, vision_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the training studies for stage 0 and for stages 1-2: all of them for both when
+    ``vision_fraction`` is 1, else that share of the training patients for stage 0 and the others for stages 1-2."""
+    if vision_fraction >= 1:
+        return train_idx, train_idx
+    patients = np.array(sorted({cohort.patient_ids[i] for i in train_idx}))
+    n_vision = int(round(vision_fraction * len(patients)))
+    if not 0 < n_vision < len(patients):
+        raise CtsurvError(
+            f"pretrain.vision_fraction={vision_fraction} of {len(patients)} training patients leaves stage 0 or stages 1-2 "
+            "without a patient; add studies or set pretrain.vision_fraction=1"
+        )
+    vision = set(np.random.default_rng([seed, 1]).choice(patients, size=n_vision, replace=False).tolist())
+    in_vision = np.array([cohort.patient_ids[i] in vision for i in train_idx])
+    return train_idx[in_vision], train_idx[~in_vision]
+
+
 def preprocess_all(cohort: Cohort, cfg: ExperimentConfig, progress: bool) -> torch.Tensor:
     """All volumes of ``cohort`` preprocessed, (N, C, X, Y, Z) float16 (half the memory; exact enough)."""
     pre = Preprocessor(cfg.data)
@@ -68,17 +87,18 @@ def preprocess_all(cohort: Cohort, cfg: ExperimentConfig, progress: bool) -> tor
 
 @torch.no_grad()
 def encode_all(vlm: CTVLM, volumes: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
-    """Features of a frozen vision encoder for every volume, computed once: (n, Dv, N tokens).
+    """Features of a frozen vision encoder for every volume, computed once: (n, Dv, N tokens), on the CPU.
 
     They are stored already pooled by the projector (the token grid, and the max token if any): the
     pooling has no parameters, so this is exact, and it shrinks the I3ResNet-152 grid (2048×7×7×10 at
-    full size) by an order of magnitude.
+    full size) by an order of magnitude. The encoder runs where it is (a GPU after Accelerate's stage 0).
     """
     vlm.vision_encoder.eval()
-    chunks = [
-        vlm.projector.pool(vlm.vision_encoder.features(volumes[i : i + batch_size].float()))
-        for i in range(0, len(volumes), batch_size)
-    ]
+    device = next(vlm.vision_encoder.parameters()).device
+    chunks = []
+    for i in range(0, len(volumes), batch_size):
+        x = volumes[i : i + batch_size].to(device).float()
+        chunks.append(vlm.projector.pool(vlm.vision_encoder.features(x)).cpu())
     return torch.cat(chunks)
 
 
@@ -90,9 +110,16 @@ def pretrain(
         raise CtsurvError(f"{out_dir} already exists and is not empty; choose a new --out folder or pass --resume")
     cohort = load_cohort(cohort_path, cfg.data, require_reports=True)
     val = split_patients(cohort, cfg.pretrain.val_fraction, cfg.seed)
+    train_idx = np.flatnonzero(~val)
+    if len(train_idx) < 2:
+        raise CtsurvError(f"{cohort_path}: only {len(train_idx)} training studies after the validation split; add studies")
+    stage_idx = dict(zip(("vision", "language"), split_stages(cohort, train_idx, cfg.pretrain.vision_fraction, cfg.seed)))
+    split = np.where(val, "val", "train").astype(object)
+    if cfg.pretrain.vision_fraction < 1:
+        split[stage_idx["vision"]], split[stage_idx["language"]] = "vision", "language"
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir / "config.yaml")
-    pd.DataFrame({"id": cohort.ids, "split": np.where(val, "val", "train")}).to_csv(out_dir / "split.csv", index=False)
+    pd.DataFrame({"id": cohort.ids, "split": split}).to_csv(out_dir / "split.csv", index=False)
 
     table = cohort.table
     # either report column may be absent (load_cohort asks for one of them): an absent one reads as empty
@@ -101,20 +128,21 @@ def pretrain(
         for column in (cfg.data.findings_column, cfg.data.impression_column)
     )
     reports = cohort.reports()
-    train_idx = np.flatnonzero(~val)
-    if len(train_idx) < 2:
-        raise CtsurvError(f"{cohort_path}: only {len(train_idx)} training studies after the validation split; add studies")
-
-    answers = [[(q.text, a) for q, a in instruction_pairs(findings[i], impressions[i])] for i in train_idx]
+    answers = {i: [(q.text, a) for q, a in instruction_pairs(findings[i], impressions[i])] for i in train_idx}
     # stage 0 learns the presence answers among them (report-derived, like everything here)
-    stage_pairs = {"vision": answers, "align": [align_pairs(findings[i], impressions[i]) for i in train_idx], "instruct": answers}
+    studies = {"vision": stage_idx["vision"], "align": stage_idx["language"], "instruct": stage_idx["language"]}
+    stage_pairs = {
+        "vision": [answers[i] for i in studies["vision"]],
+        "align": [align_pairs(findings[i], impressions[i]) for i in studies["align"]],
+        "instruct": [answers[i] for i in studies["instruct"]],
+    }
     tokenizer_dir = out_dir / "tokenizer"
     tokenizer = None
     if cfg.language.model == "tiny":
         if tokenizer_dir.exists():
             tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
         else:  # the training studies' reports and their question-answer texts: no test-fold text
-            texts = [reports[i] for i in train_idx] + [f"{q} {a}" for pairs in stage_pairs["instruct"] for q, a in pairs]
+            texts = [reports[i] for i in train_idx] + [f"{q} {a}" for i in train_idx for q, a in answers[i]]
             tokenizer = train_tokenizer(texts, cfg.language.vocab_size)
             tokenizer.save_pretrained(tokenizer_dir)
     torch.manual_seed(cfg.seed)
@@ -139,7 +167,7 @@ def pretrain(
         if frozen_vision and features is None:
             features = encode_all(vlm, volumes)
         inputs, kind = (features, "features") if frozen_vision else (volumes, "images")
-        dataset = StudyDataset(inputs[train_idx], stage_pairs[stage], kind)
+        dataset = StudyDataset(inputs[studies[stage]], stage_pairs[stage], kind)
         if stage == "vision":
             loss, collate = FindingLoss(vlm, len(PRESENCE_QUESTIONS), cfg.pretrain.vision_augment), finding_collate
         else:
