@@ -161,11 +161,10 @@ def _pooled(vlm, volumes: torch.Tensor) -> np.ndarray:
 
 def linear_readout(vlm, cfg, train_dir: Path, split_csv: Path, test_volumes: torch.Tensor) -> np.ndarray:
     """(n_test, Q) P(yes) of a logistic regression per presence question on the frozen encoder's pooled grid,
-    fitted on the studies the language model learnt from and their report labels; NaN where a label has one class."""
+    fitted on the training split's studies and their report labels; NaN where a label has one class."""
     split = pd.read_csv(split_csv, dtype={"id": str})
     train = load_cohort(train_dir / "cohort.csv", cfg.data, require_reports=True)
-    # the studies stages 1-2 learnt from ("language" when pretrain.vision_fraction < 1 kept stage 0's apart)
-    train = train.subset(np.flatnonzero(np.isin(train.ids, split.id[split.split.isin(["train", "language"])])))
+    train = train.subset(np.flatnonzero(np.isin(train.ids, split.id[split.split == "train"])))
     t = train.table
     y = np.array([presence_labels([(q.text, a) for q, a in instruction_pairs(f, i)])
                   for f, i in zip(t.findings, t.impression.fillna(""))])  # (n, Q), -1 unknown

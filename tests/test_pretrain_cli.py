@@ -192,26 +192,6 @@ def test_resume_continues_an_interrupted_stage(
     assert any(not changed[k].equal(original[k]) for k in changed)  # epoch 2 did train
 
 
-def test_vision_fraction_keeps_stage_0_and_stages_1_2_on_different_patients(cohort: Path, tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    result = pretrain(cohort, out, "pretrain.vision_fraction=0.5")
-    assert result.exit_code == 0, result.output
-    split = pd.read_csv(out / "split.csv", dtype=str).merge(pd.read_csv(cohort, dtype=str)[["id", "patient_id"]], on="id")
-    assert split.groupby("patient_id")["split"].nunique().max() == 1
-    counts = split["split"].value_counts().to_dict()
-    # 5 training patients of 2 studies: round(0.5 * 5) = 2 for stage 0, 3 for stages 1-2
-    assert counts == {"vision": 4, "language": 6, "val": 2}
-    studies = {stage: json.loads((out / stage / "metrics.json").read_text())["studies"] for stage in ("vision", "align", "instruct")}
-    assert studies == {"vision": 4, "align": 6, "instruct": 6}
-    assert (out / "instruct" / "eval.json").is_file()
-
-
-def test_vision_fraction_that_leaves_a_stage_without_patients_is_refused(cohort: Path, tmp_path: Path) -> None:
-    result = pretrain(cohort, tmp_path / "out", "pretrain.vision_fraction=0.05")
-    assert_user_error(result, "pretrain.vision_fraction=0.05 of 5 training patients", "set pretrain.vision_fraction=1")
-    assert not (tmp_path / "out").exists()
-
-
 # ------------------------------------------------------------------ pretrain: bad input
 
 

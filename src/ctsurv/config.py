@@ -182,10 +182,6 @@ class PretrainConfig:
     vision: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=12, batch_size=8, lr=1e-3))
     # stage 0 jitters each training volume (small random rotation, scaling, shift) against learning it by heart
     vision_augment: bool = False
-    # share of the training patients whose studies stage 0 learns from. Below 1, stages 1-2 learn from the other
-    # patients only, so the language model learns to read the encoder's features as they look on a new scan, not
-    # on scans the encoder has learnt by heart (stacking; see benchmarks/pretrain.md, run K). 1: every study, both
-    vision_fraction: float = 1.0
     align: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=4, batch_size=8, lr=1e-3))
     instruct: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=12, batch_size=8, lr=1e-3))
     finetune_vision: bool = False  # also train a pretrained (or stage-0-trained) vision encoder in stage 2
@@ -196,8 +192,6 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         if not 0 < self.val_fraction < 0.9:
             raise ConfigError(f"pretrain.val_fraction must be in (0, 0.9), got {self.val_fraction}")
-        if not 0 < self.vision_fraction <= 1:
-            raise ConfigError(f"pretrain.vision_fraction must be in (0, 1], got {self.vision_fraction}")
         if self.instruct.epochs < 1:
             raise ConfigError("pretrain.instruct.epochs must be at least 1: stage 2 teaches the model to answer")
 
@@ -252,12 +246,6 @@ class ExperimentConfig:
             raise ConfigError(
                 "lora.enabled is for pretrained language models; the tiny model starts from random weights "
                 "and trains fully. Set lora.enabled=false or language.model=<path of a local HF model>"
-            )
-        if self.pretrain.vision_fraction < 1 and (self.vision.encoder == "i3resnet152" or self.pretrain.vision.epochs == 0):
-            raise ConfigError(
-                f"pretrain.vision_fraction={self.pretrain.vision_fraction} keeps studies for stage 0, which does not run "
-                f"({'the i3resnet152 encoder is pretrained' if self.vision.encoder == 'i3resnet152' else 'pretrain.vision.epochs=0'}); "
-                "set pretrain.vision_fraction=1"
             )
         extra = [k for k in ("extra_hu_windows", "blob_sigmas_mm") if getattr(self.data, k)]
         if extra and self.vision.encoder == "i3resnet152":

@@ -1,9 +1,7 @@
 """`ctsurv pretrain`: stages 0 (vision, for a scratch encoder), 1 (align) and 2 (instruct) on a
 cohort of CT volumes with reports (see ``training.stages`` for what each stage trains).
 
-    out/config.yaml, out/split.csv        the config and the split by patient: "train" (every stage), or with
-                                           pretrain.vision_fraction < 1 "vision" (stage 0) and "language"
-                                           (stages 1-2); "val" (the evaluation)
+    out/config.yaml, out/split.csv        the config and the train/validation split (by patient)
     out/tokenizer/                         fitted on the training reports only
     out/vision/, out/align/, out/instruct/ checkpoints (see ``training.checkpoint``)
     out/instruct/eval.json, eval.md        held-out answers vs report labels, text metrics
@@ -57,23 +55,6 @@ def split_patients(cohort: Cohort, val_fraction: float, seed: int) -> np.ndarray
     return np.array([p in val for p in cohort.patient_ids])
 
 
-def split_stages(cohort: Cohort, train_idx: np.ndarray, vision_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of the training studies for stage 0 and for stages 1-2: all of them for both when
-    ``vision_fraction`` is 1, else that share of the training patients for stage 0 and the others for stages 1-2."""
-    if vision_fraction >= 1:
-        return train_idx, train_idx
-    patients = np.array(sorted({cohort.patient_ids[i] for i in train_idx}))
-    n_vision = int(round(vision_fraction * len(patients)))
-    if not 0 < n_vision < len(patients):
-        raise CtsurvError(
-            f"pretrain.vision_fraction={vision_fraction} of {len(patients)} training patients leaves stage 0 or stages 1-2 "
-            "without a patient; add studies or set pretrain.vision_fraction=1"
-        )
-    vision = set(np.random.default_rng([seed, 1]).choice(patients, size=n_vision, replace=False).tolist())
-    in_vision = np.array([cohort.patient_ids[i] in vision for i in train_idx])
-    return train_idx[in_vision], train_idx[~in_vision]
-
-
 def preprocess_all(cohort: Cohort, cfg: ExperimentConfig, progress: bool) -> torch.Tensor:
     """All volumes of ``cohort`` preprocessed, (N, C, X, Y, Z) float16 (half the memory; exact enough)."""
     pre = Preprocessor(cfg.data)
@@ -95,10 +76,10 @@ def encode_all(vlm: CTVLM, volumes: torch.Tensor, batch_size: int = 8) -> torch.
     """
     vlm.vision_encoder.eval()
     device = next(vlm.vision_encoder.parameters()).device
-    chunks = []
-    for i in range(0, len(volumes), batch_size):
-        x = volumes[i : i + batch_size].to(device).float()
-        chunks.append(vlm.projector.pool(vlm.vision_encoder.features(x)).cpu())
+    chunks = [
+        vlm.projector.pool(vlm.vision_encoder.features(volumes[i : i + batch_size].to(device).float())).cpu()
+        for i in range(0, len(volumes), batch_size)
+    ]
     return torch.cat(chunks)
 
 
@@ -110,16 +91,9 @@ def pretrain(
         raise CtsurvError(f"{out_dir} already exists and is not empty; choose a new --out folder or pass --resume")
     cohort = load_cohort(cohort_path, cfg.data, require_reports=True)
     val = split_patients(cohort, cfg.pretrain.val_fraction, cfg.seed)
-    train_idx = np.flatnonzero(~val)
-    if len(train_idx) < 2:
-        raise CtsurvError(f"{cohort_path}: only {len(train_idx)} training studies after the validation split; add studies")
-    stage_idx = dict(zip(("vision", "language"), split_stages(cohort, train_idx, cfg.pretrain.vision_fraction, cfg.seed)))
-    split = np.where(val, "val", "train").astype(object)
-    if cfg.pretrain.vision_fraction < 1:
-        split[stage_idx["vision"]], split[stage_idx["language"]] = "vision", "language"
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir / "config.yaml")
-    pd.DataFrame({"id": cohort.ids, "split": split}).to_csv(out_dir / "split.csv", index=False)
+    pd.DataFrame({"id": cohort.ids, "split": np.where(val, "val", "train")}).to_csv(out_dir / "split.csv", index=False)
 
     table = cohort.table
     # either report column may be absent (load_cohort asks for one of them): an absent one reads as empty
@@ -128,21 +102,20 @@ def pretrain(
         for column in (cfg.data.findings_column, cfg.data.impression_column)
     )
     reports = cohort.reports()
-    answers = {i: [(q.text, a) for q, a in instruction_pairs(findings[i], impressions[i])] for i in train_idx}
+    train_idx = np.flatnonzero(~val)
+    if len(train_idx) < 2:
+        raise CtsurvError(f"{cohort_path}: only {len(train_idx)} training studies after the validation split; add studies")
+
+    answers = [[(q.text, a) for q, a in instruction_pairs(findings[i], impressions[i])] for i in train_idx]
     # stage 0 learns the presence answers among them (report-derived, like everything here)
-    studies = {"vision": stage_idx["vision"], "align": stage_idx["language"], "instruct": stage_idx["language"]}
-    stage_pairs = {
-        "vision": [answers[i] for i in studies["vision"]],
-        "align": [align_pairs(findings[i], impressions[i]) for i in studies["align"]],
-        "instruct": [answers[i] for i in studies["instruct"]],
-    }
+    stage_pairs = {"vision": answers, "align": [align_pairs(findings[i], impressions[i]) for i in train_idx], "instruct": answers}
     tokenizer_dir = out_dir / "tokenizer"
     tokenizer = None
     if cfg.language.model == "tiny":
         if tokenizer_dir.exists():
             tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
         else:  # the training studies' reports and their question-answer texts: no test-fold text
-            texts = [reports[i] for i in train_idx] + [f"{q} {a}" for i in train_idx for q, a in answers[i]]
+            texts = [reports[i] for i in train_idx] + [f"{q} {a}" for pairs in stage_pairs["instruct"] for q, a in pairs]
             tokenizer = train_tokenizer(texts, cfg.language.vocab_size)
             tokenizer.save_pretrained(tokenizer_dir)
     torch.manual_seed(cfg.seed)
@@ -167,7 +140,7 @@ def pretrain(
         if frozen_vision and features is None:
             features = encode_all(vlm, volumes)
         inputs, kind = (features, "features") if frozen_vision else (volumes, "images")
-        dataset = StudyDataset(inputs[studies[stage]], stage_pairs[stage], kind)
+        dataset = StudyDataset(inputs[train_idx], stage_pairs[stage], kind)
         if stage == "vision":
             loss, collate = FindingLoss(vlm, len(PRESENCE_QUESTIONS), cfg.pretrain.vision_augment), finding_collate
         else:
