@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from ctsurv.config import DataConfig, ExperimentConfig, load_config, save_config
+from ctsurv.config import DataConfig, ExperimentConfig, config_differences, load_config, save_config
 from ctsurv.errors import ConfigError
 
 
@@ -85,3 +86,26 @@ def test_shipped_configs_load() -> None:
     for path in sorted(root.glob("*.yaml")):
         cfg = load_config(path)
         assert cfg.name == path.stem
+
+
+def test_config_differences_name_every_changed_setting_by_its_dotted_key() -> None:
+    a = load_config(None)
+    b = load_config(None, ["projector.layers=1", "pretrain.instruct.lr=0.002", "data.blob_sigmas_mm=[4.0]"])
+    assert config_differences(a, b) == {
+        "projector.layers": (a.projector.layers, 1),
+        "pretrain.instruct.lr": (a.pretrain.instruct.lr, 0.002),
+        "data.blob_sigmas_mm": ([], [4.0]),
+    }
+    assert config_differences(a, load_config(None)) == {}
+
+
+
+def test_a_section_given_in_part_keeps_its_own_defaults_for_the_rest() -> None:
+    """PretrainConfig's stages default to other epochs than TrainConfig's class default; setting one key of a
+    stage (in a file or an override) must not reset the others to the class defaults."""
+    defaults = load_config(None).pretrain
+    assert (defaults.instruct.epochs, defaults.align.epochs) == (12, 4)
+    cfg = load_config(None, ["pretrain.instruct.lr=0.002", "pretrain.align.batch_size=2"])
+    assert cfg.pretrain.instruct == dataclasses.replace(defaults.instruct, lr=0.002)
+    assert cfg.pretrain.align == dataclasses.replace(defaults.align, batch_size=2)
+    assert cfg.pretrain.vision == defaults.vision

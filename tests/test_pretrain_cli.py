@@ -195,6 +195,22 @@ def test_resume_continues_an_interrupted_stage(
 # ------------------------------------------------------------------ pretrain: bad input
 
 
+def test_resume_refuses_a_changed_setting_of_a_finished_stage(run: Path, cohort: Path, tmp_path: Path) -> None:
+    """A finished stage is kept as it is: a changed model setting would silently not apply, so it is refused
+    before anything is written."""
+    out = Path(shutil.copytree(run, tmp_path / "run"))
+    shutil.rmtree(out / "instruct")
+    written = {p: p.read_bytes() for p in (out / "config.yaml", out / "split.csv")}
+    result = pretrain(cohort, out, "--resume", "projector.layers=1", "pretrain.align.lr=0.01")
+    assert_user_error(
+        result, f"the finished stage {out / 'vision'} was trained with other settings",
+        "projector.layers: 2 in the checkpoint, 1 now", "remove",
+    )
+    assert "pretrain.align.lr" not in result.output  # stage 0 (checked first) does not depend on align's settings
+    assert {p: p.read_bytes() for p in written} == written
+    assert not (out / "instruct").exists()
+
+
 def test_pretrain_refuses_a_non_empty_out_without_resume(run: Path, cohort: Path) -> None:
     result = pretrain(cohort, run)
     assert_user_error(result, str(run), "already exists and is not empty", "--resume")

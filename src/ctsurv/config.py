@@ -271,6 +271,19 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return plain(cfg)
 
 
+def config_differences(a: ExperimentConfig, b: ExperimentConfig) -> dict[str, tuple[Any, Any]]:
+    """{dotted key: (value in ``a``, value in ``b``)} for every setting where the two configs differ."""
+
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    fa, fb = flat(to_dict(a)), flat(to_dict(b))
+    return {k: (fa.get(k), fb.get(k)) for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k)}
+
+
 def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
     """Write ``cfg`` as YAML, atomically (a crash never leaves half a file)."""
     path = Path(path)
@@ -314,7 +327,11 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
 
 
 def from_dict(cls: type[T], raw: dict[str, Any], where: str) -> T:
-    """Build dataclass ``cls`` from ``raw``, checking keys and coercing lists to tuples."""
+    """Build dataclass ``cls`` from ``raw``, checking keys and coercing lists to tuples.
+
+    A section given in part keeps the field's own defaults for the rest: ``pretrain.instruct.lr=0.002`` leaves
+    ``pretrain.instruct.epochs`` at PretrainConfig's 12, not at TrainConfig's class default.
+    """
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} must be a mapping, got {raw!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
@@ -325,6 +342,9 @@ def from_dict(cls: type[T], raw: dict[str, Any], where: str) -> T:
             close = difflib.get_close_matches(str(key), fields, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(fields)}"
             raise ConfigError(f"unknown key {where}.{key}{hint}")
+        field_default = fields[key].default_factory
+        if dataclasses.is_dataclass(hints[key]) and isinstance(value, dict) and field_default is not dataclasses.MISSING:
+            value = {**to_dict(field_default()), **value}
         kwargs[key] = _coerce(hints[key], value, f"{where}.{key}")
     return cls(**kwargs)
 

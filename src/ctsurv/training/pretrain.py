@@ -22,7 +22,7 @@ import torch
 from rich.progress import track
 from transformers import AutoTokenizer
 
-from ctsurv.config import ExperimentConfig, save_config
+from ctsurv.config import ExperimentConfig, config_differences, load_config, save_config
 from ctsurv.data.cohort import Cohort, load_cohort
 from ctsurv.data.datasets import PRESENCE_QUESTIONS, StudyDataset, align_pairs, finding_collate, study_collate
 from ctsurv.data.instructions import instruction_pairs
@@ -53,6 +53,33 @@ def split_patients(cohort: Cohort, val_fraction: float, seed: int) -> np.ndarray
     n_val = max(1, int(round(val_fraction * len(patients))))
     val = set(rng.choice(patients, size=n_val, replace=False).tolist())
     return np.array([p in val for p in cohort.patient_ids])
+
+
+# settings a finished stage does not depend on: --resume may change them (those of the stages still to run)
+_LATER_SETTINGS: dict[str, tuple[str, ...]] = {
+    "vision": ("pretrain.align.", "pretrain.instruct.", "pretrain.finetune_vision", "pretrain.loss_weighting",
+               "pretrain.finding_loss_weight"),
+    "align": ("pretrain.instruct.", "pretrain.finetune_vision", "pretrain.finding_loss_weight"),
+    "instruct": (),
+}
+
+
+def check_resumed_stage(saved: ExperimentConfig, cfg: ExperimentConfig, stage: str, stage_dir: Path) -> None:
+    """Refuse to resume past a finished ``stage`` whose checkpoint was trained with other settings than ``cfg``.
+
+    ``--resume`` keeps a finished stage as it is and rebuilds the model from its checkpoint, so a changed
+    setting of that stage (or of the model, e.g. ``projector.max_token``) would silently not apply. Settings
+    of the stages still to run, the evaluation's ``pretrain.max_new_tokens``, ``survival.*`` and ``name`` may change.
+    """
+    free = (*_LATER_SETTINGS[stage], "pretrain.max_new_tokens", "survival.", "name")
+    changed = {k: v for k, v in config_differences(saved, cfg).items() if not k.startswith(free)}
+    if changed:
+        listed = "; ".join(f"{k}: {old!r} in the checkpoint, {new!r} now" for k, (old, new) in sorted(changed.items()))
+        raise CtsurvError(
+            f"cannot resume: the finished stage {stage_dir} was trained with other settings ({listed}). "
+            f"--resume keeps finished stages as they are; restore those settings, or remove {stage_dir} "
+            "(and the stages after it) to train it again, or start a new --out folder"
+        )
 
 
 def preprocess_all(cohort: Cohort, cfg: ExperimentConfig, progress: bool) -> torch.Tensor:
@@ -89,6 +116,10 @@ def pretrain(
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not resume:
         raise CtsurvError(f"{out_dir} already exists and is not empty; choose a new --out folder or pass --resume")
+    if resume:  # before anything is written: a refused resume leaves the folder as it was
+        for stage in STAGES:
+            if (out_dir / stage / "model.safetensors").is_file():
+                check_resumed_stage(load_config(out_dir / stage / "config.yaml"), cfg, stage, out_dir / stage)
     cohort = load_cohort(cohort_path, cfg.data, require_reports=True)
     val = split_patients(cohort, cfg.pretrain.val_fraction, cfg.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
