@@ -99,7 +99,6 @@ def test_config_differences_name_every_changed_setting_by_its_dotted_key() -> No
     assert config_differences(a, load_config(None)) == {}
 
 
-
 def test_a_section_given_in_part_keeps_its_own_defaults_for_the_rest() -> None:
     """PretrainConfig's stages default to other epochs than TrainConfig's class default; setting one key of a
     stage (in a file or an override) must not reset the others to the class defaults."""

@@ -129,7 +129,7 @@ def pretrain(
     config: Path = typer.Option(..., "--config", help="Experiment YAML (see configs/)."),
     cohort: Path = typer.Option(..., "--cohort", help="Cohort table (CSV/Parquet) with volumes and reports."),
     out: Path = typer.Option(..., "--out", help="Folder to create for the checkpoints and evaluation."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out: finished stages are kept (their settings must not change), an interrupted one continues from its last epoch."),
     overrides: Optional[list[str]] = typer.Argument(None, help="Config overrides, e.g. pretrain.instruct.epochs=5."),
 ) -> None:
     """Stages 0-2: a scratch encoder learns the report findings, the projector aligns it to the LM,
