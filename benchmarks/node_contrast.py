@@ -31,12 +31,13 @@ def main() -> None:
     rows: dict[str, list[tuple[int, float, int, float]]] = {station: [] for station in STATIONS}
     for seed in range(args.patients):
         plain = render_phantom_full(Findings(), SHAPE_ZYX, SPACING_ZYX, np.random.default_rng(seed))
+        ijk = np.stack(np.meshgrid(*[np.arange(n) for n in plain.hu.shape], indexing="ij"), -1)
+        mm = ijk @ plain.affine[:3, :3].T + plain.affine[:3, 3]  # voxel centres; the node renders share the grid
         for station in STATIONS:
             node = Findings(lymph_nodes=(LymphNode(station, args.node_mm),))
             p = render_phantom_full(node, SHAPE_ZYX, SPACING_ZYX, np.random.default_rng(seed))
+            assert np.array_equal(p.affine, plain.affine)
             _, centre, diameter = next(lesion for lesion in p.lesions if lesion[0] == "node")
-            ijk = np.stack(np.meshgrid(*[np.arange(n) for n in p.hu.shape], indexing="ij"), -1)
-            mm = ijk @ p.affine[:3, :3].T + p.affine[:3, 3]
             inside = np.linalg.norm(mm - centre, axis=-1) < diameter / 2
             diff = p.hu.astype(np.float32) - plain.hu
             noise = float(diff[~inside].std())
