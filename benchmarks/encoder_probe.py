@@ -54,7 +54,8 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. data.target_shape_zyx=[64,96,96]")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    overrides = [*(["data.extra_hu_windows=[]"] if args.single_window else []), *args.overrides]
+    single = ["data.extra_hu_windows=[]", "data.blob_windows=[0]"]
+    overrides = [*(single if args.single_window else []), *args.overrides]
     cfg = load_config(HERE.parent / "configs" / "demo.yaml", overrides)
     train = load_cohort(args.train / "cohort.csv", cfg.data, require_reports=True)
     test = load_cohort(args.test / "cohort.csv", cfg.data)

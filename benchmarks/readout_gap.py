@@ -58,9 +58,9 @@ def main() -> None:
         truth = pd.read_csv(args.work / name / "truth.csv", dtype={"id": str}).set_index("id").loc[cohort.ids]
         parts[name] = (features.numpy(), answers, truth)
 
-    n_blob = len(cfg.data.blob_sigmas_mm)
-    n_tokens = cfg.projector.num_tokens
-    grid = slice(0, n_tokens - 1) if cfg.projector.max_token else slice(0, n_tokens)
+    n_blob = cfg.data.n_blob_channels
+    n_pooled = model.projector.num_pooled  # the cached features' tokens (a findings token is made later)
+    grid = slice(0, n_pooled - 1) if cfg.projector.max_token else slice(0, n_pooled)
     overall_max = (lambda f: f[:, :, -1]) if cfg.projector.max_token else (lambda f: f.max(2))
     sets = {
         "mean + max, all channels": lambda f, a, j: np.concatenate([f[:, :, grid].mean(2), overall_max(f)], 1),

@@ -1,10 +1,11 @@
 """Is a finding visible in the phantom at the demo's resolution? A classical detector, no training.
 
     python benchmarks/visibility.py --test DIR [--sigma 4.0] [key=value ...]
+    python benchmarks/visibility.py --test DIR data.hu_window=[-200,1300]   # blobness of the bone window
 
 For every study of a simulated cohort (``ctsurv simulate``), preprocessed as configs/demo.yaml says,
 the score is the largest blobness (:func:`ctsurv.data.transforms.blobness`, ITK's Hessian objectness
-for bright round objects) of the lung-window image anywhere in the volume. Its AUC and its best
+for bright round objects) of the lung-window image (``data.hu_window``) anywhere in the volume. Its AUC and its best
 accuracy over all thresholds (an optimistic bound: the threshold is chosen on the same studies) are
 reported against the generator's truth for each finding, and written to benchmarks/visibility.md.
 A high AUC says the finding is there to be seen; it says nothing about what a model learns.
@@ -25,7 +26,8 @@ from ctsurv.data.cohort import load_cohort
 from ctsurv.data.transforms import Preprocessor
 
 HERE = Path(__file__).parent
-FINDINGS = ["Lung nodule", "Lung mass", "Lymphadenopathy", "Consolidation", "Emphysema", "Pleural effusion"]
+FINDINGS = ["Lung nodule", "Lung mass", "Lymphadenopathy", "Consolidation", "Emphysema", "Pleural effusion",
+            "Arterial wall calcification", "Lytic bone lesion"]
 
 
 def main() -> None:
@@ -34,7 +36,7 @@ def main() -> None:
     parser.add_argument("--sigma", type=float, default=4.0, help="Gaussian scale of the blobness, mm")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. data.target_spacing_zyx=[4.5,3.333,3.333]")
     args = parser.parse_args()
-    cfg = load_config(HERE.parent / "configs" / "demo.yaml", [*args.overrides, "data.extra_hu_windows=[]",
+    cfg = load_config(HERE.parent / "configs" / "demo.yaml", [*args.overrides, "data.extra_hu_windows=[]", "data.blob_windows=[0]",
                                                               f"data.blob_sigmas_mm=[{args.sigma}]"])
     cohort = load_cohort(args.test / "cohort.csv", cfg.data)
     pre = Preprocessor(cfg.data)

@@ -44,6 +44,8 @@ def test_override_beats_file(tmp_path: Path) -> None:
         ("data.extra_hu_windows=[[-160,240],[300,200]]", "data.extra_hu_windows must be [low, high] with low < high"),
         ("data.extra_hu_windows=[-160,240]", "must be a list"),
         ("data.blob_sigmas_mm=[4,0]", "data.blob_sigmas_mm must be positive scales in mm"),
+        ("data.blob_windows=[0,1]", "data.blob_windows must be distinct window indices from 0 (hu_window) to 0"),
+        ("data.blob_windows=[]", "data.blob_windows must be distinct"),
         ("pretrain.instruct.epochs=0", "pretrain.instruct.epochs must be at least 1"),
         ("pretrain.vision.epochs=-1", "train.epochs at least 0"),
         ("seed=abc", "must be an integer"),

@@ -16,7 +16,7 @@ from tiny_setups import one_torch_thread  # noqa: F401 (autouse)
 from typer.testing import Result
 
 from ctsurv.data.findings import CTRATE_LABELS
-from ctsurv.data.instructions import QUESTIONS
+from ctsurv.data.instructions import QUESTIONS, instruction_pairs
 from ctsurv.data.simulate import simulate
 from ctsurv.evaluation.vlm_eval import SHORT_ANSWER_TOKENS
 from ctsurv.inference import answer_volume
@@ -124,6 +124,33 @@ def test_stage_0_trains_the_encoder_that_stages_1_and_2_keep_frozen(run: Path) -
             torch.testing.assert_close(encoders[stage][name], tensor, rtol=0, atol=0)
     changed = [n for n, t in encoders["vision"].items() if t.is_floating_point() and not torch.equal(t, untrained[n])]
     assert len(changed) > len(untrained) // 2  # stage 0 trained it
+
+
+def test_the_findings_head_is_fitted_on_the_training_studies_before_stage_1(run: Path, cohort: Path) -> None:
+    """configs/demo.yaml has projector.findings_token: the head is zero after stage 0, fitted before stage 1 on
+    the frozen encoder's features of the split's training studies, and kept as it is by stages 1-2."""
+    from ctsurv.data.cohort import load_cohort
+    from ctsurv.data.datasets import presence_labels
+    from ctsurv.training.checkpoint import load_checkpoint
+    from ctsurv.training.findings import fit_findings_head
+    from ctsurv.training.pretrain import encode_all, preprocess_all
+
+    heads = {stage: load_checkpoint(run / stage)[0].projector.findings for stage in ("vision", "align", "instruct")}
+    assert not heads["vision"].weight.any()  # stage 0 does not fit it
+    for name, tensor in heads["align"].state_dict().items():
+        torch.testing.assert_close(heads["instruct"].state_dict()[name], tensor, rtol=0, atol=0)
+    model, cfg = load_checkpoint(run / "vision")
+    split = pd.read_csv(run / "split.csv", dtype=str)
+    train = load_cohort(cohort, cfg.data).subset(split.index[split["split"] == "train"].to_numpy())
+    table = pd.read_csv(cohort).set_index("id").loc[train.ids]
+    labels = torch.tensor(
+        [presence_labels([(q.text, a) for q, a in instruction_pairs(f, i)]) for f, i in zip(table.findings, table.impression)]
+    )
+    features = encode_all(model, preprocess_all(train, cfg, progress=False))
+    fit_findings_head(model.projector.findings, features, labels, seed=cfg.seed)
+    for name, tensor in model.projector.findings.state_dict().items():
+        torch.testing.assert_close(heads["align"].state_dict()[name], tensor)
+    assert heads["align"].weight.any()
 
 
 def test_ask_answers_the_predefined_questions(run: Path, cohort: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -91,6 +93,35 @@ def test_blob_scales_are_more_channels_after_the_windows() -> None:
     for k, sigma in enumerate((4.0, 6.0), start=2):  # computed on the lung window, back in HU units
         torch.testing.assert_close(four[k], transforms.blobness(two[0] * 1400.0, (4.0, 4.0, 4.0), sigma), rtol=0, atol=1e-6)
     assert float(four[2].max()) > 0.3
+
+
+def test_blob_windows_give_one_channel_per_window_and_scale() -> None:
+    """data.blob_windows: blobness of each listed window's image (window-major, then scale), in HU units."""
+    hu, _, _ = lung_with_ball_and_tube(4.0)
+    volume = Volume(hu, np.diag([4.0, 4.0, 4.0, 1.0]))
+    cfg = config(target_spacing_zyx=(4.0, 4.0, 4.0), target_shape_zyx=(24, 24, 24),
+                 extra_hu_windows=((-160.0, 240.0), (-200.0, 1300.0)), blob_sigmas_mm=(4.0, 6.0), blob_windows=(0, 2))
+    out = Preprocessor(cfg)(volume)
+    assert out.shape == (7, 24, 24, 24) and cfg.in_channels == 7 and cfg.n_blob_channels == 4
+    for k, (w, width, sigma) in enumerate([(0, 1400.0, 4.0), (0, 1400.0, 6.0), (2, 1500.0, 4.0), (2, 1500.0, 6.0)], start=3):
+        torch.testing.assert_close(out[k], transforms.blobness(out[w] * width, (4.0, 4.0, 4.0), sigma), rtol=0, atol=1e-6)
+    assert not torch.allclose(out[3], out[5])  # another window, another image
+
+
+def test_the_default_blob_window_keeps_older_cache_keys(tmp_path: Path) -> None:
+    """Entries cached before data.blob_windows existed (always the lung window) keep their key."""
+    path = tmp_path / "v.npy"
+    np.save(path, np.zeros((8, 8, 8), dtype=np.float32))
+    cfg = config(cache_dir=str(tmp_path), blob_sigmas_mm=(4.0,))
+    key = Preprocessor(cfg).cache_file(path, (1.0, 1.0, 1.0))
+    assert key is not None and cfg.preprocessing()["blob_windows"] == (0,)
+    other = Preprocessor(DataConfig(**{**cfg.__dict__, "extra_hu_windows": ((-200.0, 1300.0),), "blob_windows": (0, 1)}))
+    assert other.cache_file(path, (1.0, 1.0, 1.0)) != key
+    no_field = {k: v for k, v in cfg.preprocessing().items() if k != "blob_windows"}
+    fingerprint = transforms._fingerprint(path)
+    digest = hashlib.sha256(json.dumps({"version": transforms.CACHE_VERSION, "file": fingerprint, "spacing_zyx": [1.0, 1.0, 1.0],
+                                        **{k: v for k, v in no_field.items() if v != ()}}, sort_keys=True).encode()).hexdigest()
+    assert key.name == f"{digest}.npy"
 
 
 def test_lps_markers_end_up_left_anterior_superior() -> None:

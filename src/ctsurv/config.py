@@ -26,7 +26,9 @@ from ctsurv.errors import ConfigError
 T = TypeVar("T")
 
 
-PREPROCESSING_FIELDS = ("target_spacing_zyx", "target_shape_zyx", "hu_window", "extra_hu_windows", "blob_sigmas_mm", "crop")
+PREPROCESSING_FIELDS = (
+    "target_spacing_zyx", "target_shape_zyx", "hu_window", "extra_hu_windows", "blob_sigmas_mm", "blob_windows", "crop",
+)
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,9 @@ class DataConfig:
     # more input channels, one per Gaussian scale (mm): the blobness of the hu_window image (ITK's Hessian
     # objectness for bright round objects), which sets round nodules apart from tubular vessels; scratch encoders only
     blob_sigmas_mm: tuple[float, ...] = ()
+    # the windows whose images get blob channels: 0 is hu_window, 1.. the extra_hu_windows in order (e.g. [0, 2]:
+    # lung window for nodules, bone window for calcified plaques); one channel per window and scale, window-major
+    blob_windows: tuple[int, ...] = (0,)
     crop: Literal["center", "foreground"] = "center"
     cache_dir: str | None = None  # on-disk cache of preprocessed volumes; None disables it
 
@@ -68,9 +73,14 @@ class DataConfig:
         return {name: getattr(self, name) for name in PREPROCESSING_FIELDS}
 
     @property
+    def n_blob_channels(self) -> int:
+        """Blob channels: one per (window in ``blob_windows``, scale in ``blob_sigmas_mm``)."""
+        return len(self.blob_windows) * len(self.blob_sigmas_mm)
+
+    @property
     def in_channels(self) -> int:
-        """Channels of a preprocessed volume: one per HU window, then one per blob scale."""
-        return len(self.hu_windows) + len(self.blob_sigmas_mm)
+        """Channels of a preprocessed volume: one per HU window, then the blob channels."""
+        return len(self.hu_windows) + self.n_blob_channels
 
     def __post_init__(self) -> None:
         if len(self.target_shape_zyx) != 3 or min(self.target_shape_zyx) < 1:
@@ -82,6 +92,14 @@ class DataConfig:
                 raise ConfigError(f"data.{name} must be [low, high] with low < high, got {[lo, hi]}")
         if any(not s > 0 for s in self.blob_sigmas_mm):
             raise ConfigError(f"data.blob_sigmas_mm must be positive scales in mm (e.g. [4.0]), got {list(self.blob_sigmas_mm)}")
+        n = len(self.hu_windows)
+        if not self.blob_windows or len(set(self.blob_windows)) != len(self.blob_windows) or any(
+            not 0 <= w < n for w in self.blob_windows
+        ):
+            raise ConfigError(
+                f"data.blob_windows must be distinct window indices from 0 (hu_window) to {n - 1} "
+                f"(the extra_hu_windows), got {list(self.blob_windows)}"
+            )
         overlap = set(self.numeric_columns) & set(self.categorical_columns)
         if overlap:
             raise ConfigError(f"columns {sorted(overlap)} are declared both numeric and categorical; pick one")
@@ -114,11 +132,14 @@ class ProjectorConfig:
     layers: int = 2  # 1 = linear, 2 = Linear-GELU-Linear
     # one more token: the grid's channel-wise maximum over all cells (what stage 0's presence head reads)
     max_token: bool = False
+    # one more token: the presence findings as a linear classifier reads them in the pooled grid, fitted
+    # on the training studies' report labels before stage 1 (needs the vision encoder frozen in stages 1-2)
+    findings_token: bool = False
 
     @property
     def num_tokens(self) -> int:
         z, y, x = self.tokens_zyx
-        return z * y * x + int(self.max_token)
+        return z * y * x + int(self.max_token) + int(self.findings_token)
 
 
 @dataclass(frozen=True)

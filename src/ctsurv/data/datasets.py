@@ -38,20 +38,25 @@ def align_pairs(findings: str, impression: str | None) -> Pairs:
 
 
 class StudyDataset(Dataset):
-    """``inputs[i]`` (a preprocessed volume (C, X, Y, Z) or encoder features (Dv, gx, gy, gz)) and its pairs."""
+    """``inputs[i]`` (a preprocessed volume (C, X, Y, Z) or encoder features (Dv, gx, gy, gz)) and its pairs;
+    with ``finding_logits`` (n, P) also study i's findings-token logits (out-of-fold, see training.findings)."""
 
-    def __init__(self, inputs: torch.Tensor, pairs: list[Pairs], kind: str) -> None:
+    def __init__(self, inputs: torch.Tensor, pairs: list[Pairs], kind: str, finding_logits: torch.Tensor | None = None) -> None:
         if len(inputs) != len(pairs):
             raise ValueError(f"{len(inputs)} inputs but {len(pairs)} lists of pairs")
         if kind not in ("images", "features"):
             raise ValueError(f"kind must be 'images' or 'features', got {kind!r}")
-        self.inputs, self.pairs, self.kind = inputs, pairs, kind
+        if finding_logits is not None and len(finding_logits) != len(pairs):
+            raise ValueError(f"{len(finding_logits)} rows of finding logits but {len(pairs)} studies")
+        self.inputs, self.pairs, self.kind, self.finding_logits = inputs, pairs, kind, finding_logits
 
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, Pairs]:
-        return self.inputs[i], self.pairs[i]
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, Pairs] | tuple[torch.Tensor, Pairs, torch.Tensor]:
+        if self.finding_logits is None:
+            return self.inputs[i], self.pairs[i]
+        return self.inputs[i], self.pairs[i], self.finding_logits[i]
 
 
 def finding_collate(rows: list[tuple[torch.Tensor, Pairs]]) -> dict[str, torch.Tensor]:
@@ -65,17 +70,19 @@ def finding_collate(rows: list[tuple[torch.Tensor, Pairs]]) -> dict[str, torch.T
 def study_collate(vlm: CTVLM, kind: str) -> Callable[[list[tuple[torch.Tensor, Pairs]]], dict[str, torch.Tensor]]:
     """Collate studies into one batch: stacked inputs, all their sequences, and ``image_index``."""
 
-    def collate(rows: list[tuple[torch.Tensor, Pairs]]) -> dict[str, torch.Tensor]:
+    def collate(rows: list[tuple]) -> dict[str, torch.Tensor]:
         questions, answers, index = [], [], []
-        for i, (_, pairs) in enumerate(rows):
+        for i, (_, pairs, *_) in enumerate(rows):
             for q, a in pairs:
                 questions.append(format_prompt(q))
                 answers.append(a)
                 index.append(i)
         batch = vlm.tokenize(questions, answers)
         batch["image_index"] = torch.tensor(index, dtype=torch.long)
-        batch["finding_labels"] = torch.tensor([presence_labels(pairs) for _, pairs in rows], dtype=torch.long)
+        batch["finding_labels"] = torch.tensor([presence_labels(r[1]) for r in rows], dtype=torch.long)
         batch[kind] = torch.stack([r[0] for r in rows]).float()
+        if len(rows[0]) == 3:  # the findings token's out-of-fold logits
+            batch["finding_logits"] = torch.stack([r[2] for r in rows]).float()
         return batch
 
     return collate

@@ -13,9 +13,10 @@ The pipeline (MONAI array transforms on a ``MetaTensor`` that carries the volume
 C is 1 (``data.hu_window``) plus one channel per ``data.extra_hu_windows``: a CNN sees a 40 HU
 lymph node in -100 HU fat, or a lytic hole in 260 HU bone, far better in a narrow window of its
 own than in the lung window where both sit near the top (benchmarks/encoder_probe.md). Then one
-channel per ``data.blob_sigmas_mm``: the :func:`blobness` of the ``hu_window`` image, a classical
-nodule-enhancement filter (round bright objects light up, tubular vessels do not) that a small CNN
-trained on a few hundred weakly labelled scans does not learn by itself.
+channel per ``data.blob_sigmas_mm`` and window of ``data.blob_windows``: the :func:`blobness` of that
+window's image, a classical enhancement filter (round bright objects light up, tubular vessels and flat
+walls do not) that a small CNN trained on a few hundred weakly labelled scans does not learn reliably:
+in the lung window it lights up nodules, in the bone window calcified plaques (benchmarks/visibility.md).
 
 Config tuples are (Z, Y, X), slice axis first, like the command line; tensors are (X, Y, Z)
 in RAS like MONAI and nibabel. :func:`zyx_to_xyz` is the one place that converts.
@@ -135,8 +136,12 @@ class Preprocessor:
         out = out.as_tensor() if isinstance(out, MetaTensor) else out  # plain tensor: no metadata to collate
         out = out.to(torch.float32)
         if self.cfg.blob_sigmas_mm:
-            width = self.cfg.hu_window[1] - self.cfg.hu_window[0]
-            blobs = [blobness(out[0] * width, self.spacing_xyz, s) for s in self.cfg.blob_sigmas_mm]
+            windows = self.cfg.hu_windows
+            blobs = [
+                blobness(out[w] * (windows[w][1] - windows[w][0]), self.spacing_xyz, s)  # in HU-sized units
+                for w in self.cfg.blob_windows
+                for s in self.cfg.blob_sigmas_mm
+            ]
             out = torch.cat([out, torch.stack(blobs)])
         return out.contiguous()  # (C, X, Y, Z)
 
@@ -172,11 +177,15 @@ class Preprocessor:
             "version": CACHE_VERSION,
             "file": fingerprint,
             "spacing_zyx": None if spacing_zyx is None else [float(s) for s in spacing_zyx],
-            # empty channel lists are left out, so entries cached before such a field existed stay valid
-            **{k: v for k, v in self.cfg.preprocessing().items() if v != ()},
+            # empty channel lists and later fields at their defaults are left out, so entries cached before
+            # such a field existed stay valid
+            **{k: v for k, v in self.cfg.preprocessing().items() if v != () and _LATER_FIELD_DEFAULTS.get(k) != v},
         }
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
         return Path(self.cfg.cache_dir) / f"{digest}.npy"
+
+
+_LATER_FIELD_DEFAULTS = {"blob_windows": (0,)}  # preprocessing fields added after the cache format
 
 
 def blobness(image: torch.Tensor, spacing_xyz: tuple[float, float, float], sigma_mm: float) -> torch.Tensor:

@@ -18,11 +18,13 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from ctsurv.config import ExperimentConfig
+from ctsurv.data.instructions import QUESTIONS
 from ctsurv.models.language import IMAGE_TOKEN, apply_lora, build_language_model
 from ctsurv.models.projector import Projector
 from ctsurv.models.vision import build_vision_encoder
 
 IGNORE_INDEX = -100
+PRESENCE_LABELS = [q.label for q in QUESTIONS if q.kind == "presence"]  # what a findings token carries
 
 
 def format_prompt(question: str) -> str:
@@ -54,9 +56,10 @@ class CTVLM(nn.Module):
         """Visual tokens of preprocessed volumes (B, C, X, Y, Z) -> (B, N, D)."""
         return self.projector(self.vision_encoder.features(images))
 
-    def project_features(self, grid: torch.Tensor) -> torch.Tensor:
-        """Visual tokens from cached encoder features (B, Dv, gx, gy, gz) -> (B, N, D)."""
-        return self.projector(grid)
+    def project_features(self, grid: torch.Tensor, finding_logits: torch.Tensor | None = None) -> torch.Tensor:
+        """Visual tokens from cached encoder features (B, Dv, gx, gy, gz) or (B, Dv, N) -> (B, N, D);
+        ``finding_logits`` (B, P) override the findings head's (see ``Projector.forward``)."""
+        return self.projector(grid, finding_logits)
 
     # ------------------------------------------------------------------ text side
 
@@ -170,9 +173,9 @@ def build_vlm(cfg: ExperimentConfig, texts: list[str] | None = None, tokenizer: 
     """
     image_size_xyz = tuple(reversed(cfg.data.target_shape_zyx))
     vision = build_vision_encoder(cfg.vision, image_size_xyz, in_channels=cfg.data.in_channels,
-        skip_channels=len(cfg.data.blob_sigmas_mm))
+        skip_channels=cfg.data.n_blob_channels)
     lm, tokenizer = build_language_model(cfg.language, texts=texts, tokenizer=tokenizer)
     if cfg.lora.enabled:
         lm = apply_lora(lm, cfg.lora)
-    projector = Projector(cfg.projector, vision.out_dim, lm.get_input_embeddings().embedding_dim)
+    projector = Projector(cfg.projector, vision.out_dim, lm.get_input_embeddings().embedding_dim, len(PRESENCE_LABELS))
     return CTVLM(vision, projector, lm, tokenizer, max_length=cfg.language.max_length)

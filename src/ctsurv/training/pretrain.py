@@ -7,6 +7,9 @@ cohort of CT volumes with reports (see ``training.stages`` for what each stage t
     out/instruct/eval.json, eval.md        held-out answers vs report labels, text metrics
     out/<stage>_run/train_state/           resume state while a stage runs
 
+With ``projector.findings_token`` the findings classifier is fitted on the cached features before stage 1
+(``training.findings``), and stages 1-2 see the training studies' out-of-fold logits.
+
 ``--resume`` skips finished stages and continues an interrupted one from its last epoch.
 """
 
@@ -24,13 +27,21 @@ from transformers import AutoTokenizer
 
 from ctsurv.config import ExperimentConfig, config_differences, load_config, save_config
 from ctsurv.data.cohort import Cohort, load_cohort
-from ctsurv.data.datasets import PRESENCE_QUESTIONS, StudyDataset, align_pairs, finding_collate, study_collate
+from ctsurv.data.datasets import (
+    PRESENCE_QUESTIONS,
+    StudyDataset,
+    align_pairs,
+    finding_collate,
+    presence_labels,
+    study_collate,
+)
 from ctsurv.data.instructions import instruction_pairs
 from ctsurv.data.transforms import Preprocessor
-from ctsurv.errors import CtsurvError
+from ctsurv.errors import ConfigError, CtsurvError
 from ctsurv.models.language import train_tokenizer
 from ctsurv.models.vlm import CTVLM, build_vlm
 from ctsurv.training.checkpoint import load_checkpoint, save_checkpoint
+from ctsurv.training.findings import fit_findings_head
 from ctsurv.training.loop import train
 from ctsurv.training.stages import FindingLoss, InstructionLoss, set_trainable, vision_stage_runs, vision_trains
 
@@ -120,6 +131,12 @@ def pretrain(
         for stage in STAGES:
             if (out_dir / stage / "model.safetensors").is_file():
                 check_resumed_stage(load_config(out_dir / stage / "config.yaml"), cfg, stage, out_dir / stage)
+    if cfg.projector.findings_token and (vision_trains(cfg, "align") or vision_trains(cfg, "instruct")):
+        raise ConfigError(
+            "projector.findings_token is fitted on the frozen encoder's features, but the vision encoder trains in "
+            "stages 1-2 here; keep stage 0 (pretrain.vision.epochs > 0) for a scratch encoder and "
+            "pretrain.finetune_vision=false, or set projector.findings_token=false"
+        )
     cohort = load_cohort(cohort_path, cfg.data, require_reports=True)
     val = split_patients(cohort, cfg.pretrain.val_fraction, cfg.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -158,6 +175,7 @@ def pretrain(
     seconds["preprocess"] = time.perf_counter() - t0
 
     features = None
+    finding_logits = None  # the findings token's out-of-fold logits of the training studies
     for stage in STAGES:
         stage_dir = out_dir / stage
         if (stage == "vision" and not vision_stage_runs(cfg)) or getattr(cfg.pretrain, stage).epochs == 0:
@@ -170,8 +188,13 @@ def pretrain(
         frozen_vision = not vision_trains(cfg, stage)
         if frozen_vision and features is None:
             features = encode_all(vlm, volumes)
+        if stage != "vision" and cfg.projector.findings_token and finding_logits is None:
+            # deterministic, so a resumed run fits the same head (and overwrites a loaded one with equal values)
+            labels = torch.tensor([presence_labels(pairs) for pairs in answers], dtype=torch.long)
+            finding_logits = fit_findings_head(vlm.projector.findings, features[train_idx], labels, seed=cfg.seed)
         inputs, kind = (features, "features") if frozen_vision else (volumes, "images")
-        dataset = StudyDataset(inputs[train_idx], stage_pairs[stage], kind)
+        logits = finding_logits if stage != "vision" else None
+        dataset = StudyDataset(inputs[train_idx], stage_pairs[stage], kind, logits)
         if stage == "vision":
             loss, collate = FindingLoss(vlm, len(PRESENCE_QUESTIONS), cfg.pretrain.vision_augment), finding_collate
         else:

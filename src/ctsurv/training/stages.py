@@ -12,6 +12,9 @@ instruct   projector + LoRA adapters (pretrained LM) or the whole tiny LM; a scr
            ``pretrain.finetune_vision``
 =========  ===========================================================================
 
+With ``projector.findings_token`` a linear presence classifier on the frozen encoder's pooled features is
+fitted between stage 0 and stage 1 (``training.findings``); it is not trained by any stage.
+
 Why stage 0: a language model trained from scratch passes too weak a signal back to a scratch
 encoder (benchmarks/pretrain.md: after 2 + 6 epochs the model read only the large findings). A
 presence head on the encoder's pooled grid gives each finding a direct gradient, and the frozen
@@ -201,11 +204,13 @@ class InstructionLoss(nn.Module):
         images: torch.Tensor | None = None,
         features: torch.Tensor | None = None,
         finding_labels: torch.Tensor | None = None,
+        finding_logits: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if features is None:
             features = self.vlm.vision_encoder.features(images)  # (B, Dv, gx, gy, gz)
         auxiliary = self._finding_loss(features, finding_labels)
-        tokens = self.vlm.project_features(features)[image_index]  # (S, N, D), one row per sequence
+        # finding_logits: the findings token's out-of-fold logits of these training studies (projector.findings_token)
+        tokens = self.vlm.project_features(features, finding_logits)[image_index]  # (S, N, D), one row per sequence
         # Short answers and long reports share a batch: run the LM per length bucket, each cut to its
         # own longest sequence, instead of padding every yes/no answer to the report's length.
         lengths = attention_mask.sum(1)  # (S,) right-padded

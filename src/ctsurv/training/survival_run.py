@@ -135,7 +135,7 @@ def prepare(
         torch.manual_seed(cfg.seed)
         size_xyz = tuple(reversed(cfg.data.target_shape_zyx))
         encoder = build_vision_encoder(  # type: ignore[arg-type]
-            cfg.vision, size_xyz, in_channels=cfg.data.in_channels, skip_channels=len(cfg.data.blob_sigmas_mm)
+            cfg.vision, size_xyz, in_channels=cfg.data.in_channels, skip_channels=cfg.data.n_blob_channels
         )
         pooled = encoder_features(encoder, volumes)
     return cfg, cohort, Features(cohort.ids, answers, pooled, instruct, grids)
