@@ -123,3 +123,8 @@ def test_pretrain_refuses_a_findings_token_on_an_encoder_that_trains(cohort: Pat
     result = pretrain(cohort, out, "projector.findings_token=true", setting)
     assert_user_error(result, "projector.findings_token", "frozen encoder")
     assert not out.exists()  # refused before anything is written
+
+
+def test_pretrain_needs_one_training_study_per_fold(cohort: Path, tmp_path: Path) -> None:  # noqa: F811
+    result = pretrain(cohort, tmp_path / "run", "pretrain.val_fraction=0.7")  # 2 of 6 patients: 4 studies
+    assert_user_error(result, "only 4 training studies", "5 folds", "projector.findings_token=false")

@@ -41,7 +41,7 @@ from ctsurv.errors import ConfigError, CtsurvError
 from ctsurv.models.language import train_tokenizer
 from ctsurv.models.vlm import CTVLM, build_vlm
 from ctsurv.training.checkpoint import load_checkpoint, save_checkpoint
-from ctsurv.training.findings import fit_findings_head
+from ctsurv.training.findings import FOLDS, fit_findings_head
 from ctsurv.training.loop import train
 from ctsurv.training.stages import FindingLoss, InstructionLoss, set_trainable, vision_stage_runs, vision_trains
 
@@ -153,6 +153,12 @@ def pretrain(
     train_idx = np.flatnonzero(~val)
     if len(train_idx) < 2:
         raise CtsurvError(f"{cohort_path}: only {len(train_idx)} training studies after the validation split; add studies")
+    if cfg.projector.findings_token and len(train_idx) < FOLDS:
+        raise CtsurvError(
+            f"{cohort_path}: only {len(train_idx)} training studies after the validation split, and "
+            f"projector.findings_token cross-fits its classifier in {FOLDS} folds; add studies, lower "
+            "pretrain.val_fraction, or set projector.findings_token=false"
+        )
 
     answers = [[(q.text, a) for q, a in instruction_pairs(findings[i], impressions[i])] for i in train_idx]
     # stage 0 learns the presence answers among them (report-derived, like everything here)
