@@ -47,29 +47,31 @@ def fit_findings_head(head: FindingsHead, pooled: torch.Tensor, labels: torch.Te
     n, p = y_all.shape
     if n < FOLDS:
         raise ValueError(f"the findings token needs at least {FOLDS} training studies, got {n}")
-    folds = list(KFold(FOLDS, shuffle=True, random_state=seed).split(x))
+    # one standardisation for the full fit and one per fold (from that fold's fitting rows), shared by all findings;
+    # StandardScaler leaves constant features unscaled (scale 1)
+    full = StandardScaler().fit(x)
+    z = full.transform(x)
+    folds = []
+    for fit_rows, out_rows in KFold(FOLDS, shuffle=True, random_state=seed).split(x):
+        fold = StandardScaler().fit(x[fit_rows])
+        folds.append((fit_rows, out_rows, fold.transform(x[fit_rows]), fold.transform(x[out_rows])))
     oof = np.zeros((n, p))
     weight, bias = np.zeros((p, x.shape[1])), np.zeros(p)
-    scaler = StandardScaler().fit(x)
-    scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
-    z = (x - scaler.mean_) / scale
     for j in range(p):
         known = y_all[:, j] >= 0
         if not known.any():
             continue
         weight[j], bias[j] = _fit(z[known], y_all[known, j])
-        for fit_rows, out_rows in folds:
-            rows = fit_rows[known[fit_rows]]
-            if len(rows) == 0:
+        for fit_rows, out_rows, z_fit, z_out in folds:
+            known_fit = known[fit_rows]
+            if not known_fit.any():
                 oof[out_rows, j] = bias[j]
                 continue
-            fold_scaler = StandardScaler().fit(x[fit_rows])
-            fold_scale = np.where(fold_scaler.scale_ > 0, fold_scaler.scale_, 1.0)
-            w, b = _fit((x[rows] - fold_scaler.mean_) / fold_scale, y_all[rows, j])
-            oof[out_rows, j] = (x[out_rows] - fold_scaler.mean_) / fold_scale @ w + b
+            w, b = _fit(z_fit[known_fit], y_all[fit_rows[known_fit], j])
+            oof[out_rows, j] = z_out @ w + b
     with torch.no_grad():
-        head.mean.copy_(torch.from_numpy(scaler.mean_))
-        head.scale.copy_(torch.from_numpy(scale))
+        head.mean.copy_(torch.from_numpy(full.mean_))
+        head.scale.copy_(torch.from_numpy(full.scale_))
         head.weight.copy_(torch.from_numpy(weight))
         head.bias.copy_(torch.from_numpy(bias))
     return torch.from_numpy(oof).float()
