@@ -9,7 +9,8 @@ against the generator's truth (truth.csv) and against the labels extracted from 
 Also a linear readout of the final model's frozen vision encoder: a logistic regression per finding on
 the mean- and max-pooled grid of the training studies (against their report labels), scored on the test
 scans. When it reads a finding that the answers miss, the language model is what loses it.
-Writes benchmarks/pretrain.md and benchmarks/pretrain.json.
+Writes benchmarks/pretrain.md and benchmarks/pretrain.json; another --n-train or config overrides add them to
+the name (pretrain_n1800.md, pretrain_pretrain.vision_augment-true.md), so the shipped run's record stays.
 """
 
 from __future__ import annotations
@@ -147,7 +148,8 @@ def main() -> None:
         "held_out_eval": summary.metrics["presence"]["macro"],
         "test_presence": rows,
     }
-    name = "pretrain" if not args.overrides else "pretrain_" + "_".join(o.replace("=", "-") for o in args.overrides)
+    parts = ([f"n{args.n_train}"] if args.n_train != 600 else []) + [o.replace("=", "-") for o in args.overrides]
+    name = "_".join(["pretrain", *parts])
     (HERE / f"{name}.json").write_text(json.dumps(result, indent=2))
     (HERE / f"{name}.md").write_text(_markdown(result, " ".join(sys.argv[1:])))
     print((HERE / f"{name}.md").read_text())
