@@ -28,14 +28,14 @@ def main() -> None:
     args = parser.parse_args()
     shutil.rmtree(args.out, ignore_errors=True)
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "ctsurv", "demo", "--out", str(args.out)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "ctsurv", "demo", "--out", str(args.out)], capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t0
     peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
     if proc.returncode != 0:
         sys.exit(f"ctsurv demo failed:\n{proc.stderr[-3000:]}")
     report = (args.out / "REPORT.md").read_text()
     sweep = json.loads((args.out / "sweep.json").read_text())
-    steps = re.search(r"^Time: .*$", report, re.M)
+    steps = re.search(r"^Time: .*$", report, re.MULTILINE)
     lines = [
         "# `ctsurv demo` benchmark",
         "",

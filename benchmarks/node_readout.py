@@ -94,9 +94,11 @@ def main() -> None:
     text = "\n".join([
         "# Lymph nodes: a linear reader of where soft tissue lies, by training-set size",
         "",
-        f"Reproduce: `python benchmarks/node_readout.py --work DIR --seeds {' '.join(map(str, args.seeds))} "
-        f"--n {args.n} --sizes {' '.join(map(str, args.sizes))} --C {args.C}`. Test cohort: seed 1000, 200 studies, "
-        f"lymphadenopathy in {y_test.mean():.2f} of them (accuracy of always answering no: {1 - y_test.mean():.3f}).",
+        (
+            f"Reproduce: `python benchmarks/node_readout.py --work DIR --seeds {' '.join(map(str, args.seeds))} "
+            f"--n {args.n} --sizes {' '.join(map(str, args.sizes))} --C {args.C}`. Test cohort: seed 1000, 200 studies, "
+            f"lymphadenopathy in {y_test.mean():.2f} of them (accuracy of always answering no: {1 - y_test.mean():.3f})."
+        ),
         "",
         "| view of the mediastinal window | training studies | prevalence (train) | AUC | accuracy at P = 0.5 |",
         "|---|---|---|---|---|",

@@ -197,9 +197,11 @@ def _markdown(r: dict, argv: str) -> str:
         f"- cohort: {r['cohort']}",
         f"- time (s): {r['seconds']}",
         f"- throughput: {r['throughput']}",
-        f"- one instruct step ({st['studies']} studies, {st['tokens']} tokens): {st['seconds']} s, {st['gflop']} GFLOP, "
-        f"{st['achieved_gflops']} GFLOP/s = {st['share_of_peak']:.1%} of the fp32 matmul peak ({st['peak_matmul_gflops']} GFLOP/s "
-        f"measured in the same run); {st['tokens_per_s']} tokens/s",
+        (
+            f"- one instruct step ({st['studies']} studies, {st['tokens']} tokens): {st['seconds']} s, {st['gflop']} GFLOP, "
+            f"{st['achieved_gflops']} GFLOP/s = {st['share_of_peak']:.1%} of the fp32 matmul peak "
+            f"({st['peak_matmul_gflops']} GFLOP/s measured in the same run); {st['tokens_per_s']} tokens/s"
+        ),
         f"- peak memory (RSS): {r['peak_rss_gb']} GB",
         f"- final epoch losses: {r['final_losses']}",
         "",
@@ -208,8 +210,10 @@ def _markdown(r: dict, argv: str) -> str:
         "Last two columns: the linear readout of the frozen encoder (logistic regression on its pooled grid,",
         "fitted on the training studies' report labels), against the truth.",
         "",
-        "| finding | accuracy vs truth | F1 vs truth | AUC of P(yes) vs truth | positives (truth) | accuracy vs report labels "
-        "| F1 vs report labels | encoder readout accuracy | encoder readout AUC |",
+        (
+            "| finding | accuracy vs truth | F1 vs truth | AUC of P(yes) vs truth | positives (truth) | accuracy vs report labels "
+            "| F1 vs report labels | encoder readout accuracy | encoder readout AUC |"
+        ),
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in r["test_presence"]:

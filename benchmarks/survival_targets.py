@@ -55,10 +55,12 @@ def main() -> None:
         lines += [
             f"## {name} (image signal {image}, clinical signal {clinical}, seed {seed})",
             "",
-            f"Model C {model['harrell_c']:.3f} vs clinical Cox {methods['clinical_cox']['harrell_c']:.3f}: "
-            f"ΔC {model['delta_c_vs_clinical']:+.3f} (95% CI {model['delta_c_ci'][0]:+.3f} to {model['delta_c_ci'][1]:+.3f}), "
-            f"p {model['p_vs_clinical']:.3f}; oracle C {oracle['harrell_c']:.3f}, gap to the oracle "
-            f"{oracle['harrell_c'] - model['harrell_c']:.3f}. {time.perf_counter() - t0:.0f} s.",
+            (
+                f"Model C {model['harrell_c']:.3f} vs clinical Cox {methods['clinical_cox']['harrell_c']:.3f}: "
+                f"ΔC {model['delta_c_vs_clinical']:+.3f} (95% CI {model['delta_c_ci'][0]:+.3f} to "
+                f"{model['delta_c_ci'][1]:+.3f}), p {model['p_vs_clinical']:.3f}; oracle C {oracle['harrell_c']:.3f}, "
+                f"gap to the oracle {oracle['harrell_c'] - model['harrell_c']:.3f}. {time.perf_counter() - t0:.0f} s."
+            ),
             "",
             results_markdown(run.results).replace("# Survival results", "### Results"),
             "",

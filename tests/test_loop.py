@@ -16,7 +16,7 @@ from ctsurv.config import TrainConfig
 from ctsurv.training.loop import train
 
 sys.path.insert(0, str(Path(__file__).parent))
-from loop_worker import Regression, collate, data  # noqa: E402
+from loop_worker import Regression, collate, data
 
 CFG = TrainConfig(epochs=4, batch_size=8, lr=0.05, warmup_fraction=0.1, weight_decay=0.0)
 

@@ -11,8 +11,12 @@ import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_setups import TINY_PIPELINE, assert_user_error, cli
-from tiny_setups import one_torch_thread  # noqa: F401 (autouse)
+from tiny_setups import (
+    TINY_PIPELINE,
+    assert_user_error,
+    cli,
+    one_torch_thread,  # noqa: F401 (autouse)
+)
 from typer.testing import Result
 
 from ctsurv.data.findings import CTRATE_LABELS

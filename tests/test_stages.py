@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 from tiny_setups import (
-    LORA,
     IMAGE_XYZ,
+    LORA,
     build,
     needs_astra_weights,
     one_torch_thread,  # noqa: F401 (autouse)

@@ -10,7 +10,7 @@ from tiny_setups import TINY_MODEL
 
 from ctsurv.config import load_config
 from ctsurv.errors import ConfigError, CtsurvError
-from ctsurv.models.vlm import IGNORE_INDEX, CTVLM, build_vlm, format_prompt
+from ctsurv.models.vlm import CTVLM, IGNORE_INDEX, build_vlm, format_prompt
 
 TEXTS = [
     "No pleural effusion. A nodule measuring 12 mm in the right upper lobe.",

@@ -10,8 +10,9 @@ from __future__ import annotations
 import functools
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -63,7 +64,7 @@ def simulate(
     clinical_signal: float = typer.Option(0.3, "--clinical-signal", help="SD of the clinical part of the true log-hazard."),
     shape: tuple[int, int, int] = typer.Option((48, 64, 64), "--shape", help="Volume shape Z Y X (voxels)."),
     spacing: tuple[float, float, float] = typer.Option((6.0, 5.0, 5.0), "--spacing", help="Voxel spacing Z Y X (mm)."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Processes for rendering (default: all cores)."),
+    workers: int | None = typer.Option(None, "--workers", help="Processes for rendering (default: all cores)."),
 ) -> None:
     """Simulate a synthetic chest-CT cohort with reports, clinical data and survival (true risk known)."""
     from ctsurv.data.simulate import simulate as run_simulation
@@ -88,8 +89,8 @@ def simulate(
 @_user_errors
 def inspect(
     volume: Path = typer.Argument(..., help="A CT volume: NIfTI, DICOM series folder, NRRD/MHA, or .npy/.npz."),
-    png: Optional[Path] = typer.Option(None, "--png", help="Write an axial/coronal/sagittal montage to this PNG."),
-    spacing: Optional[tuple[float, float, float]] = typer.Option(
+    png: Path | None = typer.Option(None, "--png", help="Write an axial/coronal/sagittal montage to this PNG."),
+    spacing: tuple[float, float, float] | None = typer.Option(
         None, "--spacing", help="Spacing Z Y X in mm, needed for .npy/.npz arrays only."
     ),
 ) -> None:
@@ -130,7 +131,7 @@ def pretrain(
     cohort: Path = typer.Option(..., "--cohort", help="Cohort table (CSV/Parquet) with volumes and reports."),
     out: Path = typer.Option(..., "--out", help="Folder to create for the checkpoints and evaluation."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out: finished stages are kept (their settings must not change), an interrupted one continues from its last epoch."),
-    overrides: Optional[list[str]] = typer.Argument(None, help="Config overrides, e.g. pretrain.instruct.epochs=5."),
+    overrides: list[str] | None = typer.Argument(None, help="Config overrides, e.g. pretrain.instruct.epochs=5."),
 ) -> None:
     """Stages 0-2: a scratch encoder learns the report findings, the projector aligns it to the LM,
     then instruction tuning on the predefined questions."""
@@ -152,8 +153,8 @@ def pretrain(
 def ask(
     checkpoint: Path = typer.Argument(..., help="A checkpoint folder from `ctsurv pretrain` (or its run folder)."),
     volume: Path = typer.Argument(..., help="A CT volume (any format `ctsurv inspect` reads)."),
-    question: Optional[str] = typer.Option(None, "--question", help="Ask this instead of the predefined questions."),
-    spacing: Optional[tuple[float, float, float]] = typer.Option(None, "--spacing", help="Spacing Z Y X (mm) for .npy/.npz."),
+    question: str | None = typer.Option(None, "--question", help="Ask this instead of the predefined questions."),
+    spacing: tuple[float, float, float] | None = typer.Option(None, "--spacing", help="Spacing Z Y X (mm) for .npy/.npz."),
 ) -> None:
     """Answer the predefined clinical questions (or one free question) about a CT volume."""
     from rich.table import Table
@@ -175,12 +176,12 @@ def survival(
     config: Path = typer.Option(..., "--config", help="Experiment YAML naming the clinical columns (see configs/)."),
     cohort: Path = typer.Option(..., "--cohort", help="Cohort table with volumes, clinical columns, time and event."),
     out: Path = typer.Option(..., "--out", help="Folder to create for results, figures and the fitted model."),
-    pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="A `ctsurv pretrain` output folder."),
-    encoder: Optional[str] = typer.Option(None, "--encoder", help="Or a bare encoder (vit3d, cnn3d, i3resnet152): the ablation."),
+    pretrained: Path | None = typer.Option(None, "--pretrained", help="A `ctsurv pretrain` output folder."),
+    encoder: str | None = typer.Option(None, "--encoder", help="Or a bare encoder (vit3d, cnn3d, i3resnet152): the ablation."),
     folds: int = typer.Option(5, "--folds", help="Cross-validation folds."),
     repeats: int = typer.Option(1, "--repeats", help="Repeats of the k-fold split."),
     seed: int = typer.Option(0, "--seed", help="Seed of the folds and the heads."),
-    overrides: Optional[list[str]] = typer.Argument(None, help="Config overrides, e.g. survival.l2=0.1."),
+    overrides: list[str] | None = typer.Argument(None, help="Config overrides, e.g. survival.l2=0.1."),
 ) -> None:
     """Stage 3: survival head on the pretrained model + clinical data, cross-validated against baselines."""
     from ctsurv.config import load_config
@@ -199,7 +200,7 @@ def predict(
     checkpoint: Path = typer.Argument(..., help="A `ctsurv survival` output folder (it holds the fitted model)."),
     target: Path = typer.Argument(..., help="A cohort table (.csv/.parquet) or one volume (file or DICOM folder)."),
     out: Path = typer.Option(..., "--out", help="Folder to create for predictions.csv, curves.csv and curves/*.png."),
-    spacing: Optional[tuple[float, float, float]] = typer.Option(None, "--spacing", help="Spacing Z Y X (mm) for a .npy/.npz volume."),
+    spacing: tuple[float, float, float] | None = typer.Option(None, "--spacing", help="Spacing Z Y X (mm) for a .npy/.npz volume."),
 ) -> None:
     """Risk score, its percentile in the training cohort, survival curve and answers for new patients."""
     from ctsurv.prediction import predict as run_predict

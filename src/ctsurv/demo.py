@@ -119,8 +119,10 @@ def _report(summary: dict, out: Path) -> str:
         "",
         f"Time: {sum(s.values()):.0f} s in all ({', '.join(f'{k} {v:.0f} s' for k, v in s.items())}).",
         "",
-        f"Pretraining (held-out studies, yes/no answers vs report labels): macro accuracy "
-        f"{summary['pretrain']['accuracy']:.3f}, macro F1 {summary['pretrain']['f1']:.3f} — see pretrain/instruct/eval.md.",
+        (
+            f"Pretraining (held-out studies, yes/no answers vs report labels): macro accuracy "
+            f"{summary['pretrain']['accuracy']:.3f}, macro F1 {summary['pretrain']['f1']:.3f} — see pretrain/instruct/eval.md."
+        ),
         "",
         "## Survival (5-fold cross-validation, out-of-fold)",
         "",

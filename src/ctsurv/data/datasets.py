@@ -9,7 +9,7 @@ impression and the report. Batching by study lets the loss encode each volume on
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch.utils.data import Dataset

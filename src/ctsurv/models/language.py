@@ -13,8 +13,8 @@ replaces with visual tokens.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import torch
 from peft import LoraConfig as PeftLoraConfig

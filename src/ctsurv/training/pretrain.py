@@ -61,7 +61,7 @@ def split_patients(cohort: Cohort, val_fraction: float, seed: int) -> np.ndarray
     """Boolean mask of validation studies; all studies of a patient fall on the same side."""
     patients = np.array(sorted(set(cohort.patient_ids)))
     rng = np.random.default_rng(seed)
-    n_val = max(1, int(round(val_fraction * len(patients))))
+    n_val = max(1, round(val_fraction * len(patients)))
     val = set(rng.choice(patients, size=n_val, replace=False).tolist())
     return np.array([p in val for p in cohort.patient_ids])
 
