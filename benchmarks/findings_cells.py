@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
-from node_readout import CELLS_XYZ, central
+from node_readout import cells
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss, roc_auc_score
 from sklearn.model_selection import cross_val_predict
@@ -33,28 +32,26 @@ from sklearn.preprocessing import StandardScaler
 
 from ctsurv.data.cohort import load_cohort
 from ctsurv.data.transforms import Preprocessor
+from ctsurv.models.projector import findings_summary
 from ctsurv.training.checkpoint import load_checkpoint
+from ctsurv.training.pretrain import encode_all
 
 HERE = Path(__file__).parent
 FINDINGS = ["Lung nodule", "Lymphadenopathy", "Lytic bone lesion", "Consolidation", "Arterial wall calcification",
             "Emphysema", "Lung mass", "Pleural effusion", "Cardiomegaly", "Pericardial effusion"]
 
 
-@torch.no_grad()
 def features(cohort_dir: Path, vlm, cfg, chunk: int = 50) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Study ids, pooled encoder features (n, 2*Dv) and mediastinal-window cells (n, 3072)."""
     cohort = load_cohort(cohort_dir / "cohort.csv", cfg.data)
     pre = Preprocessor(cfg.data)
-    pooled, cells = [], []
-    for start in range(0, len(cohort), chunk):
+    pooled, views = [], []
+    for start in range(0, len(cohort), chunk):  # in chunks: all volumes at once would take GBs
         volumes = torch.stack([pre.load(cohort.volume_paths[i], cohort.spacing_zyx(i))
                                for i in range(start, min(start + chunk, len(cohort)))])
-        grid = vlm.projector.pool(vlm.vision_encoder.features(volumes))  # (B, Dv, N)
-        top = grid[:, :, -1] if vlm.projector.max_token else grid.amax(-1)
-        body = grid[:, :, :-1] if vlm.projector.max_token else grid
-        pooled.append(torch.cat([body.mean(-1), top], dim=1).numpy())
-        cells += [F.adaptive_avg_pool3d(central(v[1])[None, None], CELLS_XYZ).flatten().numpy() for v in volumes]
-    return list(cohort.ids), np.concatenate(pooled), np.stack(cells)
+        pooled.append(findings_summary(encode_all(vlm, volumes), vlm.projector.max_token).numpy())
+        views += [cells(v) for v in volumes]
+    return list(cohort.ids), np.concatenate(pooled), np.stack(views)
 
 
 def main() -> None:

@@ -47,15 +47,22 @@ def central(volume: torch.Tensor) -> torch.Tensor:
     return volume[x // 4 : x - x // 4, y // 4 : y - y // 4, z // 6 : z - z // 6]
 
 
+def cells(volume: torch.Tensor, whole: bool = False) -> np.ndarray:
+    """A preprocessed volume (C, X, Y, Z) -> its mediastinal window (the first of ``data.extra_hu_windows``,
+    channel 1) averaged to CELLS_XYZ cells (3072,), of the central field or, with ``whole``, of all of it."""
+    image = volume[1]
+    view = image if whole else central(image)
+    return F.adaptive_avg_pool3d(view[None, None], CELLS_XYZ).flatten().numpy()
+
+
 def features(cohort_dir: Path, pre: Preprocessor, cfg) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Cell averages of the mediastinal window ({"central": (n, 3072), "whole": (n, 3072)}) and the truth."""
     cohort = load_cohort(cohort_dir / "cohort.csv", cfg.data)
-    window = 1  # channel order: data.hu_window, then data.extra_hu_windows
     rows: dict[str, list[np.ndarray]] = {"central": [], "whole": []}
     for i, path in enumerate(cohort.volume_paths):
-        image = pre.load(path, cohort.spacing_zyx(i))[window]
-        for name, view in (("central", central(image)), ("whole", image)):
-            rows[name].append(F.adaptive_avg_pool3d(view[None, None], CELLS_XYZ).flatten().numpy())
+        volume = pre.load(path, cohort.spacing_zyx(i))
+        rows["central"].append(cells(volume))
+        rows["whole"].append(cells(volume, whole=True))
     truth = pd.read_csv(cohort_dir / "truth.csv", dtype={"id": str}).set_index("id").loc[cohort.ids]
     return {k: np.stack(v) for k, v in rows.items()}, truth[FINDING].to_numpy()
 

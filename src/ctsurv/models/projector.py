@@ -26,6 +26,14 @@ from torch import nn
 from ctsurv.config import ProjectorConfig
 
 
+def findings_summary(pooled: torch.Tensor, max_token: bool) -> torch.Tensor:
+    """Pooled features (B, Dv, N) -> (B, 2*Dv): mean of the grid tokens, then the channel-wise maximum
+    (the max token, when there is one): what a findings token's classifier reads."""
+    grid = pooled[:, :, :-1] if max_token else pooled
+    top = pooled[:, :, -1] if max_token else pooled.amax(-1)
+    return torch.cat([grid.mean(-1), top], dim=1)
+
+
 class FindingsHead(nn.Module):
     """A linear presence classifier on the pooled grid: logits = weight @ ((summary - mean) / scale) + bias.
 
@@ -44,10 +52,8 @@ class FindingsHead(nn.Module):
         self.register_buffer("bias", torch.zeros(n_findings))
 
     def summary(self, pooled: torch.Tensor) -> torch.Tensor:
-        """Pooled features (B, Dv, N) -> (B, 2*Dv): mean of the grid tokens, then the maximum."""
-        grid = pooled[:, :, :-1] if self.max_token else pooled
-        top = pooled[:, :, -1] if self.max_token else pooled.amax(-1)
-        return torch.cat([grid.mean(-1), top], dim=1)
+        """Pooled features (B, Dv, N) -> (B, 2*Dv): :func:`findings_summary`."""
+        return findings_summary(pooled, self.max_token)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         x = (self.summary(pooled).float() - self.mean) / self.scale
