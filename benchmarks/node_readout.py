@@ -35,24 +35,19 @@ from ctsurv.config import load_config
 from ctsurv.data.cohort import load_cohort
 from ctsurv.data.simulate import simulate
 from ctsurv.data.transforms import Preprocessor
+from ctsurv.models.projector import CELLS_XYZ, central_cells
 
 HERE = Path(__file__).parent
 FINDING = "Lymphadenopathy"
-CELLS_XYZ = (16, 16, 12)
-
-
-def central(volume: torch.Tensor) -> torch.Tensor:
-    """(X, Y, Z) -> the central half in x and y and the central two thirds in z."""
-    x, y, z = volume.shape
-    return volume[x // 4 : x - x // 4, y // 4 : y - y // 4, z // 6 : z - z // 6]
 
 
 def cells(volume: torch.Tensor, whole: bool = False) -> np.ndarray:
     """A preprocessed volume (C, X, Y, Z) -> its mediastinal window (the first of ``data.extra_hu_windows``,
-    channel 1) averaged to CELLS_XYZ cells (3072,), of the central field or, with ``whole``, of all of it."""
-    image = volume[1]
-    view = image if whole else central(image)
-    return F.adaptive_avg_pool3d(view[None, None], CELLS_XYZ).flatten().numpy()
+    channel 1) averaged to CELLS_XYZ cells (3072,), of the central field (what the findings head reads with
+    ``projector.findings_cells_channel: 1``) or, with ``whole``, of all of it."""
+    if whole:
+        return F.adaptive_avg_pool3d(volume[None, 1:2].float(), CELLS_XYZ).flatten().numpy()
+    return central_cells(volume[None], channel=1)[0].numpy()
 
 
 def features(cohort_dir: Path, pre: Preprocessor, cfg) -> tuple[dict[str, np.ndarray], np.ndarray]:

@@ -68,7 +68,11 @@ def step_flops_and_seconds(checkpoint: Path, cfg, cohort, volumes) -> tuple[floa
     pairs = [[(q.text, a) for q, a in instruction_pairs(f, i)] for f, i in zip(table.findings[:bs], table.impression[:bs])]
     frozen = not vision_trains(cfg, "instruct")  # then stage 2 trains on cached encoder features, as here
     inputs, kind = (encode_all(model, volumes[:bs]), "features") if frozen else (volumes, "images")
-    batch = study_collate(model, kind)([(inputs[i], pairs[i]) for i in range(bs)])
+    rows = [(inputs[i], pairs[i]) for i in range(bs)]
+    if frozen and model.projector.findings is not None:  # stage 2 is given the findings token's logits, as in training
+        logits = model.projector.findings(inputs, model.projector.cells(volumes[:bs].float()))
+        rows = [(*row, logits[i]) for i, row in enumerate(rows)]
+    batch = study_collate(model, kind)(rows)
     loss_module = InstructionLoss(model, frozen_vision=frozen).train()
     with FlopCounterMode(display=False) as counter:
         loss_module(**batch).backward()
@@ -110,6 +114,8 @@ def main() -> None:
     truth = pd.read_csv(test_dir / "truth.csv", dtype={"id": str}).set_index("id").loc[test.ids]
     p_yes = vlm_features(model, volumes).p_yes  # (N, Q): how the model ranks the scans, whatever its answer
     readout = linear_readout(model, cfg, train_dir, out / "split.csv", volumes)
+    head = model.projector.findings  # the findings token's classifier, if any: what the LM is given to read
+    head_p = None if head is None else torch.sigmoid(head(encode_all(model, volumes), model.projector.cells(volumes))).numpy()
     rows = []
     for j, q in enumerate(presence):
         pred = [int(bool(parse_answer(q, a[j]))) for a in answers]
@@ -122,6 +128,12 @@ def main() -> None:
                 row["encoder_readout"] = {
                     "accuracy": float(((readout[:, j] > 0.5) == truth[q.label].to_numpy()).mean()),
                     "auc": float(roc_auc_score(truth[q.label], readout[:, j])),
+                }
+            if head_p is not None:
+                row["findings_head"] = {
+                    "accuracy": float(((head_p[:, j] > 0.5) == truth[q.label].to_numpy()).mean()),
+                    "auc": float(roc_auc_score(truth[q.label], head_p[:, j])),
+                    "reads_cells": head.cells_channel is not None and bool(head.reads_cells[j]),
                 }
         rows.append(row)
 
@@ -207,21 +219,25 @@ def _markdown(r: dict, argv: str) -> str:
         "",
         "## Yes/no answers on a test cohort from an unseen seed (1000)",
         "",
-        "Last two columns: the linear readout of the frozen encoder (logistic regression on its pooled grid,",
-        "fitted on the training studies' report labels), against the truth.",
+        "Encoder readout: a logistic regression on the frozen encoder's pooled grid, fitted on the training studies'",
+        "report labels, against the truth. Findings head: the findings token's classifier (P > 0.5), against the truth,",
+        "and whether it reads the mediastinal cells (`projector.findings_cells_channel`).",
         "",
         (
             "| finding | accuracy vs truth | F1 vs truth | AUC of P(yes) vs truth | positives (truth) | accuracy vs report labels "
-            "| F1 vs report labels | encoder readout accuracy | encoder readout AUC |"
+            "| F1 vs report labels | encoder readout accuracy | encoder readout AUC | findings head accuracy "
+            "| findings head AUC | head reads cells |"
         ),
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in r["test_presence"]:
         t, rep = row.get("vs_truth"), row["vs_reports"]
         truth_cells = f"{t['accuracy']:.3f} | {t['f1']:.3f} | {t['auc_p_yes']:.3f} | {t['support']}" if t else "– | – | – | –"
         ro = row.get("encoder_readout")
         ro_cells = f"{ro['accuracy']:.3f} | {ro['auc']:.3f}" if ro else "– | –"
-        lines.append(f"| {row['finding']} | {truth_cells} | {rep['accuracy']:.3f} | {rep['f1']:.3f} | {ro_cells} |")
+        fh = row.get("findings_head")
+        fh_cells = f"{fh['accuracy']:.3f} | {fh['auc']:.3f} | {'yes' if fh['reads_cells'] else 'no'}" if fh else "– | – | –"
+        lines.append(f"| {row['finding']} | {truth_cells} | {rep['accuracy']:.3f} | {rep['f1']:.3f} | {ro_cells} | {fh_cells} |")
     return "\n".join(lines) + "\n"
 
 

@@ -53,8 +53,9 @@ def main() -> None:
     test = load_cohort(args.work / "test" / "cohort.csv", cfg.data)
     parts = {}
     for name, cohort in (("train", train), ("test", test)):
-        features = encode_all(model, preprocess_all(cohort, cfg, progress=False))  # (n, Dv, N)
-        answers = vlm_features(model, features, kind="features")
+        volumes = preprocess_all(cohort, cfg, progress=False)
+        features = encode_all(model, volumes)  # (n, Dv, N)
+        answers = vlm_features(model, features, kind="features", cells=model.projector.cells(volumes))
         truth = pd.read_csv(args.work / name / "truth.csv", dtype={"id": str}).set_index("id").loc[cohort.ids]
         parts[name] = (features.numpy(), answers, truth)
 

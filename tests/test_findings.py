@@ -1,5 +1,6 @@
 """The projector's findings token: the closed-form fit against scikit-learn, its out-of-fold logits, the
-token itself, its checkpoint round trip, and the configurations that cannot have one."""
+token itself, its checkpoint round trip, and the configurations that cannot have one; the cells it may also
+read (their region, the per-finding choice on held-out studies, and the errors when they are missing)."""
 
 from __future__ import annotations
 
@@ -20,9 +21,11 @@ from tiny_setups import (
     tiny_config,
 )
 
+from ctsurv.errors import ConfigError
+from ctsurv.models.projector import CELLS_XYZ, central_cells
 from ctsurv.models.vlm import PRESENCE_LABELS
 from ctsurv.training.checkpoint import load_checkpoint, save_checkpoint
-from ctsurv.training.findings import FOLDS, C, fit_findings_head
+from ctsurv.training.findings import FOLDS, C, HeldOut, fit_findings_head
 
 N = 40
 
@@ -58,7 +61,7 @@ def test_the_fitted_head_is_scikit_learns_logistic_regression(model) -> None:
         known = labels[:, j].numpy() >= 0
         # one standardisation from all studies, as the head stores it; the fit on the studies with a label
         scaler = StandardScaler().fit(x)
-        reference = LogisticRegression(C=C, max_iter=5000).fit(scaler.transform(x[known]), labels[known, j].numpy())
+        reference = LogisticRegression(C=C, tol=1e-10, max_iter=100_000).fit(scaler.transform(x[known]), labels[known, j].numpy())
         np.testing.assert_allclose(ours[:, j], reference.decision_function(scaler.transform(x)), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(ours[:, 2], np.log(40.5 / 0.5), rtol=1e-6)  # one class: the smoothed prior
     np.testing.assert_allclose(ours[:, 3], 0.0)  # never labelled: no information
@@ -68,12 +71,13 @@ def test_the_fitted_head_is_scikit_learns_logistic_regression(model) -> None:
 
 def test_out_of_fold_logits_come_from_the_other_folds(model) -> None:
     pooled, labels = data(model, seed=1)
-    oof = fit_findings_head(model.projector.findings, pooled, labels, seed=3).double().numpy()
+    oof, _ = fit_findings_head(model.projector.findings, pooled, labels, seed=3)
+    oof = oof.double().numpy()
     assert oof.shape == (N, len(PRESENCE_LABELS))
     x, y = summary(pooled), labels[:, 0].numpy()
     expected = np.zeros(N)
     for fit_rows, out_rows in KFold(FOLDS, shuffle=True, random_state=3).split(x):
-        pipe = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=5000)).fit(x[fit_rows], y[fit_rows])
+        pipe = make_pipeline(StandardScaler(), LogisticRegression(C=C, tol=1e-10, max_iter=100_000)).fit(x[fit_rows], y[fit_rows])
         expected[out_rows] = pipe.decision_function(x[out_rows])
     np.testing.assert_allclose(oof[:, 0], expected, rtol=1e-4, atol=1e-4)
     # not the in-sample logits of the head fitted on everything
@@ -103,6 +107,8 @@ def test_the_fitted_head_survives_a_checkpoint(model, tmp_path: Path) -> None:
     fit_findings_head(model.projector.findings, pooled, labels)
     loaded, cfg = load_checkpoint(save_checkpoint(tmp_path / "ckpt", model, model_cfg()))
     assert cfg.projector.findings_token
+    # without cells the head holds what it held before they existed, so older checkpoints still load
+    assert set(model.projector.findings.state_dict()) == {"mean", "scale", "weight", "bias"}
     torch.testing.assert_close(loaded.projector.findings(pooled), model.projector.findings(pooled), rtol=0, atol=0)
     torch.testing.assert_close(loaded.project_features(pooled), model.eval().project_features(pooled), rtol=0, atol=0)
 
@@ -128,3 +134,115 @@ def test_pretrain_refuses_a_findings_token_on_an_encoder_that_trains(cohort: Pat
 def test_pretrain_needs_one_training_study_per_fold(cohort: Path, tmp_path: Path) -> None:  # noqa: F811
     result = pretrain(cohort, tmp_path / "run", "pretrain.val_fraction=0.7")  # 2 of 6 patients: 4 studies
     assert_user_error(result, "only 4 training studies", "5 folds", "projector.findings_token=false")
+
+
+# ----------------------------------------------------------------------------- the cells
+
+
+CELLS = ("projector.max_token=true", "projector.findings_token=true", "projector.findings_cells_channel=0")
+K = int(np.prod(CELLS_XYZ))
+
+
+def test_central_cells_average_one_channel_over_the_central_field() -> None:
+    images = torch.zeros(2, 3, 64, 64, 48)
+    images[0, 1, 16:48, 16:48, 8:40] = 1.0  # exactly the central field (half of x and y, two thirds of z)
+    images[1, 1, 30:32, 30:32, 22:26] = 1.0  # one cell of 2 x 2 x (32/12) voxels holds it
+    images[:, 0] = 5.0  # another channel
+    images[:, 1, :16] = 7.0  # outside the central field
+    cells = central_cells(images, channel=1)
+    assert cells.shape == (2, K)
+    torch.testing.assert_close(cells[0], torch.ones(K))
+    grid = cells[1].reshape(CELLS_XYZ)
+    lit = grid.nonzero()
+    assert set(lit[:, 0].tolist()) == {7} and set(lit[:, 1].tolist()) == {7}  # x 30-31 and y 30-31 of 16-48: cells 7
+    # z 22-25 of 8-40 are voxels 14-17 of the 32; adaptive pooling to 12 averages voxels 13-15 into cell 5 and
+    # 16-18 into cell 6: two of three lit in each
+    assert len(lit) == 2
+    torch.testing.assert_close(grid[7, 7, 5:7], torch.tensor([2 / 3, 2 / 3]))
+
+
+def cell_data(model, seed: int, n: int = N) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pooled features that tell finding 0, cells (n, K) one of which tells finding 1 (and nothing else does)."""
+    pooled, labels = data(model, seed)
+    g = torch.Generator().manual_seed(100 + seed)
+    pooled, labels = pooled[:n], labels[:n]
+    cells = torch.randn(n, K, generator=g)
+    cells[:, 7] += 3.0 * labels[:, 1].clamp(min=0)
+    labels[:, 1] = torch.where(labels[:, 1] < 0, torch.randint(0, 2, (n,), generator=g), labels[:, 1])
+    cells[:, 7] = torch.where(labels[:, 1] == 1, cells[:, 7].abs() + 3.0, -cells[:, 7].abs())
+    return pooled, cells, labels
+
+
+def test_each_finding_reads_the_cells_only_where_they_lower_the_held_out_loss() -> None:
+    model = build(tiny_config(*CELLS))
+    head = model.projector.findings
+    pooled, cells, labels = cell_data(model, seed=0)
+    val = HeldOut(*cell_data(model, seed=1, n=30))
+    oof, choice = fit_findings_head(head, pooled, labels, seed=2, cells=cells, held_out=val)
+    assert bool(head.reads_cells[1]) and not bool(head.reads_cells[0])
+    assert choice[1]["reads_cells"] and choice[1]["pooled + cells"] < choice[1]["pooled"]
+    assert not choice[0]["reads_cells"] and choice[0]["pooled"] <= choice[0]["pooled + cells"]
+    assert set(choice) == set(range(len(PRESENCE_LABELS))) - {3}  # finding 3 is never labelled, so never chosen
+    k = head.n_summary
+    assert not head.weight[0, k:].any() and head.weight[1, k:].any()  # finding 0 ignores the cells
+    # finding 1 is scikit-learn's logistic regression on the standardised summary and cells of all studies
+    x = np.hstack([summary(pooled), cells.double().numpy()])
+    scaler = StandardScaler().fit(x)
+    reference = LogisticRegression(C=C, tol=1e-10, max_iter=100_000).fit(scaler.transform(x), labels[:, 1].numpy())
+    ours = head(pooled, cells).double().numpy()
+    np.testing.assert_allclose(ours[:, 1], reference.decision_function(scaler.transform(x)), rtol=1e-3, atol=1e-3)
+    # and so are its out-of-fold logits, fold by fold
+    expected = np.zeros(N)
+    for fit_rows, out_rows in KFold(FOLDS, shuffle=True, random_state=2).split(x):
+        pipe = make_pipeline(StandardScaler(), LogisticRegression(C=C, tol=1e-10, max_iter=100_000)).fit(x[fit_rows], labels[fit_rows, 1])
+        expected[out_rows] = pipe.decision_function(x[out_rows])
+    np.testing.assert_allclose(oof[:, 1].double().numpy(), expected, rtol=1e-3, atol=1e-3)
+    # the held-out log-loss that chose it
+    z_val = scaler.transform(np.hstack([summary(val.pooled), val.cells.double().numpy()]))
+    p_val = reference.predict_proba(z_val)[:, 1]
+    from sklearn.metrics import log_loss
+
+    assert choice[1]["pooled + cells"] == pytest.approx(log_loss(val.labels[:, 1].numpy(), p_val), rel=1e-3)
+
+
+def test_a_head_that_reads_cells_refuses_features_without_them_and_encode_image_computes_them(tmp_path: Path) -> None:
+    cfg = tiny_config(*CELLS)
+    model = build(cfg).eval()
+    pooled, cells, labels = cell_data(model, seed=0)
+    fit_findings_head(model.projector.findings, pooled, labels, cells=cells, held_out=HeldOut(*cell_data(model, 1, 30)))
+    with pytest.raises(ValueError, match="also reads the volume's cells"):
+        model.project_features(pooled)
+    images = torch.rand(3, cfg.data.in_channels, 32, 32, 16)
+    features = model.projector.pool(model.vision_encoder.features(images))
+    expected = model.project_features(features, cells=central_cells(images, channel=0))
+    torch.testing.assert_close(model.encode_image(images), expected)
+    # the choice and the cells' weights survive a checkpoint
+    loaded, loaded_cfg = load_checkpoint(save_checkpoint(tmp_path / "ckpt", model, cfg))
+    assert loaded_cfg.projector.findings_cells_channel == 0
+    torch.testing.assert_close(loaded.projector.findings.reads_cells, model.projector.findings.reads_cells, rtol=0, atol=0)
+    torch.testing.assert_close(loaded.encode_image(images), model.encode_image(images), rtol=0, atol=0)
+
+
+def test_the_cells_need_their_inputs() -> None:
+    model = build(tiny_config(*CELLS))
+    pooled, cells, labels = cell_data(model, seed=0)
+    with pytest.raises(ValueError, match="held-out studies"):
+        fit_findings_head(model.projector.findings, pooled, labels, cells=cells)
+    with pytest.raises(ValueError, match="give cells exactly when"):
+        fit_findings_head(model.projector.findings, pooled, labels)
+    plain = build(model_cfg())
+    with pytest.raises(ValueError, match="give cells exactly when"):
+        fit_findings_head(plain.projector.findings, pooled, labels, cells=cells, held_out=HeldOut(pooled, cells, labels))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needles"),
+    [
+        (("projector.findings_cells_channel=1",), ("projector.findings_token=true",)),
+        (("projector.findings_token=true", "projector.findings_cells_channel=5"), ("from 0 to 0", "got 5")),
+    ],
+)
+def test_config_errors_for_the_cells(overrides: tuple[str, ...], needles: tuple[str, ...]) -> None:
+    with pytest.raises(ConfigError) as err:
+        tiny_config(*overrides)
+    assert all(needle in str(err.value) for needle in needles)

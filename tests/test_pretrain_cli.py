@@ -24,7 +24,7 @@ from ctsurv.data.instructions import QUESTIONS, instruction_pairs
 from ctsurv.data.simulate import simulate
 from ctsurv.evaluation.vlm_eval import SHORT_ANSWER_TOKENS
 from ctsurv.inference import answer_volume
-from ctsurv.models.vlm import CTVLM
+from ctsurv.models.vlm import CTVLM, PRESENCE_LABELS
 from ctsurv.training.stages import InstructionLoss
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
@@ -131,12 +131,13 @@ def test_stage_0_trains_the_encoder_that_stages_1_and_2_keep_frozen(run: Path) -
 
 
 def test_the_findings_head_is_fitted_on_the_training_studies_before_stage_1(run: Path, cohort: Path) -> None:
-    """configs/demo.yaml has projector.findings_token: the head is zero after stage 0, fitted before stage 1 on
-    the frozen encoder's features of the split's training studies, and kept as it is by stages 1-2."""
+    """configs/demo.yaml has projector.findings_token with the mediastinal cells: the head is zero after stage 0,
+    fitted before stage 1 on the frozen encoder's features and the cells of the split's training studies, its
+    cells chosen per finding on the validation studies, and kept as it is by stages 1-2."""
     from ctsurv.data.cohort import load_cohort
     from ctsurv.data.datasets import presence_labels
     from ctsurv.training.checkpoint import load_checkpoint
-    from ctsurv.training.findings import fit_findings_head
+    from ctsurv.training.findings import HeldOut, fit_findings_head
     from ctsurv.training.pretrain import encode_all, preprocess_all
 
     heads = {stage: load_checkpoint(run / stage)[0].projector.findings for stage in ("vision", "align", "instruct")}
@@ -144,17 +145,30 @@ def test_the_findings_head_is_fitted_on_the_training_studies_before_stage_1(run:
     for name, tensor in heads["align"].state_dict().items():
         torch.testing.assert_close(heads["instruct"].state_dict()[name], tensor, rtol=0, atol=0)
     model, cfg = load_checkpoint(run / "vision")
-    split = pd.read_csv(run / "split.csv", dtype=str)
-    train = load_cohort(cohort, cfg.data).subset(split.index[split["split"] == "train"].to_numpy())
-    table = pd.read_csv(cohort).set_index("id").loc[train.ids]
+    assert cfg.projector.findings_cells_channel == 1
+    studies = load_cohort(cohort, cfg.data)
+    split = pd.read_csv(run / "split.csv", dtype=str).set_index("id").loc[studies.ids, "split"].to_numpy()
+    table = pd.read_csv(cohort).set_index("id").loc[studies.ids]
     labels = torch.tensor(
         [presence_labels([(q.text, a) for q, a in instruction_pairs(f, i)]) for f, i in zip(table.findings, table.impression)]
     )
-    features = encode_all(model, preprocess_all(train, cfg, progress=False))
-    fit_findings_head(model.projector.findings, features, labels, seed=cfg.seed)
+    volumes = preprocess_all(studies, cfg, progress=False)
+    features, cells = encode_all(model, volumes), model.projector.cells(volumes)
+    train, val = split == "train", split == "val"
+    _, choice = fit_findings_head(
+        model.projector.findings, features[train], labels[train], seed=cfg.seed, cells=cells[train],
+        held_out=HeldOut(features[val], cells[val], labels[val]),
+    )
     for name, tensor in model.projector.findings.state_dict().items():
         torch.testing.assert_close(heads["align"].state_dict()[name], tensor)
     assert heads["align"].weight.any()
+    # the choice and its held-out log-losses are in the stage's metrics
+    recorded = json.loads((run / "align" / "metrics.json").read_text())["findings_head"]
+    assert list(recorded) == [PRESENCE_LABELS[j] for j in choice]
+    for j, refit in choice.items():
+        assert recorded[PRESENCE_LABELS[j]] == pytest.approx(refit)
+    reads = heads["align"].reads_cells
+    assert [label for label, c in recorded.items() if c["reads_cells"]] == [PRESENCE_LABELS[j] for j in reads.nonzero()[:, 0]]
 
 
 def test_ask_answers_the_predefined_questions(run: Path, cohort: Path, monkeypatch: pytest.MonkeyPatch) -> None:

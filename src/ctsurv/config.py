@@ -135,6 +135,17 @@ class ProjectorConfig:
     # one more token: the presence findings as a linear classifier reads them in the pooled grid, fitted
     # on the training studies' report labels before stage 1 (needs the vision encoder frozen in stages 1-2)
     findings_token: bool = False
+    # the findings classifier may also read where tissue lies: this input channel (e.g. 1, the mediastinal window)
+    # averaged to 16 x 16 x 12 cells of the central field; a finding keeps the cells only where they lower its
+    # log-loss on the held-out studies (lymph nodes; ctsurv.training.findings). None: pooled features only
+    findings_cells_channel: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.findings_cells_channel is not None and not self.findings_token:
+            raise ConfigError(
+                "projector.findings_cells_channel feeds the findings token's classifier; set projector.findings_token=true "
+                "or projector.findings_cells_channel=null"
+            )
 
     @property
     def num_tokens(self) -> int:
@@ -267,6 +278,12 @@ class ExperimentConfig:
             raise ConfigError(
                 "lora.enabled is for pretrained language models; the tiny model starts from random weights "
                 "and trains fully. Set lora.enabled=false or language.model=<path of a local HF model>"
+            )
+        channel = self.projector.findings_cells_channel
+        if channel is not None and not 0 <= channel < self.data.in_channels:
+            raise ConfigError(
+                f"projector.findings_cells_channel must be an input channel from 0 to {self.data.in_channels - 1} "
+                f"(one per HU window: data.hu_window, then data.extra_hu_windows; then the blob channels), got {channel}"
             )
         extra = [k for k in ("extra_hu_windows", "blob_sigmas_mm") if getattr(self.data, k)]
         if extra and self.vision.encoder == "i3resnet152":

@@ -30,14 +30,20 @@ SHORT_ANSWER_TOKENS = 16  # enough for "Right upper lobe and left lower lobe." a
 
 @torch.no_grad()
 def answer_questions(
-    vlm: CTVLM, inputs: torch.Tensor, kind: str, questions: list[str], max_new_tokens: int, batch_size: int = 32
+    vlm: CTVLM, inputs: torch.Tensor, kind: str, questions: list[str], max_new_tokens: int, batch_size: int = 32,
+    cells: torch.Tensor | None = None,
 ) -> list[list[str]]:
-    """Generated answers ``[study][question]`` for every input (volumes or cached encoder features)."""
+    """Generated answers ``[study][question]`` for every input (volumes or cached encoder features; with
+    features, ``cells`` are the volumes' cells for a findings head that reads them, ``projector.cells``)."""
     answers: list[list[str]] = [[] for _ in range(len(inputs))]
+    device = next(vlm.parameters()).device  # where training left the model (a GPU under Accelerate)
     for start in range(0, len(inputs), batch_size):
-        chunk = inputs[start : start + batch_size].float()
-        grid = chunk if kind == "features" else vlm.vision_encoder.features(chunk)
-        tokens = vlm.project_features(grid)  # (b, N, D)
+        chunk = inputs[start : start + batch_size].to(device).float()
+        if kind == "features":
+            part = None if cells is None else cells[start : start + batch_size].to(device)
+            tokens = vlm.project_features(chunk, cells=part)
+        else:
+            tokens = vlm.encode_image(chunk)  # (b, N, D)
         for q in questions:
             out = vlm.generate(tokens, [q] * len(chunk), max_new_tokens=max_new_tokens)
             for i, a in enumerate(out):
@@ -54,16 +60,20 @@ def evaluate_vlm(
     max_new_tokens: int,
     out_dir: Path | None = None,
     progress: bool = True,
+    cells: torch.Tensor | None = None,
 ) -> dict[str, Any]:
-    """Score the model's answers on held-out studies; write ``eval.json`` and ``eval.md`` to ``out_dir``."""
+    """Score the model's answers on held-out studies; write ``eval.json`` and ``eval.md`` to ``out_dir``.
+
+    ``inputs`` are volumes (``kind="images"``) or cached encoder features (``"features"``, with the volumes'
+    ``cells`` for a findings head that reads them)."""
     refs = [answers_from_report(f, i or None) for f, i in zip(findings, impressions)]
     short = [q for q in QUESTIONS if q.kind not in ("impression", "report")]
     generated: dict[str, list[str]] = {}
     for q in track(short, description="answering held-out questions", disable=not progress):
-        generated[q.key] = [a[0] for a in answer_questions(vlm, inputs, kind, [q.text], max_new_tokens=SHORT_ANSWER_TOKENS)]
+        generated[q.key] = [a[0] for a in answer_questions(vlm, inputs, kind, [q.text], max_new_tokens=SHORT_ANSWER_TOKENS, cells=cells)]
     long_questions = [q for q in QUESTIONS if q.kind in ("impression", "report")]
     for q in long_questions:
-        generated[q.key] = [a[0] for a in answer_questions(vlm, inputs, kind, [q.text], max_new_tokens)]
+        generated[q.key] = [a[0] for a in answer_questions(vlm, inputs, kind, [q.text], max_new_tokens, cells=cells)]
 
     metrics: dict[str, Any] = {"n_studies": len(refs)}
     presence = [q for q in short if q.kind == "presence"]

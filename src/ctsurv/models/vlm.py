@@ -54,12 +54,15 @@ class CTVLM(nn.Module):
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Visual tokens of preprocessed volumes (B, C, X, Y, Z) -> (B, N, D)."""
-        return self.projector(self.vision_encoder.features(images))
+        return self.projector(self.vision_encoder.features(images), cells=self.projector.cells(images))
 
-    def project_features(self, grid: torch.Tensor, finding_logits: torch.Tensor | None = None) -> torch.Tensor:
+    def project_features(
+        self, grid: torch.Tensor, finding_logits: torch.Tensor | None = None, cells: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Visual tokens from cached encoder features (B, Dv, gx, gy, gz) or (B, Dv, N) -> (B, N, D);
-        ``finding_logits`` (B, P) override the findings head's (see ``Projector.forward``)."""
-        return self.projector(grid, finding_logits)
+        ``finding_logits`` (B, P) override the findings head's, ``cells`` (B, K) are what it reads in the
+        volumes besides the grid (``projector.cells(volumes)``; see ``Projector.forward``)."""
+        return self.projector(grid, finding_logits, cells)
 
     # ------------------------------------------------------------------ text side
 

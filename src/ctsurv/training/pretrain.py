@@ -8,7 +8,9 @@ cohort of CT volumes with reports (see ``training.stages`` for what each stage t
     out/<stage>_run/train_state/           resume state while a stage runs
 
 With ``projector.findings_token`` the findings classifier is fitted on the cached features before stage 1
-(``training.findings``), and stages 1-2 see the training studies' out-of-fold logits.
+(``training.findings``), and stages 1-2 see the training studies' out-of-fold logits. With
+``projector.findings_cells_channel`` the validation studies choose, per finding, whether it reads the cells;
+the choice and its log-losses are in the stage's metrics.json (``findings_head``).
 
 ``--resume`` skips finished stages and continues an interrupted one from its last epoch.
 """
@@ -39,9 +41,9 @@ from ctsurv.data.instructions import instruction_pairs
 from ctsurv.data.transforms import Preprocessor
 from ctsurv.errors import ConfigError, CtsurvError
 from ctsurv.models.language import train_tokenizer
-from ctsurv.models.vlm import CTVLM, build_vlm
+from ctsurv.models.vlm import CTVLM, PRESENCE_LABELS, build_vlm
 from ctsurv.training.checkpoint import load_checkpoint, save_checkpoint
-from ctsurv.training.findings import FOLDS, fit_findings_head
+from ctsurv.training.findings import FOLDS, HeldOut, fit_findings_head
 from ctsurv.training.loop import train
 from ctsurv.training.stages import FindingLoss, InstructionLoss, set_trainable, vision_stage_runs, vision_trains
 
@@ -160,7 +162,10 @@ def pretrain(
             "pretrain.val_fraction, or set projector.findings_token=false"
         )
 
-    answers = [[(q.text, a) for q, a in instruction_pairs(findings[i], impressions[i])] for i in train_idx]
+    def question_answers(i: int) -> list[tuple[str, str]]:
+        return [(q.text, a) for q, a in instruction_pairs(findings[i], impressions[i])]
+
+    answers = [question_answers(i) for i in train_idx]
     # stage 0 learns the presence answers among them (report-derived, like everything here)
     stage_pairs = {"vision": answers, "align": [align_pairs(findings[i], impressions[i]) for i in train_idx], "instruct": answers}
     tokenizer_dir = out_dir / "tokenizer"
@@ -180,8 +185,11 @@ def pretrain(
     volumes = preprocess_all(cohort, cfg, progress)
     seconds["preprocess"] = time.perf_counter() - t0
 
+    val_idx = np.flatnonzero(val)
     features = None
+    cells = vlm.projector.cells(volumes)  # (n, K) what the findings head reads besides the grid, or None
     finding_logits = None  # the findings token's out-of-fold logits of the training studies
+    findings_choice: dict = {}
     for stage in STAGES:
         stage_dir = out_dir / stage
         if (stage == "vision" and not vision_stage_runs(cfg)) or getattr(cfg.pretrain, stage).epochs == 0:
@@ -197,7 +205,15 @@ def pretrain(
         if stage != "vision" and cfg.projector.findings_token and finding_logits is None:
             # deterministic, so a resumed run fits the same head (and overwrites a loaded one with equal values)
             labels = torch.tensor([presence_labels(pairs) for pairs in answers], dtype=torch.long)
-            finding_logits = fit_findings_head(vlm.projector.findings, features[train_idx], labels, seed=cfg.seed)
+            held_out = None
+            if cells is not None:  # the validation studies, which stage 0 never saw, choose where cells are read
+                val_labels = [presence_labels(question_answers(i)) for i in val_idx]
+                held_out = HeldOut(features[val_idx], cells[val_idx], torch.tensor(val_labels, dtype=torch.long))
+            finding_logits, choice = fit_findings_head(
+                vlm.projector.findings, features[train_idx], labels, seed=cfg.seed,
+                cells=None if cells is None else cells[train_idx], held_out=held_out,
+            )
+            findings_choice = {PRESENCE_LABELS[j]: c for j, c in choice.items()}
         inputs, kind = (features, "features") if frozen_vision else (volumes, "images")
         logits = finding_logits if stage != "vision" else None
         dataset = StudyDataset(inputs[train_idx], stage_pairs[stage], kind, logits)
@@ -215,17 +231,20 @@ def pretrain(
             out_dir=out_dir / f"{stage}_run", resume=resume, description=stage, progress=progress,
         )
         seconds[stage] = time.perf_counter() - t0
-        save_checkpoint(stage_dir, vlm, cfg, metrics=_stage_metrics(history, seconds[stage], len(dataset)))
+        stage_metrics = _stage_metrics(history, seconds[stage], len(dataset))
+        if stage != "vision" and findings_choice:
+            stage_metrics["findings_head"] = findings_choice
+        save_checkpoint(stage_dir, vlm, cfg, metrics=stage_metrics)
 
     from ctsurv.evaluation.vlm_eval import evaluate_vlm
 
     t0 = time.perf_counter()
-    val_idx = np.flatnonzero(val)
     inputs = features if (features is not None and not vision_trains(cfg, "instruct")) else volumes
     kind = "features" if inputs is features else "images"
     metrics = evaluate_vlm(
         vlm.eval(), inputs[val_idx], kind, [findings[i] for i in val_idx], [impressions[i] for i in val_idx],
         max_new_tokens=cfg.pretrain.max_new_tokens, out_dir=out_dir / "instruct", progress=progress,
+        cells=None if (cells is None or kind == "images") else cells[val_idx],
     )
     seconds["evaluate"] = time.perf_counter() - t0
     return PretrainSummary(out_dir, len(train_idx), len(val_idx), seconds, metrics)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -46,7 +45,7 @@ from ctsurv.evaluation.crossval import FoldPrediction
 from ctsurv.models.representation import answer_features, visual_states
 from ctsurv.models.survival import BreslowBaseline, RiskQueryHead, SurvivalHead, fit_survival_head
 from ctsurv.models.vlm import CTVLM
-from ctsurv.training.survival_finetune import tuned_model
+from ctsurv.training.survival_finetune import Tuning, tuned_model
 
 PRESENCE_LABELS: list[str] = [str(q.label) for q in QUESTIONS if q.kind == "presence"]
 
@@ -66,14 +65,19 @@ class ImageFeatures:
 
 
 @torch.no_grad()
-def vlm_features(vlm: CTVLM, inputs: torch.Tensor, batch_size: int = 16, kind: str = "images") -> ImageFeatures:
+def vlm_features(
+    vlm: CTVLM, inputs: torch.Tensor, batch_size: int = 16, kind: str = "images", cells: torch.Tensor | None = None
+) -> ImageFeatures:
     """Answers (P(yes), hidden states) of the instruction-tuned model for every volume (N, C, X, Y, Z),
-    or for cached, pooled encoder features (N, Dv, tokens) with ``kind="features"``, and the LM's states
-    at the visual tokens."""
+    or for cached, pooled encoder features (N, Dv, tokens) with ``kind="features"`` (and the volumes'
+    ``cells`` (N, K) for a findings head that reads them), and the LM's states at the visual tokens."""
     probs, states, visual = [], [], []
     for i in range(0, len(inputs), batch_size):
         x = inputs[i : i + batch_size].float()
-        tokens = vlm.encode_image(x) if kind == "images" else vlm.project_features(x)
+        if kind == "images":
+            tokens = vlm.encode_image(x)
+        else:
+            tokens = vlm.project_features(x, cells=None if cells is None else cells[i : i + batch_size])
         p, h = answer_features(vlm, tokens, PRESENCE_QUESTIONS)
         probs.append(p.numpy())
         states.append(h.flatten(1).numpy())
@@ -230,9 +234,7 @@ def fixed_risk(data: FoldData, risk: np.ndarray) -> FitPredict:
 # ----------------------------------------------------------------------------- the protocol
 
 
-def finetuned_method(
-    data: FoldData, cfg: ExperimentConfig, checkpoint: Path, grids: torch.Tensor, frozen: ImageFeatures
-) -> FitPredict:
+def finetuned_method(data: FoldData, cfg: ExperimentConfig, tuning: Tuning, frozen: ImageFeatures) -> FitPredict:
     """``model`` with stage-3 fine-tuning: per fold, a fresh copy of the pretrained model is tuned on the
     training patients (:mod:`ctsurv.training.survival_finetune`), then reads every study; the head is
     fitted on its answers as in ``model``."""
@@ -241,10 +243,10 @@ def finetuned_method(
     def fit_predict(train: np.ndarray, test: np.ndarray) -> FoldPrediction:
         schema = data.schema(train)
         vlm, _ = tuned_model(
-            checkpoint, grids[train], data.clinical(train, schema), data.time[train], data.event[train],
-            frozen.p_yes[train], PRESENCE_QUESTIONS, cfg, seed,
+            tuning.checkpoint, tuning.grids[train], data.clinical(train, schema), data.time[train], data.event[train],
+            frozen.p_yes[train], PRESENCE_QUESTIONS, cfg, seed, cells=tuning.cells_of(train),
         )
-        tuned = vlm_features(vlm, grids, kind="features")
+        tuned = vlm_features(vlm, tuning.grids, kind="features", cells=tuning.cells)
         return head_method(data, cfg, answer_image(tuned, k), use_clinical=True, seed=seed)(train, test)
 
     return fit_predict
@@ -252,7 +254,7 @@ def finetuned_method(
 
 def survival_methods(
     data: FoldData, cfg: ExperimentConfig, answers: ImageFeatures | None, pooled: np.ndarray | None,
-    truth_risk: np.ndarray | None, tuning: tuple[Path, torch.Tensor] | None = None,
+    truth_risk: np.ndarray | None, tuning: Tuning | None = None,
 ) -> dict[str, FitPredict]:
     """The methods compared in the same folds (see the module docstring); absent inputs drop methods.
 
@@ -265,7 +267,7 @@ def survival_methods(
         methods["model"] = head_method(data, cfg, answer_image(answers, k), use_clinical=True, seed=seed)
         if cfg.survival.finetune != "none" and tuning is not None:
             methods["model_frozen"] = methods["model"]
-            methods["model"] = finetuned_method(data, cfg, tuning[0], tuning[1], answers)
+            methods["model"] = finetuned_method(data, cfg, tuning, answers)
         methods["model_image_only"] = head_method(data, cfg, answer_image(answers, k), use_clinical=False, seed=seed)
         if answers.visual is not None:
             methods["model_risk_query"] = head_method(

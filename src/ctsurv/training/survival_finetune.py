@@ -22,6 +22,7 @@ temporary head is discarded afterwards.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,19 @@ from ctsurv.models.representation import answer_scores
 from ctsurv.models.survival import SurvivalHead, cox_loss
 from ctsurv.models.vlm import CTVLM
 from ctsurv.training.checkpoint import load_checkpoint
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """What stage 3 tunes from: the pretrained checkpoint and its frozen encoder's cached features of the
+    cohort, with the volumes' cells for a findings head that reads them (``projector.cells``)."""
+
+    checkpoint: Path
+    grids: torch.Tensor  # (n, Dv, N)
+    cells: torch.Tensor | None = None  # (n, K)
+
+    def cells_of(self, rows: np.ndarray) -> torch.Tensor | None:
+        return None if self.cells is None else self.cells[rows]
 
 
 def finetune_parameters(vlm: CTVLM, mode: str) -> list[torch.nn.Parameter]:
@@ -56,11 +70,12 @@ def finetune_parameters(vlm: CTVLM, mode: str) -> list[torch.nn.Parameter]:
 
 def finetune_vlm(
     vlm: CTVLM, grids: torch.Tensor, clinical: np.ndarray, time: np.ndarray, event: np.ndarray,
-    frozen_p_yes: np.ndarray, questions: list[str], cfg: ExperimentConfig, seed: int,
+    frozen_p_yes: np.ndarray, questions: list[str], cfg: ExperimentConfig, seed: int, cells: torch.Tensor | None = None,
 ) -> CTVLM:
     """Tune ``vlm`` in place on one training set and return it frozen, in eval mode.
 
-    ``grids`` (n, Dv, N) are the cached, pooled encoder features of the training studies,
+    ``grids`` (n, Dv, N) are the cached, pooled encoder features of the training studies (``cells`` (n, K)
+    their volumes' cells, for a findings head that reads them),
     ``clinical`` (n, p) their design matrix, ``frozen_p_yes`` (n, Q) the frozen model's P(yes) for
     ``questions`` (standardises the head's inputs; thresholded at 0.5 they are the answer targets).
     Deterministic for a seed; torch's global RNG state is left as it was.
@@ -82,7 +97,8 @@ def finetune_vlm(
         n_batches = max(1, len(time) // s.finetune_batch_size)
         for _ in range(s.finetune_epochs):
             for batch in np.array_split(rng.permutation(len(time)), n_batches):
-                p_yes, _ = answer_scores(vlm, vlm.project_features(grids[batch].float()), questions)  # (b, Q)
+                tokens = vlm.project_features(grids[batch].float(), cells=None if cells is None else cells[batch])
+                p_yes, _ = answer_scores(vlm, tokens, questions)  # (b, Q)
                 loss = cox_loss(head(p_yes, clinical_t[batch]), event_t[batch], time_t[batch])
                 if s.answer_loss_weight > 0:
                     answers = F.binary_cross_entropy(p_yes.clamp(1e-6, 1 - 1e-6), targets[batch])
@@ -96,9 +112,9 @@ def finetune_vlm(
 
 def tuned_model(
     checkpoint: Path, grids: torch.Tensor, clinical: np.ndarray, time: np.ndarray, event: np.ndarray,
-    frozen_p_yes: np.ndarray, questions: list[str], cfg: ExperimentConfig, seed: int,
+    frozen_p_yes: np.ndarray, questions: list[str], cfg: ExperimentConfig, seed: int, cells: torch.Tensor | None = None,
 ) -> tuple[CTVLM, ExperimentConfig]:
     """A fresh copy of the pretrained model from ``checkpoint``, tuned on the given training studies."""
     vlm, model_cfg = load_checkpoint(checkpoint)
-    finetune_vlm(vlm, grids, clinical, time, event, frozen_p_yes, questions, cfg, seed)
+    finetune_vlm(vlm, grids, clinical, time, event, frozen_p_yes, questions, cfg, seed, cells=cells)
     return vlm, model_cfg

@@ -42,7 +42,7 @@ from ctsurv.training.survival import (
     survival_methods,
     vlm_features,
 )
-from ctsurv.training.survival_finetune import tuned_model
+from ctsurv.training.survival_finetune import Tuning, tuned_model
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,7 @@ class Features:
     pooled: np.ndarray | None
     checkpoint: Path | None
     grids: torch.Tensor | None = None  # cached encoder features pooled to the token grid, for stage-3 fine-tuning
+    cells: torch.Tensor | None = None  # the volumes' cells, with grids, for a findings head that reads them
 
     def for_cohort(self, cohort: Cohort) -> Features:
         """These features in ``cohort``'s row order (same scans); an error if a study is missing."""
@@ -102,9 +103,10 @@ class Features:
             raise CtsurvError(f"no image features for {len(missing)} studies (e.g. {missing[:3]}); recompute them")
         order = np.array([where[s] for s in cohort.ids])
         answers = None if self.answers is None else self.answers.rows(order)
+        rows = torch.as_tensor(order)
         return Features(
             cohort.ids, answers, None if self.pooled is None else self.pooled[order], self.checkpoint,
-            None if self.grids is None else self.grids[torch.as_tensor(order)],
+            None if self.grids is None else self.grids[rows], None if self.cells is None else self.cells[rows],
         )
 
 
@@ -123,11 +125,11 @@ def prepare(
         cfg = dataclasses.replace(cfg, vision=VisionConfig(encoder=encoder))  # type: ignore[arg-type]
     cohort = load_cohort(cohort_path, cfg.data, require_outcomes=True)
     volumes = preprocess_all(cohort, cfg, progress)
-    answers = grids = None
+    answers = grids = cells = None
     if instruct is not None:
         if cfg.survival.finetune != "none":  # the encoder stays frozen in stage 3: encode once, read from the grids
-            grids = encode_all(vlm, volumes)
-            answers = vlm_features(vlm, grids, kind="features")
+            grids, cells = encode_all(vlm, volumes), vlm.projector.cells(volumes)
+            answers = vlm_features(vlm, grids, kind="features", cells=cells)
         else:
             answers = vlm_features(vlm, volumes)
         pooled = encoder_features(load_checkpoint(align)[0].vision_encoder, volumes) if align is not None else None
@@ -138,7 +140,7 @@ def prepare(
             cfg.vision, size_xyz, in_channels=cfg.data.in_channels, skip_channels=cfg.data.n_blob_channels
         )
         pooled = encoder_features(encoder, volumes)
-    return cfg, cohort, Features(cohort.ids, answers, pooled, instruct, grids)
+    return cfg, cohort, Features(cohort.ids, answers, pooled, instruct, grids, cells)
 
 
 def run_survival(
@@ -170,7 +172,9 @@ def evaluate(
     data = FoldData(cohort, time, event)
     horizons = choose_horizons(time, event)
     horizon = float(np.quantile(time[event], cfg.survival.horizon_quantile))
-    tuning = (features.checkpoint, features.grids) if features.checkpoint is not None and features.grids is not None else None
+    tuning = None
+    if features.checkpoint is not None and features.grids is not None:
+        tuning = Tuning(features.checkpoint, features.grids, features.cells)
     methods = survival_methods(data, cfg, features.answers, features.pooled, truth_risk(cohort), tuning)
     if only is not None:
         methods = {name: fit for name, fit in methods.items() if name in only}
@@ -207,7 +211,7 @@ def evaluate(
 
 def fit_final_model(
     cfg: ExperimentConfig, data: FoldData, answers: ImageFeatures, checkpoint: Path, out: Path,
-    tuning: tuple[Path, torch.Tensor] | None = None,
+    tuning: Tuning | None = None,
 ) -> None:
     """The model method fitted on the whole cohort, saved for `ctsurv predict` (no pickle). With
     ``survival.finetune``, the model tuned on the whole cohort is saved as ``out/vlm`` and read instead."""
@@ -215,11 +219,11 @@ def fit_final_model(
     schema = data.schema(everyone)
     if cfg.survival.finetune != "none" and tuning is not None:
         vlm, model_cfg = tuned_model(
-            checkpoint, tuning[1], data.clinical(everyone, schema), data.time, data.event, answers.p_yes,
-            PRESENCE_QUESTIONS, cfg, cfg.seed,
+            checkpoint, tuning.grids, data.clinical(everyone, schema), data.time, data.event, answers.p_yes,
+            PRESENCE_QUESTIONS, cfg, cfg.seed, cells=tuning.cells,
         )
         checkpoint = save_checkpoint(out / "vlm", vlm, model_cfg)
-        answers = vlm_features(vlm, tuning[1], kind="features")
+        answers = vlm_features(vlm, tuning.grids, kind="features", cells=tuning.cells)
     pca = fit_answer_pca(answers, everyone, cfg.survival.hidden_components)
     image = torch.as_tensor(answer_matrix(answers, everyone, pca), dtype=torch.float32)
     clinical = torch.as_tensor(schema.transform(data.cohort.clinical()))
