@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss
 from sklearn.model_selection import KFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -197,12 +198,32 @@ def test_each_finding_reads_the_cells_only_where_they_lower_the_held_out_loss() 
         pipe = make_pipeline(StandardScaler(), LogisticRegression(C=C, tol=1e-10, max_iter=100_000)).fit(x[fit_rows], labels[fit_rows, 1])
         expected[out_rows] = pipe.decision_function(x[out_rows])
     np.testing.assert_allclose(oof[:, 1].double().numpy(), expected, rtol=1e-3, atol=1e-3)
-    # the held-out log-loss that chose it
+    # the held-out log-losses that chose it, and the standard error of their per-study difference
+    y_val = val.labels[:, 1].numpy()
     z_val = scaler.transform(np.hstack([summary(val.pooled), val.cells.double().numpy()]))
-    p_val = reference.predict_proba(z_val)[:, 1]
-    from sklearn.metrics import log_loss
+    p_cells = reference.predict_proba(z_val)[:, 1]
+    z_pooled = StandardScaler().fit(summary(pooled)).transform(summary(val.pooled))
+    pooled_only = LogisticRegression(C=C, tol=1e-10, max_iter=100_000).fit(
+        StandardScaler().fit_transform(summary(pooled)), labels[:, 1].numpy()
+    )
+    p_pooled = pooled_only.predict_proba(z_pooled)[:, 1]
+    assert choice[1]["pooled + cells"] == pytest.approx(log_loss(y_val, p_cells), rel=1e-3)
+    assert choice[1]["pooled"] == pytest.approx(log_loss(y_val, p_pooled), rel=1e-3)
+    per_study = [log_loss([y], [p], labels=[0, 1]) for y, p in zip(y_val, p_pooled)]
+    per_study_cells = [log_loss([y], [p], labels=[0, 1]) for y, p in zip(y_val, p_cells)]
+    gain = np.subtract(per_study, per_study_cells)
+    assert choice[1]["standard_error"] == pytest.approx(gain.std(ddof=1) / np.sqrt(len(gain)), rel=1e-3)
+    # the one-standard-error rule, for every finding: the cells only where they gain more than one standard error
+    for j, c in choice.items():
+        assert c["reads_cells"] == bool(head.reads_cells[j]) == (c["pooled"] - c["pooled + cells"] > c["standard_error"])
 
-    assert choice[1]["pooled + cells"] == pytest.approx(log_loss(val.labels[:, 1].numpy(), p_val), rel=1e-3)
+
+def test_one_held_out_study_cannot_choose_the_cells() -> None:
+    model = build(tiny_config(*CELLS))
+    pooled, cells, labels = cell_data(model, seed=0)
+    _, choice = fit_findings_head(model.projector.findings, pooled, labels, cells=cells, held_out=HeldOut(*cell_data(model, 1, 1)))
+    assert not model.projector.findings.reads_cells.any()
+    assert choice[1]["standard_error"] is None and choice[1]["pooled + cells"] < choice[1]["pooled"]
 
 
 def test_a_head_that_reads_cells_refuses_features_without_them_and_encode_image_computes_them(tmp_path: Path) -> None:

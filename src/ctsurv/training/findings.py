@@ -16,7 +16,9 @@ features alone, or with the cells appended. The cells carry where tissue lies (l
 0.88 on an unseen cohort) but, 3072 of them, drown a finding the pooled features read well (nodules:
 0.95 -> 0.78; benchmarks/findings_cells.md). Which one a finding gets is decided on held-out studies that
 stage 0 never trained on (the run's validation split): on the training studies themselves the memorised
-pooled features look better than they are and win even for lymph nodes.
+pooled features look better than they are and win even for lymph nodes. The cells must earn their place:
+their held-out log-loss must be lower by more than one standard error of the per-study difference (the
+one-standard-error rule), so that a small or noisy validation split keeps the simpler classifier.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import log_loss
 from sklearn.model_selection import KFold
 from sklearn.preprocessing import StandardScaler
 
@@ -55,8 +56,9 @@ def _fit(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
     return model.coef_[0], float(model.intercept_[0])
 
 
-def _log_loss(y: np.ndarray, logits: np.ndarray) -> float:
-    return float(log_loss(y, 1 / (1 + np.exp(-logits)), labels=[0, 1]))
+def _study_losses(y: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    """Each study's log-loss (m,) of 0/1 ``y`` under ``logits``: log(1 + exp(-logit)) if y = 1, else of +logit."""
+    return np.logaddexp(0.0, np.where(y == 1, -logits, logits))
 
 
 def fit_findings_head(
@@ -74,8 +76,9 @@ def fit_findings_head(
     with no known label gets logit 0 everywhere.
 
     A head that reads cells needs the studies' ``cells`` (n, K) and ``held_out`` studies: a finding reads
-    the cells when they lower its log-loss there (ties and findings the held-out reports never mention keep
-    the pooled features alone). Also returns, per finding index, those held-out log-losses and the choice.
+    the cells when they lower its mean log-loss there by more than the standard error of the per-study
+    difference (findings the held-out reports never mention keep the pooled features alone). Also returns,
+    per finding index, those held-out log-losses, the standard error and the choice.
     """
     if (head.cells_channel is not None) != (cells is not None):
         raise ValueError("give cells exactly when the findings head reads them (projector.findings_cells_channel)")
@@ -113,12 +116,13 @@ def fit_findings_head(
             seen = y_val[:, j] >= 0
             if seen.any():
                 w_cells, b_cells = _fit(z[known], y_all[known, j])
-                losses = {
-                    "pooled": _log_loss(y_val[seen, j], z_val[seen, :k] @ w + b),
-                    "pooled + cells": _log_loss(y_val[seen, j], z_val[seen] @ w_cells + b_cells),
-                }
-                reads_cells[j] = losses["pooled + cells"] < losses["pooled"]
-                choices[j] = {**losses, "reads_cells": bool(reads_cells[j])}
+                pooled_loss = _study_losses(y_val[seen, j], z_val[seen, :k] @ w + b)
+                cells_loss = _study_losses(y_val[seen, j], z_val[seen] @ w_cells + b_cells)
+                gain = pooled_loss - cells_loss  # (m,) per held-out study
+                se = float(gain.std(ddof=1) / np.sqrt(len(gain))) if len(gain) > 1 else None
+                reads_cells[j] = se is not None and gain.mean() > se  # one held-out study cannot tell
+                choices[j] = {"pooled": float(pooled_loss.mean()), "pooled + cells": float(cells_loss.mean()),
+                              "standard_error": se, "reads_cells": bool(reads_cells[j])}
                 if reads_cells[j]:
                     w, b = w_cells, b_cells
         cols = slice(None) if reads_cells[j] else slice(0, k)
