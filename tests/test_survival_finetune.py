@@ -3,6 +3,7 @@ projector+lora on a model without LoRA adapters."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -72,3 +73,28 @@ def test_finetuning_changes_the_projector_alone_and_is_deterministic() -> None:
     for (name, a), b in zip(models[0].state_dict().items(), models[1].state_dict().values()):
         assert torch.equal(a, b), name  # same seed, same result
     assert any(not torch.equal(a, b) for a, b in zip(models[0].state_dict().values(), models[2].state_dict().values()))
+
+
+def test_a_findings_head_that_reads_cells_gets_them_in_tuning() -> None:
+    """Stage 3 reads cached features: the volumes' cells travel with them, and the fitted head stays as it is."""
+    from ctsurv.training.findings import HeldOut, fit_findings_head
+
+    cfg = tiny_config("projector.max_token=true", "projector.findings_token=true", "projector.findings_cells_channel=0",
+                      "survival.finetune=projector", "survival.finetune_epochs=1", "survival.finetune_batch_size=6")
+    vlm = build(cfg)
+    images = torch.rand(12, 1, 32, 32, 16)
+    images[:6, :, 12:20, 12:20, 6:10] += 1.0  # the first six carry a central blob, which finding 0 is labelled by
+    with torch.no_grad():
+        grids = vlm.projector.pool(vlm.vision_encoder.eval().features(images))
+    cells = vlm.projector.cells(images)
+    labels = torch.zeros(12, len(vlm.projector.findings.bias), dtype=torch.long)
+    labels[:6, 0] = 1
+    fit_findings_head(vlm.projector.findings, grids, labels, cells=cells, held_out=HeldOut(grids, cells, labels))
+    assert bool(vlm.projector.findings.reads_cells[0])
+    head = {n: t.clone() for n, t in vlm.projector.findings.state_dict().items()}
+    data = {**training_set(vlm), "grids": grids}
+    with pytest.raises(ValueError, match="also reads the volume's cells"):
+        finetune_vlm(copy.deepcopy(vlm), **data, cfg=cfg, seed=0)  # cached features without their cells
+    finetune_vlm(vlm, **data, cfg=cfg, seed=0, cells=cells)
+    for name, tensor in vlm.projector.findings.state_dict().items():
+        assert torch.equal(tensor, head[name]), name

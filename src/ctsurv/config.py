@@ -137,7 +137,8 @@ class ProjectorConfig:
     findings_token: bool = False
     # the findings classifier may also read where tissue lies: this input channel (e.g. 1, the mediastinal window)
     # averaged to 16 x 16 x 12 cells of the central field; a finding keeps the cells only where they lower its
-    # log-loss on the held-out studies (lymph nodes; ctsurv.training.findings). None: pooled features only
+    # log-loss on the validation studies by more than one standard error (lymph nodes; ctsurv.training.findings).
+    # None: pooled features only
     findings_cells_channel: int | None = None
 
     def __post_init__(self) -> None:

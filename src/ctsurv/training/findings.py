@@ -68,7 +68,7 @@ def fit_findings_head(
     seed: int = 0,
     cells: torch.Tensor | None = None,
     held_out: HeldOut | None = None,
-) -> tuple[torch.Tensor, dict[int, dict[str, float | bool]]]:
+) -> tuple[torch.Tensor, dict[int, dict[str, float | bool | None]]]:
     """Fit ``head`` on pooled features (n, Dv, N) and presence labels (n, P), -1 where the report is silent.
 
     Sets the head's buffers from all ``n`` studies and returns the out-of-fold logits (n, P): each study's
@@ -106,7 +106,7 @@ def fit_findings_head(
     oof = np.zeros((n, p))
     weight, bias = np.zeros((p, x.shape[1])), np.zeros(p)
     reads_cells = np.zeros(p, dtype=bool)
-    choices: dict[int, dict[str, float | bool]] = {}
+    choices: dict[int, dict[str, float | bool | None]] = {}
     for j in range(p):
         known = y_all[:, j] >= 0
         if not known.any():
