@@ -100,7 +100,7 @@ def fit_findings_head(
     for fit_rows, out_rows in KFold(FOLDS, shuffle=True, random_state=seed).split(x):
         fold = StandardScaler().fit(x[fit_rows])
         folds.append((fit_rows, out_rows, fold.transform(x[fit_rows]), fold.transform(x[out_rows])))
-    if held_out is not None and cells is not None:
+    if cells is not None:  # and so held_out, checked above
         x_val = np.hstack([head.summary(held_out.pooled.float()).double().numpy(), held_out.cells.double().numpy()])
         z_val, y_val = full.transform(x_val), held_out.labels.numpy()
     oof = np.zeros((n, p))
