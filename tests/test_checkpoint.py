@@ -25,7 +25,14 @@ from ctsurv.errors import CtsurvError
 from ctsurv.inference import resolve_checkpoint
 from ctsurv.models.vlm import CTVLM
 from ctsurv.training import checkpoint
-from ctsurv.training.checkpoint import WEIGHTS, load_checkpoint, save_checkpoint
+from ctsurv.training.checkpoint import (
+    STAGE_FILE,
+    WEIGHTS,
+    checkpoint_stage,
+    load_checkpoint,
+    refuse_untrained_language,
+    save_checkpoint,
+)
 from ctsurv.training.stages import InstructionLoss
 
 QUESTIONS = ["Is there a lung nodule?", "Write the full report."]
@@ -158,3 +165,28 @@ def test_crash_mid_save_keeps_the_previous_checkpoint(
     loaded, _ = load_checkpoint(folder)
     torch.testing.assert_close(loaded.projector.mlp[0].weight, newer.projector.mlp[0].weight, rtol=0, atol=0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_the_stage_is_recorded_and_a_vision_checkpoint_refused(saved: tuple[Path, CTVLM], tmp_path: Path) -> None:
+    """checkpoint.json records the stage whatever the folder is called; older checkpoints (no stage recorded)
+    fall back to the folder's name. Stage 0's is refused with the sibling instruct folder named when there is one."""
+    cfg, model = tiny_config(), saved[1]
+    folder = save_checkpoint(tmp_path / "run" / "first", model, cfg, stage="vision")
+    assert json.loads((folder / STAGE_FILE).read_text()) == {"stage": "vision"} and checkpoint_stage(folder) == "vision"
+    with pytest.raises(CtsurvError, match="never trained.*use the instruct checkpoint of its `ctsurv pretrain` run") as err:
+        refuse_untrained_language(folder)
+    assert "\n" not in str(err.value) and str(folder) in str(err.value)
+    save_checkpoint(tmp_path / "run" / "instruct", model, cfg, stage="instruct")
+    with pytest.raises(CtsurvError, match=f"use {tmp_path / 'run' / 'instruct'}$"):
+        refuse_untrained_language(folder)
+    refuse_untrained_language(tmp_path / "run" / "instruct")  # a trained language model passes
+
+    tuned = save_checkpoint(tmp_path / "vision", model, cfg, stage="survival")
+    assert checkpoint_stage(tuned) == "survival"  # the record wins over the folder's name
+    refuse_untrained_language(tuned)
+    for name, stage in (("vision", "vision"), ("align", "align"), ("ckpt", None)):  # written before stages were recorded
+        old = Path(shutil.copytree(saved[0], tmp_path / "old" / name))
+        (old / STAGE_FILE).unlink()
+        assert checkpoint_stage(old) == stage, name
+    with pytest.raises(ValueError, match="stage must be one of"):
+        save_checkpoint(tmp_path / "bad", model, cfg, stage="stage0")

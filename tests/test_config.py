@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ctsurv.config import DataConfig, ExperimentConfig, config_differences, load_config, save_config
+from ctsurv.config import DataConfig, ExperimentConfig, _parse_yaml, config_differences, load_config, save_config
 from ctsurv.errors import ConfigError
 
 
@@ -73,6 +73,9 @@ def test_bad_files(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text("data: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(tmp_path / "bad.yaml")
+    (tmp_path / "latin1.yaml").write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        load_config(tmp_path / "latin1.yaml")
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(tmp_path / "list.yaml")
@@ -110,3 +113,33 @@ def test_a_section_given_in_part_keeps_its_own_defaults_for_the_rest() -> None:
     assert cfg.pretrain.instruct == dataclasses.replace(defaults.instruct, lr=0.002)
     assert cfg.pretrain.align == dataclasses.replace(defaults.align, batch_size=2)
     assert cfg.pretrain.vision == defaults.vision
+
+
+@pytest.mark.parametrize("text, value", [("1e-4", 1e-4), ("1E5", 1e5), (".5", 0.5), ("-.5", -0.5), ("-3e+2", -300.0),
+                                         ("1.0e30", 1e30), ("2.5", 2.5), ("3", 3.0)])
+def test_yaml_1_2_floats_are_numbers_in_files_and_overrides(tmp_path: Path, text: str, value: float) -> None:
+    """PyYAML reads YAML 1.1, where 1e-4 (no dot, unsigned exponent) would be the string "1e-4"."""
+    (tmp_path / "c.yaml").write_text(f"survival:\n  lr: {text}\n")
+    from_file, from_override = load_config(tmp_path / "c.yaml").survival.lr, load_config(None, [f"survival.lr={text}"]).survival.lr
+    assert from_file == from_override == value and type(from_file) is float
+
+
+@pytest.mark.parametrize("text, value", [("08", "08"), ("1e", "1e"), ("e5", "e5"), ("1.2.3", "1.2.3"), ("0x1f", 31),
+                                         ("1_000", 1000), ("yes", True), ("null", None)])
+def test_other_scalars_parse_as_before(text: str, value: object) -> None:
+    assert _parse_yaml(text, "x") == value and type(_parse_yaml(text, "x")) is type(value)
+
+
+def test_yaml_syntax_errors_are_one_line_with_the_line_number(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("seed: 1\ndata:\n  crop: center\n  hu_window: [-1000, 400\nsurvival:\n  lr: 0.1\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    message = str(exc.value)
+    assert "\n" not in message
+    assert message.startswith(f"config file {path} line 5, column 9: expected ',' or ']'"), message
+    assert "(while parsing a flow sequence at line 4)" in message and message.endswith("it is not valid YAML")
+    with pytest.raises(ConfigError) as exc:
+        load_config(None, ["data.hu_window=[-1000, 400"])
+    assert "\n" not in str(exc.value)
+    assert str(exc.value).startswith("override 'data.hu_window=[-1000, 400' line 1, column "), exc.value

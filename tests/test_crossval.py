@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 from sksurv.linear_model import CoxPHSurvivalAnalysis
+from sksurv.metrics import concordance_index_censored
 from sksurv.util import Surv
 
 from ctsurv.errors import CtsurvError
@@ -23,6 +24,8 @@ from ctsurv.evaluation.crossval import (
 )
 
 CONTRACT = {"harrell_c", "harrell_c_ci", "uno_c", "td_auc", "ibs", "delta_c_vs_clinical", "delta_c_ci", "p_vs_clinical"}
+FOLDS = {"harrell_c_folds_mean", "harrell_c_folds_sd"}
+LADDER = {"previous_rung", "delta_c_vs_previous", "delta_c_vs_previous_ci", "p_vs_previous"}
 
 
 def _cohort(n_patients: int = 120, seed: int = 0) -> dict[str, np.ndarray]:
@@ -160,7 +163,8 @@ def test_compare_methods_fills_the_contract(evaluated: tuple[dict, dict[str, Out
     results = compare_methods(d["time"], d["event"], oof, reference="clinical_cox", n_boot=200, seed=0)
     assert set(results) == set(oof)
     for name, row in results.items():
-        assert set(row) == CONTRACT, name
+        assert set(row) == CONTRACT | FOLDS | LADDER, name
+        assert all(row[k] is None for k in LADDER), name  # no ladder given
         flat = [row["harrell_c"], *row["harrell_c_ci"], row["uno_c"], *row["td_auc"].values(),
                 row["delta_c_vs_clinical"], *row["delta_c_ci"], row["p_vs_clinical"]]
         assert all(isinstance(v, float) and not math.isnan(v) for v in flat), name
@@ -175,6 +179,50 @@ def test_compare_methods_fills_the_contract(evaluated: tuple[dict, dict[str, Out
     assert results == compare_methods(d["time"], d["event"], oof, reference="clinical_cox", n_boot=200, seed=0)
     with pytest.raises(CtsurvError, match="reference method 'cox'"):
         compare_methods(d["time"], d["event"], oof, reference="cox", n_boot=10)
+
+
+def test_compare_methods_ladder_and_patient_bootstrap(evaluated: tuple[dict, dict[str, OutOfFold]]) -> None:
+    d, oof = evaluated
+    t, e, pid = d["time"], d["event"], d["pid"]
+    ladder = ["clinical_cox", "not_run", "no_curves", "model"]
+    results = compare_methods(t, e, oof, n_boot=200, seed=0, groups=pid, ladder=ladder)
+    for name in ("clinical_cox", "random"):  # the bottom rung, and a method off the ladder
+        assert all(results[name][k] is None for k in LADDER), name
+    assert results["no_curves"]["previous_rung"] == "clinical_cox" and results["model"]["previous_rung"] == "no_curves"
+    for upper, lower in (("no_curves", "clinical_cox"), ("model", "no_curves")):
+        row = results[upper]
+        assert row["delta_c_vs_previous"] == pytest.approx(row["harrell_c"] - results[lower]["harrell_c"], abs=1e-12)
+        paired = metrics.paired_bootstrap(t, e, oof[upper].risk, oof[lower].risk, n=200, seed=0, groups=pid)
+        assert row["delta_c_vs_previous_ci"] == pytest.approx(list(paired["ci"]), abs=1e-12)
+        assert row["p_vs_previous"] == paired["p"]
+    assert results["no_curves"]["delta_c_vs_previous"] > 0 and results["no_curves"]["p_vs_previous"] < 0.01  # x > c
+    ref = metrics.paired_bootstrap(t, e, oof["model"].risk, oof["clinical_cox"].risk, n=200, seed=0, groups=pid)
+    assert results["model"]["delta_c_ci"] == pytest.approx(list(ref["ci"]), abs=1e-12)
+    for name, row in results.items():  # per-fold C recomputed with sksurv on each test fold
+        per_fold = [concordance_index_censored(e[f.test_idx], t[f.test_idx], oof[name].risk[f.repeat, f.test_idx])[0]
+                    for f in oof[name].folds]
+        assert len(per_fold) == 10
+        assert row["harrell_c_folds_mean"] == pytest.approx(np.mean(per_fold), abs=1e-12)
+        assert row["harrell_c_folds_sd"] == pytest.approx(np.std(per_fold, ddof=1), abs=1e-12)
+    plain = compare_methods(t, e, oof, n_boot=200, seed=0)  # studies resampled as if independent patients
+    for name in ("model", "clinical_cox"):
+        width, narrow = np.diff(results[name]["harrell_c_ci"])[0], np.diff(plain[name]["harrell_c_ci"])[0]
+        assert width > 1.1 * narrow, name
+    json.loads(json.dumps(results, allow_nan=False))
+    with pytest.raises(ValueError, match="distinct method names"):
+        compare_methods(t, e, oof, n_boot=10, ladder=["clinical_cox", "model", "clinical_cox"])
+
+
+def test_fold_sd_needs_two_scored_folds(evaluated: tuple[dict, dict[str, OutOfFold]]) -> None:
+    d, oof = evaluated
+    model = oof["model"]
+    one = OutOfFold(model.folds, model.risk, model.horizons, model.tau,
+                    [m | {"harrell_c": m["harrell_c"] if i == 3 else None} for i, m in enumerate(model.fold_metrics)])
+    s = one.summary(d["time"], d["event"])
+    assert s["harrell_c_folds_mean"] == model.fold_metrics[3]["harrell_c"] and s["harrell_c_folds_sd"] is None
+    none = OutOfFold(model.folds, model.risk, model.horizons, model.tau,
+                     [m | {"harrell_c": None} for m in model.fold_metrics])
+    assert none.summary(d["time"], d["event"])["harrell_c_folds_mean"] is None
 
 
 def test_horizon_past_a_folds_follow_up_is_dropped_not_nan() -> None:

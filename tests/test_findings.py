@@ -1,5 +1,5 @@
-"""The projector's findings token: the closed-form fit against scikit-learn, its out-of-fold logits, the
-token itself, its checkpoint round trip, and the configurations that cannot have one; the cells it may also
+"""The projector's findings token: the closed-form fit against scikit-learn, its out-of-fold logits (folds of
+patients), the token itself, its checkpoint round trip, and the configurations that cannot have one; the cells it may also
 read (their region, the per-finding choice on held-out studies, and the errors when they are missing)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
-from sklearn.model_selection import KFold
+from sklearn.model_selection import GroupKFold, KFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from test_pretrain_cli import cohort, pretrain  # noqa: F401 (the fixture)
@@ -25,8 +25,9 @@ from tiny_setups import (
 from ctsurv.errors import ConfigError
 from ctsurv.models.projector import CELLS_XYZ, central_cells
 from ctsurv.models.vlm import PRESENCE_LABELS
+from ctsurv.training import findings
 from ctsurv.training.checkpoint import load_checkpoint, save_checkpoint
-from ctsurv.training.findings import FOLDS, C, HeldOut, fit_findings_head
+from ctsurv.training.findings import FOLDS, C, HeldOut, fit_findings_head, patient_folds
 
 N = 40
 
@@ -85,6 +86,69 @@ def test_out_of_fold_logits_come_from_the_other_folds(model) -> None:
     assert not np.allclose(oof[:, 0], model.projector.findings(pooled)[:, 0].double().numpy(), atol=1e-3)
 
 
+def siblings(model, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """``data`` of N // 2 patients, each twice (two identical studies, as reconstructions of one scan), and
+    the patient of each study."""
+    pooled, labels = data(model, seed)
+    twice = torch.arange(N // 2).repeat_interleave(2)
+    return pooled[twice], labels[twice], np.array([f"pt{i}" for i in twice.tolist()])
+
+
+def test_out_of_fold_logits_never_see_a_sibling_study(model) -> None:
+    pooled, labels, patients = siblings(model)
+    oof, _ = fit_findings_head(model.projector.findings, pooled, labels, seed=3, groups=patients)
+    oof = oof.double().numpy()
+    x, y = summary(pooled), labels[:, 0].numpy()
+    folds = list(patient_folds(patients, seed=3))
+    assert len(folds) == FOLDS
+    assert sorted(np.concatenate([out for _, out in folds]).tolist()) == list(range(N))  # each study out once
+    expected = np.zeros(N)
+    for fit_rows, out_rows in folds:
+        assert not set(patients[fit_rows]) & set(patients[out_rows])  # no patient on both sides
+        pipe = make_pipeline(StandardScaler(), LogisticRegression(C=C, tol=1e-10, max_iter=100_000)).fit(x[fit_rows], y[fit_rows])
+        expected[out_rows] = pipe.decision_function(x[out_rows])
+    np.testing.assert_allclose(oof[:, 0], expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(oof[0::2], oof[1::2])  # two siblings, one logit
+    # each study's logit is that of a classifier fitted without any study of its patient
+    for i in (0, 17, 38):
+        others = patients != patients[i]
+        pipe = make_pipeline(StandardScaler(), LogisticRegression(C=C, tol=1e-10, max_iter=100_000))
+        fold = next(fit for fit, out in folds if i in out)
+        assert others[fold].all()
+        pipe.fit(x[fold], y[fold])
+        assert oof[i, 0] == pytest.approx(pipe.decision_function(x[i : i + 1])[0], abs=1e-4)
+    # folds of studies (no groups) split siblings, whose twin then sits among the fitting rows
+    leaky = fit_findings_head(model.projector.findings, pooled, labels, seed=3)[0].double().numpy()
+    split_pairs = [
+        k for k in range(N // 2)
+        if any((2 * k in out) != (2 * k + 1 in out) for _, out in KFold(FOLDS, shuffle=True, random_state=3).split(x))
+    ]
+    assert split_pairs
+    k = split_pairs[0]
+    assert leaky[2 * k, 0] != pytest.approx(leaky[2 * k + 1, 0], abs=1e-3)
+
+
+def test_patient_folds_are_group_k_fold_shuffled_and_the_same_without_its_shuffle(model, monkeypatch) -> None:
+    patients = np.array([f"pt{i}" for i in [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9]])
+    ours = [(f.tolist(), o.tolist()) for f, o in patient_folds(patients, seed=7)]
+    reference = [(f.tolist(), o.tolist()) for f, o in GroupKFold(FOLDS, shuffle=True, random_state=7).split(patients, groups=patients)]
+    assert ours == reference
+    assert ours == [(f.tolist(), o.tolist()) for f, o in patient_folds(patients, seed=7)]  # deterministic for a seed
+    assert ours != [(f.tolist(), o.tolist()) for f, o in patient_folds(patients, seed=8)]
+
+    class GroupKFoldBefore16:  # scikit-learn < 1.6: no shuffle
+        def __init__(self, n_splits: int = 5) -> None:
+            raise AssertionError("the fallback permutes the patients itself")
+
+    monkeypatch.setattr(findings, "GroupKFold", GroupKFoldBefore16)
+    assert [(f.tolist(), o.tolist()) for f, o in patient_folds(patients, seed=7)] == reference
+    # and without groups, each study its own patient: scikit-learn's KFold(shuffle=True) of the studies
+    studies = np.arange(12)
+    assert [o.tolist() for _, o in patient_folds(studies, seed=2)] == [
+        o.tolist() for _, o in KFold(FOLDS, shuffle=True, random_state=2).split(studies)
+    ]
+
+
 def test_the_findings_token_is_the_last_visual_token(model) -> None:
     pooled, labels = data(model)
     fit_findings_head(model.projector.findings, pooled, labels)
@@ -118,10 +182,14 @@ def model_cfg():
     return tiny_config("projector.max_token=true", "projector.findings_token=true")
 
 
-def test_too_few_studies_to_cross_fit(model) -> None:
+def test_too_few_patients_to_cross_fit(model) -> None:
     pooled, labels = data(model)
-    with pytest.raises(ValueError, match="at least 5 training studies"):
+    with pytest.raises(ValueError, match="at least 5 patients"):
         fit_findings_head(model.projector.findings, pooled[:4], labels[:4])
+    with pytest.raises(ValueError, match=r"at least 5 patients .*, got 4 patients \(40 studies\)"):
+        fit_findings_head(model.projector.findings, pooled, labels, groups=np.arange(N) % 4)
+    with pytest.raises(ValueError, match="groups holds 39 patient ids for 40 studies"):
+        fit_findings_head(model.projector.findings, pooled, labels, groups=np.arange(N - 1))
 
 
 @pytest.mark.parametrize("setting", ["pretrain.vision.epochs=0", "pretrain.finetune_vision=true"])
@@ -132,9 +200,11 @@ def test_pretrain_refuses_a_findings_token_on_an_encoder_that_trains(cohort: Pat
     assert not out.exists()  # refused before anything is written
 
 
-def test_pretrain_needs_one_training_study_per_fold(cohort: Path, tmp_path: Path) -> None:  # noqa: F811
-    result = pretrain(cohort, tmp_path / "run", "pretrain.val_fraction=0.7")  # 2 of 6 patients: 4 studies
-    assert_user_error(result, "only 4 training studies", "5 folds", "projector.findings_token=false")
+def test_pretrain_needs_one_training_patient_per_fold(cohort: Path, tmp_path: Path) -> None:  # noqa: F811
+    out = tmp_path / "run"
+    result = pretrain(cohort, out, "pretrain.val_fraction=0.5")  # of 7 patients 1 test, 4 val: 2 left, 4 studies
+    assert_user_error(result, "only 2 training patients (4 studies)", "5 folds of patients", "projector.findings_token=false")
+    assert not out.exists()  # refused before anything is written
 
 
 # ----------------------------------------------------------------------------- the cells

@@ -9,9 +9,11 @@ import matplotlib.image
 import nibabel as nib
 import numpy as np
 import pytest
+from matplotlib.figure import Figure
 
 from ctsurv.data.inspect import axial, coronal, describe, sagittal, save_montage
 from ctsurv.data.volumes import Volume, read_volume
+from ctsurv.errors import CtsurvError
 
 
 def test_describe_counts_hu_bands_exactly() -> None:
@@ -88,3 +90,33 @@ def test_numpy_axial_slices_display_exactly_as_stored(tmp_path: Path) -> None:
     ras = read_volume(tmp_path / "a.npy", spacing_zyx=(2.0, 1.0, 1.0)).as_ras().array
     for z in range(4):
         np.testing.assert_array_equal(axial(ras, z), zyx[z])
+
+
+def test_montage_refuses_a_folder_and_the_volume_itself(tmp_path: Path) -> None:
+    array = np.zeros((6, 5, 4), np.float32)
+    np.save(tmp_path / "a.npy", array)
+    volume = Volume(array, np.eye(4), tmp_path / "a.npy")  # as read from that file
+    before = (tmp_path / "a.npy").read_bytes()
+    with pytest.raises(CtsurvError, match=f"--png {tmp_path} is a folder"):
+        save_montage(volume, tmp_path)
+    with pytest.raises(CtsurvError, match="is the input"):
+        save_montage(volume, tmp_path / "." / "a.npy")
+    assert (tmp_path / "a.npy").read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["a.npy"]
+
+
+def test_a_failed_montage_keeps_the_old_png_and_leaves_no_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    png = tmp_path / "m.png"
+    volume = Volume(np.zeros((8, 8, 4), np.float32), np.eye(4), Path("v.nii.gz"))
+    save_montage(volume, png, n_axial=2)
+    old = png.read_bytes()
+
+    def crash(self: Figure, fname: Path, **kwargs: object) -> None:
+        Path(fname).write_bytes(b"\x89PNG half")
+        raise RuntimeError("disk gone")
+
+    monkeypatch.setattr(Figure, "savefig", crash)
+    with pytest.raises(RuntimeError, match="disk gone"):
+        save_montage(volume, png, n_axial=2)
+    assert png.read_bytes() == old and [p.name for p in tmp_path.iterdir()] == ["m.png"]

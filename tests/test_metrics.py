@@ -196,3 +196,104 @@ def test_bootstrap_p_definition() -> None:
     assert M.bootstrap_p(np.ones(99)) == pytest.approx(2 / 100)  # never 0: the +1 correction
     assert M.bootstrap_p(np.zeros(99)) == 1.0
     assert M.bootstrap_p(np.r_[-np.ones(10), np.ones(89)]) == pytest.approx(2 * 11 / 100)
+
+
+# ============================================================================================
+# Cluster bootstrap: patients, not studies, are resampled
+# ============================================================================================
+
+
+def _clustered(seed: int = 0, n_patients: int = 60) -> dict[str, np.ndarray]:
+    """Patients with 1-3 studies each, rows shuffled, string ids; a study's time is its patient's time
+    plus 0 or 1 (tied times within and across patients), risks with ties."""
+    rng = np.random.default_rng(seed)
+    pid = rng.permutation(np.repeat(np.arange(n_patients), rng.integers(1, 4, n_patients)))
+    t_patient, e_patient = rng.integers(1, 12, n_patients).astype(float), rng.random(n_patients) < 0.6
+    return {"ids": np.array([f"P{(37 * k) % 101:03d}" for k in pid]), "time": t_patient[pid] + rng.integers(0, 2, len(pid)),
+            "event": e_patient[pid], "risk": rng.integers(0, 6, len(pid)) / 2.0}
+
+
+def _explicit_rows(ids: np.ndarray, drawn: np.ndarray) -> np.ndarray:
+    """All rows of each drawn patient (patients numbered in order of first appearance), in draw order."""
+    patients = list(dict.fromkeys(ids.tolist()))
+    return np.concatenate([np.flatnonzero(ids == patients[k]) for k in drawn])
+
+
+def test_cluster_bootstrap_equals_sksurv_on_explicit_patient_resamples() -> None:
+    d = _clustered()
+    t, e, r, ids = d["time"], d["event"], d["risk"], d["ids"]
+    n_patients, b = len(set(ids.tolist())), 30
+    ours = M.harrell_c_bootstrap(t, e, np.stack([r, -r]), n=b, seed=3, groups=ids)
+    draws = np.random.default_rng(3).integers(0, n_patients, size=(b, n_patients))  # the documented draws
+    for k in range(b):
+        idx = _explicit_rows(ids, draws[k])
+        assert len(idx) > n_patients  # several studies per drawn patient came along
+        assert ours[0, k] == pytest.approx(concordance_index_censored(e[idx], t[idx], r[idx])[0], abs=1e-12)
+        assert ours[1, k] == pytest.approx(concordance_index_censored(e[idx], t[idx], -r[idx])[0], abs=1e-12)
+
+
+def test_generic_bootstrap_path_resamples_patients() -> None:
+    d = _clustered(1)
+    t, e, ids = d["time"], d["event"], d["ids"]
+    n_patients, seen = len(set(ids.tolist())), []
+
+    def metric(tt: np.ndarray, ee: np.ndarray, rows: np.ndarray) -> float:
+        seen.append(rows.astype(int))  # the risk passed is the row index
+        return float(concordance_index_censored(ee, tt, d["risk"][rows.astype(int)])[0])
+
+    lo, hi = M.bootstrap_ci(t, e, np.arange(len(t), dtype=float), metric=metric, n=20, seed=5, groups=ids)
+    rng = np.random.default_rng(5)
+    expected = [_explicit_rows(ids, rng.integers(0, n_patients, n_patients)) for _ in range(20)]
+    assert len(seen) == 20 and all(np.array_equal(a, b) for a, b in zip(seen, expected))
+    values = [concordance_index_censored(e[i], t[i], d["risk"][i])[0] for i in expected]
+    assert (lo, hi) == pytest.approx(tuple(np.quantile(values, [0.025, 0.975])), abs=1e-12)
+
+
+def test_groups_of_single_rows_keep_the_old_resamples() -> None:
+    t, e, r = _random_ties(4)
+    plain = M.harrell_c_bootstrap(t, e, r, n=50, seed=2)
+    assert np.array_equal(plain, M.harrell_c_bootstrap(t, e, r, n=50, seed=2, groups=np.arange(len(t))[::-1] * 7))
+    with pytest.raises(ValueError, match="one patient id per row"):
+        M.harrell_c_bootstrap(t, e, r, n=5, groups=np.arange(len(t) - 1))
+    with pytest.raises(ValueError, match="missing patient ids"):
+        M.bootstrap_ci(t, e, r, n=5, groups=np.r_[np.nan, np.arange(len(t) - 1.0)])
+
+
+def _duplicated(t: np.ndarray, e: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Every patient twice (two identical studies) and the patient ids."""
+    return np.repeat(t, 2), np.repeat(e, 2), np.repeat(r, 2), np.repeat(np.arange(len(t)), 2)
+
+
+def test_duplicated_studies_leave_the_cluster_ci_unchanged() -> None:
+    t, e, strong, _ = _strong_and_random(200)
+    width = np.diff(M.bootstrap_ci(t, e, strong, n=400, seed=0))[0]
+    tt, ee, rr, pid = _duplicated(t, e, strong)
+    clustered = np.diff(M.bootstrap_ci(tt, ee, rr, n=400, seed=0, groups=pid))[0]
+    naive = np.diff(M.bootstrap_ci(tt, ee, rr, n=400, seed=0))[0]
+    assert clustered == pytest.approx(width, rel=0.10)
+    assert clustered == pytest.approx(width, abs=1e-12)  # same patient draws, every pair counted 4 times
+    assert naive < 0.85 * width  # resampling studies: the bug, CIs about 1/sqrt(2) too narrow
+
+
+def test_paired_cluster_bootstrap() -> None:
+    t, e, strong, noise = _strong_and_random(200)
+    tt, ee, a, pid = _duplicated(t, e, strong)
+    b = np.repeat(noise, 2)
+    out = M.paired_bootstrap(tt, ee, a, b, n=300, seed=0, groups=pid)
+    assert out["delta"] == pytest.approx(concordance_index_censored(ee, tt, a)[0] - concordance_index_censored(ee, tt, b)[0],
+                                         abs=1e-12)
+    assert out["ci"][0] < out["delta"] < out["ci"][1] and out["ci"][0] > 0
+    assert out["p"] == pytest.approx(M.p_floor(300))  # every resample favours the strong risk
+    assert out == M.paired_bootstrap(tt, ee, a, b, n=300, seed=0, groups=pid)
+    assert out == M.paired_bootstrap(tt, ee, a, b, n=300, seed=0, groups=[f"id{k}" for k in pid])  # ids' names
+    assert out["ci"] == pytest.approx(M.paired_bootstrap(t, e, strong, noise, n=300, seed=0)["ci"], abs=1e-12)
+    naive = M.paired_bootstrap(tt, ee, a, b, n=300, seed=0)
+    assert naive["ci"][1] - naive["ci"][0] < 0.85 * (out["ci"][1] - out["ci"][0])
+
+
+def test_p_floor_is_the_smallest_bootstrap_p() -> None:
+    assert M.p_floor(1000) == pytest.approx(2 / 1001)
+    for b in (99, 200, 1000):
+        assert M.p_floor(b) == M.bootstrap_p(np.ones(b)) == M.bootstrap_p(-np.ones(b))
+    with pytest.raises(ValueError):
+        M.p_floor(0)

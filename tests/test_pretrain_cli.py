@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -25,11 +26,13 @@ from ctsurv.data.simulate import simulate
 from ctsurv.evaluation.vlm_eval import SHORT_ANSWER_TOKENS
 from ctsurv.inference import answer_volume
 from ctsurv.models.vlm import CTVLM, PRESENCE_LABELS
+from ctsurv.training.pretrain import preprocess_all
 from ctsurv.training.stages import InstructionLoss
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 TINY = TINY_PIPELINE
-N_TRAIN, BATCH = 10, 4  # 12 studies of 6 patients; val_fraction 0.15 holds out 1 patient (2 studies)
+# 14 studies of 7 patients; val_fraction and test_fraction 0.15 hold out 1 patient (2 studies) each
+N_TRAIN, N_VAL, N_TEST, BATCH = 10, 2, 2, 4
 
 
 def pretrain(cohort: Path, out: Path, *extra: str) -> Result:
@@ -52,9 +55,9 @@ def table_rows(stdout: str) -> list[tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """12 simulated studies (16×32×32 voxels) of 6 patients, two studies each (a ``patient_id`` column)."""
+    """14 simulated studies (16×32×32 voxels) of 7 patients, two studies each (a ``patient_id`` column)."""
     folder = tmp_path_factory.mktemp("cohort") / "sim"
-    simulate(folder, n=12, seed=5, shape_zyx=(16, 32, 32), spacing_zyx=(18, 10, 10), workers=1, progress=False)
+    simulate(folder, n=14, seed=5, shape_zyx=(16, 32, 32), spacing_zyx=(18, 10, 10), workers=1, progress=False)
     table = pd.read_csv(folder / "cohort.csv")
     table["patient_id"] = [f"pt{i // 2}" for i in range(len(table))]
     table.to_csv(folder / "cohort_patients.csv", index=False)
@@ -95,24 +98,29 @@ def test_pretrain_writes_checkpoints_split_and_evaluation(run: Path, cohort: Pat
         assert metrics["epochs"] == 1 and metrics["studies"] == N_TRAIN
         assert len(metrics["history"]) == -(-N_TRAIN // BATCH)
 
-    table = pd.read_csv(cohort)
+    table = pd.read_csv(cohort, dtype={"id": str})
     split = pd.read_csv(run / "split.csv", dtype=str).merge(table[["id", "patient_id"]], on="id", validate="1:1")
-    assert len(split) == len(table) and set(split["split"]) == {"train", "val"}
+    assert len(split) == len(table) and split["split"].value_counts().to_dict() == {"train": N_TRAIN, "val": N_VAL, "test": N_TEST}
     assert split.groupby("patient_id")["split"].nunique().max() == 1  # a patient's studies stay together
-    val_ids = split.loc[split["split"] == "val", "id"].tolist()
-    assert len(val_ids) == len(table) - N_TRAIN
+    test_ids = split.loc[split["split"] == "test", "id"].tolist()
 
+    # eval.json scores the test studies, and only them: its examples are their reports, in cohort order
     evaluation = json.loads((run / "instruct" / "eval.json").read_text())
-    assert evaluation["n_studies"] == len(val_ids)
+    assert evaluation["n_studies"] == N_TEST
+    assert [e["reference_report"] for e in evaluation["examples"]] == table.set_index("id").loc[test_ids, "findings"].tolist()
     presence = [q.label for q in QUESTIONS if q.kind == "presence"]
     assert set(evaluation["presence"]) == {*presence, "macro"}
-    for label in [*presence, "macro"]:
+    for label in presence:
         scores = evaluation["presence"][label]
-        assert 0 <= scores["accuracy"] <= 1 and 0 <= scores["f1"] <= 1 and scores["n"] == len(val_ids)
+        assert 0 <= scores["accuracy"] <= 1 and 0 <= scores["f1"] <= 1 and scores["n"] == N_TEST
+    macro = evaluation["presence"]["macro"]
+    positive = [label for label in presence if evaluation["presence"][label]["positives"] > 0]
+    assert macro["labels_in_macro"] == positive and positive  # the simulated test reports have findings
+    assert macro["f1"] == pytest.approx(sum(evaluation["presence"][label]["f1"] for label in positive) / len(positive))
     for kind in ("impression", "report"):
         assert {"bleu_4", "rouge_l", "embedding_similarity"} <= set(evaluation[kind])
-        assert evaluation[kind]["n"] == len(val_ids)
-    assert (run / "instruct" / "eval.md").read_text().startswith(f"# Held-out evaluation ({len(val_ids)} studies)")
+        assert evaluation[kind]["n"] == N_TEST
+    assert (run / "instruct" / "eval.md").read_text().startswith(f"# Held-out evaluation ({N_TEST} studies)")
 
 
 def test_stage_0_trains_the_encoder_that_stages_1_and_2_keep_frozen(run: Path) -> None:
@@ -133,12 +141,12 @@ def test_stage_0_trains_the_encoder_that_stages_1_and_2_keep_frozen(run: Path) -
 def test_the_findings_head_is_fitted_on_the_training_studies_before_stage_1(run: Path, cohort: Path) -> None:
     """configs/demo.yaml has projector.findings_token with the mediastinal cells: the head is zero after stage 0,
     fitted before stage 1 on the frozen encoder's features and the cells of the split's training studies, its
-    cells chosen per finding on the validation studies, and kept as it is by stages 1-2."""
+    cells chosen per finding on the validation studies (not the test studies), and kept as it is by stages 1-2."""
     from ctsurv.data.cohort import load_cohort
     from ctsurv.data.datasets import presence_labels
     from ctsurv.training.checkpoint import load_checkpoint
     from ctsurv.training.findings import HeldOut, fit_findings_head
-    from ctsurv.training.pretrain import encode_all, preprocess_all
+    from ctsurv.training.pretrain import encode_all
 
     heads = {stage: load_checkpoint(run / stage)[0].projector.findings for stage in ("vision", "align", "instruct")}
     assert not heads["vision"].weight.any()  # stage 0 does not fit it
@@ -148,7 +156,7 @@ def test_the_findings_head_is_fitted_on_the_training_studies_before_stage_1(run:
     assert cfg.projector.findings_cells_channel == 1
     studies = load_cohort(cohort, cfg.data)
     split = pd.read_csv(run / "split.csv", dtype=str).set_index("id").loc[studies.ids, "split"].to_numpy()
-    table = pd.read_csv(cohort).set_index("id").loc[studies.ids]
+    table = pd.read_csv(cohort, dtype={"id": str}).set_index("id").loc[studies.ids]
     labels = torch.tensor(
         [presence_labels([(q.text, a) for q, a in instruction_pairs(f, i)]) for f, i in zip(table.findings, table.impression)]
     )
@@ -157,7 +165,7 @@ def test_the_findings_head_is_fitted_on_the_training_studies_before_stage_1(run:
     train, val = split == "train", split == "val"
     _, choice = fit_findings_head(
         model.projector.findings, features[train], labels[train], seed=cfg.seed, cells=cells[train],
-        held_out=HeldOut(features[val], cells[val], labels[val]),
+        held_out=HeldOut(features[val], cells[val], labels[val]), groups=table["patient_id"].to_numpy()[train],
     )
     for name, tensor in model.projector.findings.state_dict().items():
         torch.testing.assert_close(heads["align"].state_dict()[name], tensor)
@@ -169,6 +177,50 @@ def test_the_findings_head_is_fitted_on_the_training_studies_before_stage_1(run:
         assert recorded[PRESENCE_LABELS[j]] == pytest.approx(refit)
     reads = heads["align"].reads_cells
     assert [label for label, c in recorded.items() if c["reads_cells"]] == [PRESENCE_LABELS[j] for j in reads.nonzero()[:, 0]]
+
+
+class Stop(Exception):
+    """Ends a pretraining run where a spy has seen what it needed."""
+
+
+def test_the_findings_head_chooses_on_the_validation_studies_and_folds_the_training_patients(
+    cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What ``pretrain`` hands ``fit_findings_head``: the training studies with their patients (its folds), and as
+    held-out studies the validation rows of split.csv, never the test rows."""
+    from ctsurv.config import load_config
+    from ctsurv.data.cohort import load_cohort
+    from ctsurv.data.datasets import presence_labels
+    from ctsurv.models.projector import central_cells
+    from ctsurv.training import pretrain as module
+
+    given: dict = {}
+
+    def spy(head: object, pooled: torch.Tensor, labels: torch.Tensor, **kwargs: object) -> None:
+        given.update(pooled=pooled, labels=labels, **kwargs)
+        raise Stop
+
+    monkeypatch.setattr(module, "fit_findings_head", spy)
+    out, cfg = tmp_path / "run", load_config(CONFIG, TINY)
+    with pytest.raises(Stop):
+        module.pretrain(cfg, cohort, out, progress=False)
+    studies = load_cohort(cohort, cfg.data)
+    split = pd.read_csv(out / "split.csv", dtype=str)
+    assert split["id"].tolist() == list(studies.ids)
+    part = split["split"].to_numpy()
+    patients = np.array(studies.patient_ids)
+    assert given["groups"] == patients[part == "train"].tolist()
+    assert len(given["pooled"]) == len(given["labels"]) == len(given["cells"]) == N_TRAIN
+    table = pd.read_csv(cohort, dtype={"id": str}).set_index("id").loc[studies.ids]
+    labels = torch.tensor(
+        [presence_labels([(q.text, a) for q, a in instruction_pairs(f, i)]) for f, i in zip(table.findings, table.impression)]
+    )
+    cells = central_cells(preprocess_all(studies, cfg, progress=False), cfg.projector.findings_cells_channel)
+    held_out = given["held_out"]
+    torch.testing.assert_close(held_out.cells, cells[part == "val"], rtol=0, atol=0)
+    torch.testing.assert_close(held_out.labels, labels[part == "val"], rtol=0, atol=0)
+    torch.testing.assert_close(given["cells"], cells[part == "train"], rtol=0, atol=0)
+    assert not torch.equal(cells[part == "val"], cells[part == "test"])  # so the test rows would have shown
 
 
 def test_ask_answers_the_predefined_questions(run: Path, cohort: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -256,6 +308,32 @@ def test_resume_refuses_a_changed_setting_of_a_finished_stage(run: Path, cohort:
     assert not (out / "instruct").exists()
 
 
+@pytest.mark.parametrize("setting", ["pretrain.test_fraction=0.3", "pretrain.val_fraction=0.3"])
+def test_resume_refuses_another_split_of_the_patients(run: Path, cohort: Path, tmp_path: Path, setting: str) -> None:
+    """The fractions decide who trains: once a stage is finished they may not change."""
+    out = Path(shutil.copytree(run, tmp_path / "run"))
+    shutil.rmtree(out / "instruct")
+    split = (out / "split.csv").read_bytes()
+    result = pretrain(cohort, out, "--resume", setting)
+    key = setting.split("=")[0]
+    assert_user_error(result, f"the finished stage {out / 'vision'} was trained with other settings", f"{key}: 0.15 in the checkpoint, 0.3 now")
+    assert (out / "split.csv").read_bytes() == split
+
+
+def test_resume_refuses_a_split_csv_it_would_not_draw(run: Path, cohort: Path, tmp_path: Path) -> None:
+    """A run folder whose split.csv is not this cohort's split under the seed (an older two-way split, another
+    cohort) is not resumed: its finished stages trained on other studies."""
+    out = Path(shutil.copytree(run, tmp_path / "run"))
+    shutil.rmtree(out / "instruct")
+    split = pd.read_csv(out / "split.csv", dtype=str)
+    split["split"] = split["split"].replace({"test": "val"})  # the split before the test part existed
+    split.to_csv(out / "split.csv", index=False)
+    written = (out / "split.csv").read_bytes()
+    result = pretrain(cohort, out, "--resume")
+    assert_user_error(result, f"{out / 'split.csv'} differs from the split of {cohort}", "new --out folder")
+    assert (out / "split.csv").read_bytes() == written and not (out / "instruct").exists()
+
+
 def test_pretrain_refuses_a_non_empty_out_without_resume(run: Path, cohort: Path) -> None:
     result = pretrain(cohort, run)
     assert_user_error(result, str(run), "already exists and is not empty", "--resume")
@@ -275,7 +353,7 @@ def test_pretrain_on_impressions_only(cohort: Path, tmp_path: Path) -> None:
     result = pretrain(impressions, out)
     assert result.exit_code == 0, result.output
     assert (out / "instruct" / "model.safetensors").is_file()
-    assert json.loads((out / "instruct" / "eval.json").read_text())["n_studies"] == 12 - N_TRAIN
+    assert json.loads((out / "instruct" / "eval.json").read_text())["n_studies"] == N_TEST
 
 
 def test_pretrain_needs_report_columns(cohort: Path, tmp_path: Path) -> None:

@@ -98,7 +98,9 @@ def test_csv_columns_and_missing_cells(results: dict, tmp_path: Path) -> None:
     with path.open() as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["method", "harrell_c", "ci_lo", "ci_hi", "uno_c", "td_auc@1", "td_auc@3", "td_auc@5",
-                             "ibs", "delta_c_vs_clinical", "delta_ci_lo", "delta_ci_hi", "p_vs_clinical"]
+                             "ibs", "delta_c_vs_clinical", "delta_ci_lo", "delta_ci_hi", "p_vs_clinical",
+                             "harrell_c_folds_mean", "harrell_c_folds_sd", "previous_rung", "delta_c_vs_previous",
+                             "delta_prev_ci_lo", "delta_prev_ci_hi", "p_vs_previous"]
     assert [r["method"] for r in rows] == list(results["methods"])
     model = rows[0]
     assert float(model["harrell_c"]) == 0.7123
@@ -108,7 +110,7 @@ def test_csv_columns_and_missing_cells(results: dict, tmp_path: Path) -> None:
     enc = rows[2]
     assert enc["harrell_c"] == enc["ci_lo"] == enc["p_vs_clinical"] == enc["ibs"] == ""
     df = pd.read_csv(path)
-    assert df.shape == (5, 13)
+    assert df.shape == (5, 20)
 
 
 def test_markdown_table(results: dict, tmp_path: Path) -> None:
@@ -120,12 +122,93 @@ def test_markdown_table(results: dict, tmp_path: Path) -> None:
         assert col in text
     model_row = next(line for line in text.splitlines() if line.startswith("| Model: CT + clinical"))
     assert "0.712 (0.682–0.742)" in model_row and "+0.045 (+0.025 to +0.065)" in model_row
-    assert model_row.rstrip(" |").endswith("<0.001")
+    assert model_row.split("|")[-4].strip() == "<0.001"
     enc_row = next(line for line in text.splitlines() if line.startswith("| Encoder"))
     cells = [c.strip() for c in enc_row.strip("|").split("|")]
-    assert cells[1] == DASH and cells[-1] == DASH and cells[-2] == DASH and cells[-4] == DASH  # C, p, ΔC, IBS
+    assert cells[1] == cells[2] == cells[-3] == cells[-4] == cells[-5] == DASH  # C, C per fold, p, ΔC, IBS
+    assert cells[-2] == cells[-1] == ""  # not on a ladder
     assert "| reference |" in text  # the clinical Cox row is the reference for ΔC
     assert "| 0.050 |" in text  # p = 0.0496 is not rounded to 0.05
+
+
+@pytest.fixture()
+def ladder_results(results: dict) -> dict:
+    """The results with fold C, a ladder clinical_cox -> model_image_only -> model, and 1000 resamples."""
+    methods = results["methods"]
+    for m in methods.values():
+        m |= {"harrell_c_folds_mean": m["harrell_c"], "harrell_c_folds_sd": 0.0312, "previous_rung": None,
+              "delta_c_vs_previous": None, "delta_c_vs_previous_ci": None, "p_vs_previous": None}
+    methods["model_image_only"] |= {"previous_rung": "clinical_cox", "delta_c_vs_previous": 0.023,
+                                     "delta_c_vs_previous_ci": [0.001, 0.045], "p_vs_previous": 0.041}
+    methods["model"] |= {"previous_rung": "model_image_only", "delta_c_vs_previous": 0.0223,
+                         "delta_c_vs_previous_ci": [-0.004, 0.048], "p_vs_previous": 0.12}
+    methods["encoder_no_instruction"]["harrell_c_folds_sd"] = None
+    results["cohort"]["bootstrap"] = {"resamples": 1000, "unit": "patient", "p_floor": 2 / 1001}
+    return results | {"ladder": ["clinical_cox", "model_image_only", "model"]}
+
+
+def _row(text: str, start: str) -> list[str]:
+    line = next(line for line in text.splitlines() if line.startswith(f"| {start}"))
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def test_ladder_columns_in_markdown_csv_and_terminal(ladder_results: dict, tmp_path: Path) -> None:
+    paths = report.write_results(ladder_results, tmp_path)
+    text = paths[2].read_text()
+    assert "| C per fold (mean ± SD) |" in text and "| ΔC vs rung below (95% CI) | p |" in text
+    model, image, ref = _row(text, "Model: CT + clinical"), _row(text, "Model: CT only"), _row(text, "Clinical Cox")
+    assert model[2] == "0.712 ± 0.031" and model[-2:] == ["+0.022 (-0.004 to +0.048)", "0.12"]
+    assert model[-3] == "≤ 0.002"  # p_vs_clinical 1.2e-5 is below what 1000 resamples can show
+    assert image[-2:] == ["+0.023 (+0.001 to +0.045)", "0.04"]
+    assert ref[-2:] == ["bottom rung", ""]
+    assert _row(text, "Encoder")[2] == DASH
+    assert "- `model`: Model: CT + clinical" in text and "; rung below: `model_image_only`" in text
+    assert "Bootstrap: 1000 resamples of patients; the smallest possible p is 0.002." in text
+    sentence = report.ladder_sentence(ladder_results)
+    assert f"\n\n{sentence}\n\n" in text  # right under the table
+    with paths[1].open() as f:
+        rows = {r["method"]: r for r in csv.DictReader(f)}
+    assert rows["model"]["previous_rung"] == "model_image_only" and rows["clinical_cox"]["previous_rung"] == ""
+    assert float(rows["model"]["delta_c_vs_previous"]) == 0.0223 and float(rows["model"]["delta_prev_ci_lo"]) == -0.004
+    assert float(rows["model"]["p_vs_previous"]) == 0.12 and float(rows["model"]["harrell_c_folds_sd"]) == 0.0312
+    console = Console(record=True, width=260)
+    console.print(report.terminal_table(ladder_results))
+    out = console.export_text()
+    assert "0.712 ± 0.031" in out and "model_image_only" in out and "bottom rung" in out and "≤ 0.002" in out
+    assert "the step that carries the gain is" in out  # the sentence as the caption
+
+
+def test_ladder_sentence_with_a_significant_step(ladder_results: dict) -> None:
+    assert report.ladder_sentence(ladder_results) == (
+        "Of the ladder clinical_cox → model_image_only → model, the step that carries the gain is model_image_only "
+        "over clinical_cox (ΔC +0.023, 95% CI +0.001 to +0.045, p = 0.04); no other step is significant at α = 0.05.")
+    ladder_results["methods"]["model_image_only"]["p_vs_previous"] = 0.0019980  # at the floor, as results.json keeps it
+    ladder_results["methods"]["model"]["p_vs_previous"] = 0.0499
+    assert report.ladder_sentence(ladder_results).endswith(
+        "the steps that carry the gain are model_image_only over clinical_cox (ΔC +0.023, 95% CI +0.001 to +0.045, "
+        "p ≤ 0.002) and model over model_image_only (ΔC +0.022, 95% CI -0.004 to +0.048, p = 0.050).")
+
+
+def test_ladder_sentence_without_a_significant_step(ladder_results: dict) -> None:
+    methods = ladder_results["methods"]
+    methods["model_image_only"] |= {"delta_c_vs_previous": -0.02, "delta_c_vs_previous_ci": [-0.035, -0.005],
+                                    "p_vs_previous": 0.01}
+    assert report.ladder_sentence(ladder_results) == (
+        "Of the ladder clinical_cox → model_image_only → model, no step improves significantly on the one below it "
+        "at α = 0.05; the largest step is model over model_image_only (ΔC +0.022, 95% CI -0.004 to +0.048, p = 0.12); "
+        "model_image_only over clinical_cox (ΔC -0.020, 95% CI -0.035 to -0.005, p = 0.01) is significantly lower "
+        "than the rung below.")
+
+
+def test_ladder_order_from_results_then_method_order(ladder_results: dict) -> None:
+    methods = ladder_results["methods"]
+    scrambled = {k: methods[k] for k in ("model", "oracle", "clinical_cox", "model_image_only")}
+    shuffled = ladder_results | {"methods": scrambled}
+    assert report.ladder_sentence(shuffled).startswith("Of the ladder clinical_cox → model_image_only → model,")
+    in_order = {k: methods[k] for k in ("clinical_cox", "model_image_only", "model")}
+    assert report.ladder_sentence({"methods": in_order}) == report.ladder_sentence(ladder_results)
+    no_ladder = {"methods": {k: m | {"previous_rung": None} for k, m in methods.items()}}
+    assert report.ladder_sentence(no_ladder) == "" and "Of the ladder" not in report.results_markdown(no_ladder)
 
 
 def test_cohort_line_units_and_missing() -> None:
@@ -141,6 +224,35 @@ def test_cohort_line_units_and_missing() -> None:
 )
 def test_fmt_p(p: float | None, text: str) -> None:
     assert report.fmt_p(p) == text
+
+
+@pytest.mark.parametrize(
+    ("p", "floor", "text"),
+    [(2 / 1001, 2 / 1001, "≤ 0.002"), (0.001998, 2 / 1001, "≤ 0.002"), (2 / 1001, 0.001998, "≤ 0.002"),
+     (1e-6, 2 / 1001, "≤ 0.002"), (4 / 1001, 2 / 1001, "0.004"), (0.002, 0.002, "≤ 0.002"), (2 / 201, 2 / 201, "≤ 0.010"),
+     (2 / 10001, 2 / 10001, "≤ 0.00020"), (4 / 10001, 2 / 10001, "<0.001"), (2 / 20001, 2 / 20001, "≤ 0.00010"),
+     (0.31, 2 / 1001, "0.31"), (None, 2 / 1001, DASH), (1e-6, None, "<0.001"), (1e-6, float("nan"), "<0.001")],
+)
+def test_fmt_p_at_the_bootstrap_floor(p: float | None, floor: float | None, text: str) -> None:
+    assert report.fmt_p(p, floor) == text
+
+
+def test_floor_text_is_a_tight_upper_bound() -> None:
+    for b in range(100, 30000, 37):
+        floor = 2 / (b + 1)
+        text = report.fmt_p(floor, floor=floor)
+        assert text.startswith("≤ ")
+        digits = len(text.split(".")[1])
+        assert float(text[2:]) >= floor and float(text[2:]) - floor < 10.0**-digits, b
+        assert digits == 3 if floor >= 0.001 else len(text[2:].lstrip("0.")) == 2, b
+
+
+def test_p_phrase() -> None:
+    assert report.p_phrase(2 / 1001, floor=2 / 1001) == "p ≤ 0.002"
+    assert report.p_phrase(0.03, floor=2 / 1001) == "p = 0.03"
+    assert report.p_phrase(1e-5) == "p < 0.001" and report.p_phrase(0.999) == "p > 0.99"
+    assert report.p_floor({"cohort": {"bootstrap": {"p_floor": 0.002}}}) == 0.002
+    assert report.p_floor({"cohort": {}}) is None and report.p_floor({}) is None
 
 
 def test_clean_plain_json() -> None:

@@ -9,8 +9,11 @@ estimators for the same linear predictor.
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import itertools
 import json
+import shutil
 import warnings
 from dataclasses import dataclass
 from functools import partial
@@ -20,6 +23,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 from lifelines import CoxPHFitter
 from lifelines.exceptions import ConvergenceWarning
 from rich.console import Console
@@ -29,21 +33,39 @@ from tiny_setups import TINY_PIPELINE, assert_user_error, cli, one_torch_thread 
 
 import ctsurv.demo
 from ctsurv.config import ExperimentConfig, load_config
-from ctsurv.data.cohort import load_cohort
+from ctsurv.data.cohort import Cohort, load_cohort
+from ctsurv.data.datasets import PRESENCE_QUESTIONS
 from ctsurv.data.simulate import simulate
 from ctsurv.errors import CohortError
 from ctsurv.evaluation.crossval import make_folds
-from ctsurv.training.survival import FoldData, ImageFeatures, clinical_cox
+from ctsurv.training import survival_run
+from ctsurv.training.checkpoint import load_checkpoint
+from ctsurv.training.pretrain import preprocess_all
+from ctsurv.training.survival import (
+    FoldData,
+    ImageFeatures,
+    answer_image,
+    clinical_cox,
+    encoder_image,
+    head_method,
+    image_budget,
+)
+from ctsurv.training.survival_run import Features, evaluate, prepare
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 RUN = TINY_PIPELINE
 SURVIVAL = ["survival.bootstrap=100", "survival.epochs=50"]
 SIM = {"shape_zyx": (16, 32, 32), "spacing_zyx": (18, 10, 10), "workers": 1}
-METHODS = {"model", "model_image_only", "model_risk_query", "clinical_cox", "encoder_no_instruction", "oracle"}
+METHODS = {"model", "model_image_only", "model_risk_query", "model_align", "findings_classifier", "clinical_cox",
+           "encoder_no_instruction", "oracle"}
+LADDER = ["clinical_cox", "encoder_no_instruction", "findings_classifier", "model_align", "model"]
 METHOD_KEYS = {
-    "harrell_c", "harrell_c_ci", "uno_c", "td_auc", "ibs", "delta_c_vs_clinical", "delta_c_ci", "p_vs_clinical"
+    "harrell_c", "harrell_c_ci", "uno_c", "td_auc", "ibs", "delta_c_vs_clinical", "delta_c_ci", "p_vs_clinical",
+    "harrell_c_folds_mean", "harrell_c_folds_sd", "previous_rung", "delta_c_vs_previous", "delta_c_vs_previous_ci",
+    "p_vs_previous",
 }
-LEARNED = ("model", "model_image_only", "model_risk_query", "encoder_no_instruction")  # fitted per fold on image features
+LEARNED = ("model", "model_image_only", "model_risk_query", "model_align", "findings_classifier",
+           "encoder_no_instruction")  # fitted per fold on image features
 N_SIM, N_PAIRS, N_TWINS = 40, 6, 3  # 40 simulated patients; 6 get a second, identical study; 3 an identical twin
 
 
@@ -131,6 +153,26 @@ def predicted(run: Path, cohorts: Cohorts, tmp_path_factory: pytest.TempPathFact
     return out
 
 
+@pytest.fixture(scope="module")
+def prepared(cohorts: Cohorts, pretrained: Path) -> tuple[ExperimentConfig, Cohort, Features]:
+    """`prepare` in-process with the `run` fixture's settings: the config, the cohort and every rung's features."""
+    return prepare(load_config(CONFIG, [*SURVIVAL, "seed=0"]), cohorts.cohort, pretrained, None, progress=False)
+
+
+def pooled_by_hand(encoder: torch.nn.Module, volumes: torch.Tensor, tokens_xyz: tuple[int, int, int]) -> torch.Tensor:
+    """The projector's input (B, Dv, N + 1) written out: the encoder grid averaged to ``tokens_xyz`` tokens,
+    then its channel-wise maximum (the max token)."""
+    with torch.no_grad():
+        grid = encoder.eval().features(volumes.float())
+    return torch.cat([F.adaptive_avg_pool3d(grid, tokens_xyz).flatten(2), grid.flatten(2).amax(-1, keepdim=True)], 2)
+
+
+def cells_by_hand(volumes: torch.Tensor, channel: int) -> torch.Tensor:
+    """The findings head's cells of 32×32×16 (X, Y, Z) volumes: the central half in x and y, the central two
+    thirds in z (16×16×12 voxels, already the 16×16×12 cells), of ``channel``, flattened."""
+    return volumes[:, channel, 8:24, 8:24, 2:14].float().flatten(1)
+
+
 # ----------------------------------------------------------------------------------- survival: results
 
 
@@ -161,6 +203,26 @@ def test_results_json_follows_the_contract(run: Path, cohorts: Cohorts) -> None:
     reference = methods["clinical_cox"]
     assert reference["delta_c_vs_clinical"] == 0 and reference["delta_c_ci"] == [0, 0]
     assert reference["p_vs_clinical"] == 1
+
+    # the ablation ladder: every rung present, bottom first, each compared with the rung below it
+    assert results["ladder"] == LADDER
+    for below, name in itertools.pairwise(LADDER):
+        m = methods[name]
+        assert m["previous_rung"] == below, name
+        delta = m["harrell_c"] - methods[below]["harrell_c"]
+        assert m["delta_c_vs_previous"] == pytest.approx(delta, abs=2e-4), name
+        lo, hi = m["delta_c_vs_previous_ci"]
+        assert lo <= hi and 0 < m["p_vs_previous"] <= 1, name
+    assert methods["clinical_cox"]["previous_rung"] is None
+    assert all(methods[name]["previous_rung"] is None for name in METHODS - set(LADDER))
+    boot = cohort["bootstrap"]
+    assert boot == {"resamples": 100, "unit": "patient", "p_floor": pytest.approx(2 / 101, rel=1e-3)}
+    pretrain = Path(cohort["pretrained"]).parent
+    assert cohort["sources"] == {
+        "model": str(pretrain / "instruct"), "findings_classifier": str(pretrain / "instruct"),
+        "model_align": str(pretrain / "align"), "encoder_no_instruction": str(pretrain / "vision"),
+    }
+    assert not set(results["notes"]) & set(LADDER)  # no rung is absent
 
     assert "nan" not in (run / "results.csv").read_text().lower()
     assert read_table(run / "results.csv")["method"].tolist() == list(methods)
@@ -197,13 +259,13 @@ def test_c_indices_match_scikit_survival(run: Path, cohorts: Cohorts) -> None:
 
 def test_image_features_reorder_every_field_alike() -> None:
     n = 5
-    features = ImageFeatures(np.arange(n * 2.0).reshape(n, 2), np.arange(n * 3.0).reshape(n, 3), None,
+    features = ImageFeatures(np.arange(n * 2.0).reshape(n, 2), np.arange(n * 3.0).reshape(n, 3),
                              np.arange(n * 8.0).reshape(n, 4, 2))
     order = np.array([3, 0, 4])
     picked = features.rows(order)
     for got, full in ((picked.p_yes, features.p_yes), (picked.hidden, features.hidden), (picked.visual, features.visual)):
         np.testing.assert_array_equal(got, full[order])
-    assert picked.pooled is None
+    assert ImageFeatures(features.p_yes, features.hidden).rows(order).visual is None
 
 
 def test_folds_keep_a_patients_studies_together(run: Path, cohorts: Cohorts) -> None:
@@ -236,6 +298,148 @@ def test_folds_keep_a_patients_studies_together(run: Path, cohorts: Cohorts) -> 
     for a, b in apart:
         for name in ("clinical_cox", *LEARNED):
             assert abs(oof.at[a, f"risk_{name}"] - oof.at[b, f"risk_{name}"]) > 1e-3, (name, a, b)
+
+
+STUDIES = [0, 7, 19, 33, 45]  # a few studies of the grouped cohort, checked by hand
+
+
+def test_findings_classifier_rung_is_the_models_findings_head_by_hand(prepared: tuple, pretrained: Path) -> None:
+    """`findings_classifier` reads sigmoid(weight @ ((x - mean) / scale) + bias) of the instruct checkpoint's
+    findings head, x the mean of the grid tokens, the max token and (where the head reads them) the cells."""
+    cfg, cohort, features = prepared
+    vlm, model_cfg = load_checkpoint(pretrained / "instruct")
+    head = vlm.projector.findings
+    volumes = preprocess_all(cohort, cfg, progress=False)[STUDIES]
+    pooled = pooled_by_hand(vlm.vision_encoder, volumes, tuple(reversed(model_cfg.projector.tokens_zyx)))
+    summary = torch.cat([pooled[:, :, :-1].mean(-1), pooled[:, :, -1]], 1)
+    x = torch.cat([summary, cells_by_hand(volumes, model_cfg.projector.findings_cells_channel)], 1).double().numpy()
+    mean, scale, weight, bias = (getattr(head, n).double().numpy() for n in ("mean", "scale", "weight", "bias"))
+    expected = 1 / (1 + np.exp(-(((x - mean) / scale) @ weight.T + bias)))
+    assert features.findings.shape == (len(cohort), len(PRESENCE_QUESTIONS))
+    np.testing.assert_allclose(features.findings[STUDIES], expected, rtol=0, atol=1e-5)
+    assert expected.std(0).max() > 1e-3  # probabilities that differ between studies: the comparison has teeth
+
+
+def test_encoder_rung_reads_the_projector_input_of_the_stage0_encoder_at_the_models_budget(
+    prepared: tuple, pretrained: Path
+) -> None:
+    """`encoder_no_instruction`'s blocks are what the projector receives from the stage-0 (vision) encoder (the
+    pooled grid with its max token, flattened; the cells when the findings head reads them), and its PCA keeps
+    as many features as `model` reads: P(yes) per presence question + survival.hidden_components."""
+    cfg, cohort, features = prepared
+    vision, model_cfg = load_checkpoint(pretrained / "vision")
+    volumes = preprocess_all(cohort, cfg, progress=False)[STUDIES]
+    pooled = pooled_by_hand(vision.vision_encoder, volumes, tuple(reversed(model_cfg.projector.tokens_zyx)))
+    np.testing.assert_allclose(features.encoder[0][STUDIES], pooled.flatten(1).numpy(), rtol=0, atol=1e-5)
+    reads_cells = bool(load_checkpoint(pretrained / "instruct")[0].projector.findings.reads_cells.any())
+    assert len(features.encoder) == 1 + reads_cells
+    if reads_cells:
+        cells = cells_by_hand(volumes, model_cfg.projector.findings_cells_channel).numpy()
+        np.testing.assert_array_equal(features.encoder[1][STUDIES], cells)
+
+    budget = len(PRESENCE_QUESTIONS) + cfg.survival.hidden_components
+    assert image_budget(cfg) == budget
+    scans = np.array([i for i, s in enumerate(cohort.ids) if not s.endswith(("_b", "_t"))])  # distinct scans
+    train, test = scans[:32], scans[32:]
+    model_train, _ = answer_image(features.answers, cfg.survival.hidden_components)(train, test)
+    x_train, x_test = encoder_image(features.encoder, image_budget(cfg))(train, test)
+    assert model_train.shape == x_train.shape == (len(train), budget) and x_test.shape == (len(test), budget)
+    assert encoder_image(features.encoder, budget)(train[:10], test)[1].shape == (len(test), 9)  # n_train - 1
+    # a fold holding both studies of a patient (the same scan twice): as many components as the training
+    # rows' centred, block-scaled features have dimensions
+    fold = make_folds(cohort.times, cohort.events, groups=cohort.patient_ids, n_splits=3, seed=0)[0]
+    blocks = [b[fold.train_idx].astype(np.float64) for b in features.encoder]
+    centred = np.hstack([(b - b.mean(0)) / np.sqrt(b.var(0).sum()) for b in blocks])
+    rank = np.linalg.matrix_rank(centred, tol=1e-6)
+    assert rank < budget  # the case this checks
+    x_train, x_test = encoder_image(features.encoder, budget)(fold.train_idx, fold.test_idx)
+    assert x_train.shape[1] == x_test.shape[1] == rank and x_train.std(0).min() > 1e-3
+
+
+def test_repeats_keep_each_repeats_values_together(prepared: tuple, tmp_path: Path) -> None:
+    """--repeats 2: oof.csv holds one row per study and repeat, each with that repeat's fold, the model's risk of
+    that repeat (recomputed here fold by fold) and survival at the horizon from that fold's Breslow baseline
+    (so, within a fold, non-increasing in risk)."""
+    cfg, cohort, features = prepared
+    run = evaluate(cfg, cohort, features, tmp_path / "repeats", folds=3, repeats=2, progress=False,
+                   final_model=False, only={"model", "clinical_cox"})
+    assert run.model_dir is None and run.results["ladder"] == ["clinical_cox", "model"]
+    oof = pd.read_csv(tmp_path / "repeats" / "oof.csv", dtype={"id": str})
+    assert oof["repeat"].tolist() == [0] * len(cohort) + [1] * len(cohort)
+    assert oof["id"].tolist() == cohort.ids * 2
+    folds = make_folds(cohort.times, cohort.events, groups=cohort.patient_ids, n_splits=3, n_repeats=2, seed=0)
+    model = head_method(FoldData(cohort, cohort.times, cohort.events), cfg,
+                        answer_image(features.answers, cfg.survival.hidden_components), use_clinical=True, seed=0)
+    for fold in folds:
+        rows = oof[oof["repeat"] == fold.repeat].iloc[fold.test_idx]
+        assert (rows["fold"] == fold.fold).all()
+        np.testing.assert_allclose(rows["risk"], model(fold.train_idx, fold.test_idx).risk, rtol=0, atol=1e-9)
+        by_risk = rows.sort_values("risk")
+        assert (np.diff(by_risk["surv_at_horizon"].to_numpy()) <= 1e-12).all(), (fold.repeat, fold.fold)
+    assert (oof["risk"] == oof["risk_model"]).all()
+    first, second = (oof[oof["repeat"] == r].reset_index(drop=True) for r in (0, 1))
+    assert (first["fold"] != second["fold"]).any() and np.abs(first["risk"] - second["risk"]).max() > 1e-3
+    assert (tmp_path / "repeats" / "calibration_repeat1.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(run.results["figures"]["calibration_by_repeat"]) == 2
+
+
+def test_a_vision_checkpoint_is_refused_by_ask_survival_and_predict(
+    pretrained: Path, run: Path, cohorts: Cohorts, tmp_path: Path
+) -> None:
+    """Stage 0's checkpoint has a language model that never trained: one line naming the instruct folder."""
+    vision, instruct = pretrained / "vision", str(pretrained / "instruct")
+    volume = read_table(cohorts.cohort)["volume"].iloc[0]
+    assert_user_error(cli("ask", vision, volume), str(vision), "never trained", instruct)
+    out = tmp_path / "survival"
+    result = cli("survival", "--config", CONFIG, "--cohort", cohorts.cohort, "--out", out, "--pretrained", vision)
+    assert_user_error(result, str(vision), "never trained", instruct)
+    assert not out.exists()
+    shutil.copytree(run / "model", tmp_path / "run" / "model")
+    meta = json.loads((run / "model" / "model.json").read_text())
+    (tmp_path / "run" / "model" / "model.json").write_text(json.dumps({**meta, "checkpoint": str(vision)}))
+    shutil.copy(run / "config.yaml", tmp_path / "run" / "config.yaml")
+    out = tmp_path / "predicted"
+    assert_user_error(cli("predict", tmp_path / "run", cohorts.cohort, "--out", out), str(vision), instruct)
+    assert not out.exists()
+
+
+def test_pretrained_reads_the_same_stages_from_the_run_or_its_instruct_folder(pretrained: Path, tmp_path: Path) -> None:
+    """--pretrained RUN and --pretrained RUN/instruct give the same rungs; another checkpoint is read alone."""
+    from ctsurv.training.survival_run import PretrainedCheckpoints, pretrained_checkpoints
+
+    expected = PretrainedCheckpoints(pretrained / "instruct", pretrained / "vision", pretrained / "align")
+    assert pretrained_checkpoints(pretrained) == pretrained_checkpoints(pretrained / "instruct") == expected
+    assert expected.before == pretrained / "vision"
+    alone = Path(shutil.copytree(pretrained / "instruct", tmp_path / "instruct_copy"))
+    assert pretrained_checkpoints(alone) == PretrainedCheckpoints(alone)
+
+
+@pytest.mark.parametrize("encoder", ["vit3d", "cnn3d", "resnet"])
+def test_survival_refuses_an_encoder_without_pretrained_weights(encoder: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = cli("survival", "--config", CONFIG, "--cohort", tmp_path / "cohort.csv", "--out", out, "--encoder", encoder)
+    assert_user_error(result, f"--encoder {encoder}" if encoder != "resnet" else "'resnet'", "--pretrained", "i3resnet152")
+    assert not out.exists()
+
+
+def test_bare_i3resnet_keeps_the_users_vision_settings(cohorts: Cohorts, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--encoder i3resnet152 replaces vision.encoder only; the rung reads its mean-pooled grid, and the rungs that
+    need a language model are absent with a reason."""
+
+    class Grid(torch.nn.Module):
+        def features(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([x, 2 * x], 1)  # (B, 2, X, Y, Z)
+
+    built = []
+    monkeypatch.setattr(survival_run, "build_vision_encoder", lambda vision, *a, **k: built.append(vision) or Grid())
+    volumes = torch.rand(len(read_table(cohorts.cohort)), 1, 2, 2, 2)
+    monkeypatch.setattr(survival_run, "preprocess_all", lambda cohort, cfg, progress: volumes)
+    user = load_config(None, ["vision.cnn_widths=[8,16,32,64]", "vision.dim=48"])  # one HU window, as I3ResNet-152 reads
+    cfg, _, features = prepare(user, cohorts.cohort, None, "i3resnet152", progress=False)
+    assert cfg.vision == built[0] == dataclasses.replace(user.vision, encoder="i3resnet152")
+    mean = volumes.mean(dim=(2, 3, 4)).numpy()
+    np.testing.assert_allclose(features.encoder[0], np.concatenate([mean, 2 * mean], 1), rtol=1e-6)
+    assert features.answers is None and set(features.absent) == {"model", "model_align", "findings_classifier"}
 
 
 def test_too_few_patients_with_an_event_is_a_one_line_error(cohorts: Cohorts, pretrained: Path, tmp_path: Path) -> None:
@@ -286,9 +490,10 @@ def test_finetuned_run_tunes_per_fold_saves_the_tuned_model_and_predict_reads_it
     cohorts: Cohorts, pretrained: Path, tmp_path: Path
 ) -> None:
     """survival.finetune=projector: `model` is the tuned variant and `model_frozen` the frozen one, in the same
-    folds; the final model's tuned checkpoint differs from the pretrained one in the projector only; predict
-    reads it and gives the final model's training risks back."""
-    from ctsurv.training.checkpoint import load_checkpoint
+    folds; the final model's tuned checkpoint (stage "survival") differs from the pretrained one in the projector
+    only; model.json names it relative to the model folder, so predict reads it, from a moved run folder, and
+    gives the final model's training risks back."""
+    from ctsurv.training.checkpoint import checkpoint_stage, load_checkpoint
 
     out = tmp_path / "tuned"
     tuning = ["survival.finetune=projector", "survival.finetune_epochs=1", "survival.finetune_batch_size=10",
@@ -306,13 +511,18 @@ def test_finetuned_run_tunes_per_fold_saves_the_tuned_model_and_predict_reads_it
     tuned_state, base_state = tuned.state_dict(), base.state_dict()
     changed = {n for n in base_state if not torch.equal(base_state[n], tuned_state[n])}
     assert changed and all(n.startswith("projector.") for n in changed)
+    assert checkpoint_stage(out / "model" / "vlm") == "survival"
     meta = json.loads((out / "model" / "model.json").read_text())
-    assert Path(meta["checkpoint"]) == (out / "model" / "vlm").resolve()
+    assert meta["checkpoint"] == "vlm"
 
-    assert cli("predict", out, cohorts.cohort, "--out", tmp_path / "pred").exit_code == 0
+    moved = tmp_path / "elsewhere" / "tuned"
+    shutil.copytree(out, moved)
+    shutil.rmtree(out)
+    result = cli("predict", moved, cohorts.cohort, "--out", tmp_path / "pred")
+    assert result.exit_code == 0, result.output
     risk = read_table(tmp_path / "pred" / "predictions.csv")["risk"].to_numpy()
-    # the tuned model read cached encoder grids in training and the scans here: equal to float rounding
-    np.testing.assert_allclose(np.sort(risk), meta["training_risk"], rtol=0, atol=1e-4)
+    # the tuned model reads the pooled encoder grids of the same scans in the same batches in both
+    np.testing.assert_allclose(np.sort(risk), meta["training_risk"], rtol=0, atol=1e-9)
 
 
 def test_survival_refuses_a_non_empty_out(run: Path, cohorts: Cohorts, pretrained: Path) -> None:

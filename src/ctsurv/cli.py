@@ -1,24 +1,28 @@
 """The ``ctsurv`` command line: parse, load config, call one function per command.
 
 Heavy imports (torch, MONAI) happen inside the commands so that ``ctsurv --help`` is instant.
-Errors the user can fix (:class:`ctsurv.errors.CtsurvError`) end the command with a one-line
-reason on stderr and exit status 2, without a traceback.
+Errors the user can fix (:class:`ctsurv.errors.CtsurvError`, and a file that cannot be read or
+written) end the command with a one-line reason on stderr and exit status 2, without a traceback.
+Commands write through :mod:`ctsurv.outputs`: their outputs appear whole or not at all.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import functools
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from ctsurv.errors import CtsurvError
+from ctsurv.outputs import check_output_file, staged_output
 
 app = typer.Typer(
     name="ctsurv",
@@ -40,18 +44,48 @@ def _setup() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
+# errno -> (what failed, what to do) for a file or folder the command cannot read or write
+_FILE_ERRORS = {
+    errno.EACCES: ("permission denied", "choose a path you may read and write"),
+    errno.EPERM: ("operation not permitted", "choose a path you may read and write"),
+    errno.EROFS: ("read-only file system", "choose a writable location"),
+    errno.ENOSPC: ("no space left on the device", "free some space or choose another location"),
+    errno.EDQUOT: ("disk quota exceeded", "free some space or choose another location"),
+    errno.EISDIR: ("it is a folder", "pass a file path"),
+    errno.ENOTDIR: ("a part of the path is not a folder", "check the path"),
+    errno.EEXIST: ("a file is in the way of a folder", "check the path"),
+    errno.ENAMETOOLONG: ("the name is too long", "choose a shorter path"),
+}
+
+
 def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a CtsurvError into a one-line message and exit status 2."""
+    """Turn a CtsurvError, or an OSError on a file (permission, space, a folder for a file...), into a one-line
+    message and exit status 2. Other exceptions are bugs and keep their traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except CtsurvError as e:
-            err_console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True, highlight=False)
-            raise typer.Exit(code=2) from None
+            _fail("; ".join([str(e), *getattr(e, "__notes__", ())]))
+        except OSError as e:
+            if e.errno not in _FILE_ERRORS or e.filename is None:
+                raise
+            reason, hint = _FILE_ERRORS[e.errno]
+            _fail("; ".join([f"cannot read or write {e.filename}: {reason}", hint, *getattr(e, "__notes__", ())]))
+        except KeyboardInterrupt as e:  # click prints "Aborted!" only: say where a kept partial run is
+            for note in getattr(e, "__notes__", ()):
+                err_console.print(escape(note), soft_wrap=True, highlight=False)
+            raise
 
     return wrapper
+
+
+def _fail(message: str) -> NoReturn:
+    """Print ``message`` as one ``error:`` line on stderr and exit with status 2."""
+    line = " ".join(part.strip() for part in message.splitlines())
+    err_console.print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True, highlight=False)
+    raise typer.Exit(code=2) from None
 
 
 @app.command()
@@ -67,19 +101,23 @@ def simulate(
     workers: int | None = typer.Option(None, "--workers", help="Processes for rendering (default: all cores)."),
 ) -> None:
     """Simulate a synthetic chest-CT cohort with reports, clinical data and survival (true risk known)."""
+    from ctsurv.data.simulate import _refuse_existing
     from ctsurv.data.simulate import simulate as run_simulation
 
-    summary = run_simulation(
-        out,
-        n=n,
-        seed=seed,
-        image_signal=image_signal,
-        clinical_signal=clinical_signal,
-        shape_zyx=shape,
-        spacing_zyx=spacing,
-        workers=workers,
-        progress=True,
-    )
+    _refuse_existing(out)  # the message that names an existing cohort.csv
+    with staged_output(out) as folder:
+        summary = run_simulation(
+            folder,
+            n=n,
+            seed=seed,
+            image_signal=image_signal,
+            clinical_signal=clinical_signal,
+            shape_zyx=shape,
+            spacing_zyx=spacing,
+            workers=workers,
+            progress=True,
+        )
+    summary = dataclasses.replace(summary, out_dir=out)
     console.print(summary.to_table())
     console.print(f"cohort: [bold]{summary.out_dir / 'cohort.csv'}[/]  volumes: {summary.out_dir / 'volumes'}  "
                   f"truth (evaluation only): {summary.out_dir / 'truth.csv'}")
@@ -100,6 +138,8 @@ def inspect(
     from ctsurv.data.inspect import describe, save_montage
     from ctsurv.data.volumes import read_volume
 
+    if png is not None:
+        check_output_file(png, [volume], "--png")  # before anything is printed
     vol = read_volume(volume, spacing_zyx=spacing)
     table = Table(title=escape(str(volume)), show_header=False)
     for key, value in describe(vol).items():
@@ -130,7 +170,7 @@ def pretrain(
     config: Path = typer.Option(..., "--config", help="Experiment YAML (see configs/)."),
     cohort: Path = typer.Option(..., "--cohort", help="Cohort table (CSV/Parquet) with volumes and reports."),
     out: Path = typer.Option(..., "--out", help="Folder to create for the checkpoints and evaluation."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out: finished stages are kept (their settings must not change), an interrupted one continues from its last epoch."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run (kept as .NAME.partial beside --out), or rerun in a finished --out: finished stages are kept (their settings must not change), an interrupted one continues from its last epoch."),
     overrides: list[str] | None = typer.Argument(None, help="Config overrides, e.g. pretrain.instruct.epochs=5."),
 ) -> None:
     """Stages 0-2: a scratch encoder learns the report findings, the projector aligns it to the LM,
@@ -139,10 +179,16 @@ def pretrain(
     from ctsurv.training.pretrain import pretrain as run_pretrain
 
     cfg = load_config(config, overrides or [])
-    summary = run_pretrain(cfg, cohort, out, resume=resume)
+    with staged_output(out, [config, cohort], resumable=True, resume=resume) as folder:
+        summary = run_pretrain(cfg, cohort, folder, resume=resume)
     presence = summary.metrics["presence"]["macro"]
+    scored = (
+        f"yes/no macro accuracy {presence['accuracy']:.3f}, macro F1 {presence['f1']:.3f} over the "
+        f"{len(presence['labels_in_macro'])} findings with positives"
+        if presence["accuracy"] is not None else "no finding is positive in the test reports, so no macro score"
+    )
     console.print(
-        f"held-out ({summary.n_val} studies): yes/no macro accuracy {presence['accuracy']:.3f}, macro F1 {presence['f1']:.3f}; "
+        f"test split ({summary.n_test} studies; {summary.n_val} validation studies chose settings): {scored}; "
         f"times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in summary.seconds.items())
     )
     console.print(f"checkpoints: [bold]{out / 'align'}[/], [bold]{out / 'instruct'}[/]  evaluation: {out / 'instruct' / 'eval.md'}")
@@ -177,7 +223,7 @@ def survival(
     cohort: Path = typer.Option(..., "--cohort", help="Cohort table with volumes, clinical columns, time and event."),
     out: Path = typer.Option(..., "--out", help="Folder to create for results, figures and the fitted model."),
     pretrained: Path | None = typer.Option(None, "--pretrained", help="A `ctsurv pretrain` output folder."),
-    encoder: str | None = typer.Option(None, "--encoder", help="Or a bare encoder (vit3d, cnn3d, i3resnet152): the ablation."),
+    encoder: str | None = typer.Option(None, "--encoder", help="Or a pretrained encoder without instruction tuning (i3resnet152); scratch encoders are refused."),
     folds: int = typer.Option(5, "--folds", help="Cross-validation folds."),
     repeats: int = typer.Option(1, "--repeats", help="Repeats of the k-fold split."),
     seed: int = typer.Option(0, "--seed", help="Seed of the folds and the heads."),
@@ -189,9 +235,11 @@ def survival(
     from ctsurv.training.survival_run import run_survival
 
     cfg = load_config(config, [*(overrides or []), f"seed={seed}"])
-    run = run_survival(cfg, cohort, out, pretrained=pretrained, encoder=encoder, folds=folds, repeats=repeats)
+    with staged_output(out, [cohort, config, pretrained]) as folder:
+        run = run_survival(cfg, cohort, folder, pretrained=pretrained, encoder=encoder, folds=folds, repeats=repeats)
     console.print(terminal_table(run.results))
-    console.print(f"results: [bold]{out / 'results.md'}[/] (and .json, .csv); figures: {out}/*.png; model: {out / 'model'}")
+    model = f"; model: {out / run.model_dir.relative_to(run.out_dir)}" if run.model_dir is not None else ""
+    console.print(f"results: [bold]{out / 'results.md'}[/] (and .json, .csv); figures: {out}/*.png{model}")
 
 
 @app.command()
@@ -205,7 +253,8 @@ def predict(
     """Risk score, its percentile in the training cohort, survival curve and answers for new patients."""
     from ctsurv.prediction import predict as run_predict
 
-    table = run_predict(checkpoint, target, out, spacing_zyx=spacing)
+    with staged_output(out, [checkpoint, target]) as folder:
+        table = run_predict(checkpoint, target, folder, spacing_zyx=spacing)
     for _, row in table.head(10).iterrows():
         console.print(f"{escape(str(row['id']))}: risk {row['risk']:+.3f} (percentile {row['risk_percentile']:.0f})")
     console.print(f"predictions: [bold]{escape(str(out / 'predictions.csv'))}[/]  curves: {escape(str(out / 'curves'))}")
@@ -228,7 +277,8 @@ def demo(
 
     settings = DemoSettings(n_pretrain=n_pretrain, n_survival=n_survival, image_signal=image_signal,
                             clinical_signal=clinical_signal, seed=seed)
-    run_demo(out, settings, console=console)
+    with staged_output(out) as folder:
+        run_demo(folder, settings, console=console)
     console.print(f"report: [bold]{escape(str(out / 'REPORT.md'))}[/]  sweep figure: {escape(str(out / 'sweep.png'))}")
 
 

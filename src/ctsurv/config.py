@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -209,7 +210,10 @@ class PretrainConfig:
     """Stages 0 (vision: a scratch encoder learns the findings named in the reports), 1 (align:
     captioning with the report) and 2 (instruct: predefined questions + report)."""
 
-    val_fraction: float = 0.15  # patients held out for the evaluation written next to the checkpoint
+    # patients held out of training, each part at least one: validation (what the run chooses, e.g. where the
+    # findings head reads the cells) and test (scored in instruct/eval.json, chosen on by nothing)
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
     # stage 0, for a vision encoder trained from scratch: it learns the report-derived presence labels
     # (no language model) and is then frozen like a pretrained encoder; 0 epochs skips it
     vision: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=12, batch_size=8, lr=1e-3))
@@ -223,8 +227,14 @@ class PretrainConfig:
     max_new_tokens: int = 160  # for generating impressions/reports at evaluation
 
     def __post_init__(self) -> None:
-        if not 0 < self.val_fraction < 0.9:
-            raise ConfigError(f"pretrain.val_fraction must be in (0, 0.9), got {self.val_fraction}")
+        for name in ("val_fraction", "test_fraction"):
+            if not 0 < getattr(self, name) < 0.9:
+                raise ConfigError(f"pretrain.{name} must be in (0, 0.9), got {getattr(self, name)}")
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ConfigError(
+                f"pretrain.val_fraction + pretrain.test_fraction must be below 0.9 to leave patients to train on, "
+                f"got {self.val_fraction} + {self.test_fraction}; lower one of them"
+            )
         if self.instruct.epochs < 1:
             raise ConfigError("pretrain.instruct.epochs must be at least 1: stage 2 teaches the model to answer")
 
@@ -297,6 +307,35 @@ class ExperimentConfig:
 # --------------------------------------------------------------------------- YAML in/out
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader that also reads YAML 1.2 floats (``1e-4``, ``1E5``, ``-.5``, ``1.0e30``) as numbers.
+
+    PyYAML resolves plain scalars by YAML 1.1, whose floats need a dot and a signed exponent, so ``1e-4``
+    would be the string "1e-4". The resolver is tried after PyYAML's own: every scalar they resolve keeps its type.
+    """
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+|[-+]?\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?)$"),
+    list("-+0123456789."),
+)
+
+
+def _parse_yaml(text: str, where: str) -> Any:
+    """``text`` parsed by :class:`_Loader`; a syntax error is one ConfigError line, ``WHERE line N, column M: PROBLEM``."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: plain data only
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        place = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        context = f" ({e.context} at line {e.context_mark.line + 1})" if e.context and e.context_mark else ""
+        problem = " ".join(str(e.problem or e.context).split())
+        raise ConfigError(f"{where}{place}: {problem}{context}; it is not valid YAML") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: {' '.join(str(e).split())}; it is not valid YAML") from None
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A plain dict (tuples as lists) that ``yaml.safe_dump`` can write."""
 
@@ -342,19 +381,17 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist; pass an existing YAML file (see configs/)")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path} is not UTF-8 text; pass a YAML file") from None
+        raw = _parse_yaml(text, f"config file {path}") or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(raw).__name__}")
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. data.target_shape_zyx=[32,48,48])")
-        try:
-            parsed = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise ConfigError(f"override {item!r}: the value is not valid YAML") from None
+        parsed = _parse_yaml(value, f"override {item!r}")
         node = raw
         parts = key.split(".")
         for part in parts[:-1]:

@@ -2,7 +2,7 @@
 
     out/pretrain_cohort/  CT + reports for pretraining (its own patients, as open CT-report data would be)
     out/cohort/           the survival cohort: CT + clinical + outcomes (+ truth.csv for the oracle)
-    out/pretrain/         stages 0-2 (vision, align, instruct) and their held-out evaluation
+    out/pretrain/         stages 0-2 (vision, align, instruct) and their evaluation on the test split
     out/survival/         stage 3: cross-validated comparison against the baselines, figures, final model
     out/sweep/            the same scans and model with outcomes redrawn at other clinical signal strengths
                           (model, clinical Cox and oracle only: what the sweep plot compares)
@@ -120,8 +120,9 @@ def _report(summary: dict, out: Path) -> str:
         f"Time: {sum(s.values()):.0f} s in all ({', '.join(f'{k} {v:.0f} s' for k, v in s.items())}).",
         "",
         (
-            f"Pretraining (held-out studies, yes/no answers vs report labels): macro accuracy "
-            f"{summary['pretrain']['accuracy']:.3f}, macro F1 {summary['pretrain']['f1']:.3f} — see pretrain/instruct/eval.md."
+            f"Pretraining (the test split's studies, which chose nothing; yes/no answers vs report labels, macro over the "
+            f"{len(summary['pretrain']['labels_in_macro'])} findings with positives): macro accuracy "
+            f"{_f(summary['pretrain']['accuracy'])}, macro F1 {_f(summary['pretrain']['f1'])} — see pretrain/instruct/eval.md."
         ),
         "",
         "## Survival (5-fold cross-validation, out-of-fold)",
@@ -133,11 +134,12 @@ def _report(summary: dict, out: Path) -> str:
         "| clinical signal | model C | clinical Cox C | ΔC (95% CI) | p | oracle ΔC |",
         "|---|---|---|---|---|---|",
     ]
+    floor = report.p_floor(summary["survival"])
     for p in summary["sweep"]:
         ci = p["delta_ci"] or [None, None]
         lines.append(
             f"| {p['clinical_signal']:g} | {_f(p['model_c'])} | {_f(p['clinical_c'])} | {_f(p['delta_c'], True)} "
-            f"({_f(ci[0], True)} to {_f(ci[1], True)}) | {report.fmt_p(p['p'])} | {_f(p['oracle_delta_c'], True)} |"
+            f"({_f(ci[0], True)} to {_f(ci[1], True)}) | {report.fmt_p(p['p'], floor=floor)} | {_f(p['oracle_delta_c'], True)} |"
         )
     lines += ["", "Figures: survival/km_risk_groups.png, survival/cindex.png, survival/calibration.png, sweep.png.", ""]
     return "\n".join(lines)

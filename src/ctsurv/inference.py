@@ -10,7 +10,7 @@ from ctsurv.data.instructions import QUESTIONS
 from ctsurv.data.transforms import Preprocessor
 from ctsurv.errors import CtsurvError
 from ctsurv.evaluation.vlm_eval import SHORT_ANSWER_TOKENS
-from ctsurv.training.checkpoint import load_checkpoint
+from ctsurv.training.checkpoint import load_checkpoint, refuse_untrained_language
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -35,9 +35,12 @@ def answer_volume(
 
     ``max_new_tokens`` caps the impression, the report and free questions (default: the checkpoint's
     ``pretrain.max_new_tokens``, the limit its evaluation used); predefined short answers get
-    ``SHORT_ANSWER_TOKENS``, as in the held-out evaluation.
+    ``SHORT_ANSWER_TOKENS``, as in the held-out evaluation. A stage-0 (vision) checkpoint, whose language
+    model never trained, is refused.
     """
-    model, cfg = load_checkpoint(resolve_checkpoint(checkpoint))
+    path = resolve_checkpoint(checkpoint)
+    refuse_untrained_language(path)
+    model, cfg = load_checkpoint(path)
     if max_new_tokens is None:
         max_new_tokens = cfg.pretrain.max_new_tokens
     image = Preprocessor(cfg.data).load(volume, spacing_zyx=spacing_zyx).unsqueeze(0)  # (1, C, X, Y, Z)

@@ -4,6 +4,10 @@
                            training cohort's horizon times, P(yes) and the answer per finding
     out/curves.csv         id, time, survival (the Breslow curve of the training cohort)
     out/curves/<id>.png    one survival curve per patient
+
+The model reads the scans as in `ctsurv survival`: encoder features pooled by the projector, then the
+answers. model.json names its checkpoint relative to the model folder when it lies inside it (a fine-tuned
+``model/vlm``), so a run folder can be moved; a stage-0 (vision) checkpoint is refused.
 """
 
 from __future__ import annotations
@@ -25,8 +29,8 @@ from ctsurv.data.instructions import QUESTIONS
 from ctsurv.errors import CtsurvError
 from ctsurv.evaluation.vlm_eval import SHORT_ANSWER_TOKENS, answer_questions
 from ctsurv.models.survival import BreslowBaseline, SurvivalHead
-from ctsurv.training.checkpoint import load_checkpoint
-from ctsurv.training.pretrain import preprocess_all
+from ctsurv.training.checkpoint import load_checkpoint, refuse_untrained_language
+from ctsurv.training.pretrain import encode_all, preprocess_all
 from ctsurv.training.survival import PRESENCE_LABELS, vlm_features
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
@@ -40,6 +44,7 @@ class FittedModel:
     head: SurvivalHead
     schema: ClinicalSchema
     baseline: BreslowBaseline
+    model_dir: Path
 
     @classmethod
     def load(cls, run_dir: Path) -> FittedModel:
@@ -49,7 +54,20 @@ class FittedModel:
         meta = json.loads((model_dir / "model.json").read_text())
         head = SurvivalHead(**meta["head"])
         head.load_state_dict(load_file(model_dir / "head.safetensors"), strict=True)
-        return cls(meta, head.eval(), ClinicalSchema.from_dict(meta["clinical_schema"]), BreslowBaseline.from_dict(meta["breslow"]))
+        return cls(
+            meta, head.eval(), ClinicalSchema.from_dict(meta["clinical_schema"]), BreslowBaseline.from_dict(meta["breslow"]),
+            model_dir,
+        )
+
+    def checkpoint(self) -> Path:
+        """The VLM checkpoint the head reads: model.json's path relative to the model folder, else (the run folder
+        moved without it) its absolute path when that still holds a checkpoint; a stage-0 (vision) checkpoint is refused."""
+        path = self.model_dir / self.meta["checkpoint"]  # an absolute path (older runs) stays as it is
+        fallback = self.meta.get("checkpoint_absolute")
+        if not (path / "config.yaml").is_file() and fallback and (Path(fallback) / "config.yaml").is_file():
+            path = Path(fallback)
+        refuse_untrained_language(path)
+        return path
 
     def image_features(self, p_yes: np.ndarray, hidden: np.ndarray) -> np.ndarray:
         pca = self.meta["pca"]
@@ -63,6 +81,7 @@ def predict(run_dir: str | Path, target: str | Path, out_dir: str | Path, spacin
     """Predictions for a cohort table or a single volume (whose clinical data are then all missing)."""
     run_dir, target, out_dir = Path(run_dir), Path(target), Path(out_dir)
     fitted = FittedModel.load(run_dir)
+    checkpoint = fitted.checkpoint()
     cfg = load_config(run_dir / "config.yaml")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise CtsurvError(f"{out_dir} already exists and is not empty; choose a new --out folder")
@@ -72,9 +91,10 @@ def predict(run_dir: str | Path, target: str | Path, out_dir: str | Path, spacin
         cohort = _single_volume_cohort(target, cfg, out_dir, spacing_zyx)
     clinical_frame = cohort.clinical()
     fitted.schema.check(clinical_frame)  # unseen categorical levels -> a clear error before any work
-    vlm, _ = load_checkpoint(Path(fitted.meta["checkpoint"]))
+    vlm, _ = load_checkpoint(checkpoint)
     volumes = preprocess_all(cohort, cfg, progress=True)
-    answers = vlm_features(vlm, volumes)
+    grids = encode_all(vlm, volumes)  # read as `ctsurv survival` reads them: from the pooled encoder grids
+    answers = vlm_features(vlm, grids, kind="features", cells=vlm.projector.cells(volumes), visual_tokens=False)
     image = torch.as_tensor(fitted.image_features(answers.p_yes, answers.hidden), dtype=torch.float32)
     clinical = torch.as_tensor(fitted.schema.transform(clinical_frame))
     risk = fitted.head.predict_risk(image, clinical).numpy().astype(np.float64)

@@ -8,8 +8,6 @@ the right way (a mirrored volume looks normal slice by slice; only labels reveal
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global backend, no window, nothing to close
 
 from ctsurv.data.volumes import Volume
+from ctsurv.outputs import staged_file
 
 # HU bands reported by describe(): (name, low, high), bounds inclusive.
 HU_BANDS: tuple[tuple[str, float, float], ...] = (
@@ -81,7 +80,8 @@ def save_montage(
     the voxel spacing and the patient directions (R/L, A/P, S/I) at the image edges.
 
     The volume is reoriented to RAS first, so the picture is the same whatever the file's voxel
-    order: a left-right mirrored file shows its heart on the wrong side.
+    order: a left-right mirrored file shows its heart on the wrong side. ``png`` is replaced whole or not
+    at all; a folder, or the volume's own file, is refused (CtsurvError).
     """
     png = Path(png)
     ras = volume.as_ras()
@@ -111,15 +111,8 @@ def save_montage(
         f"{' x '.join(f'{s:.3g}' for s in volume.spacing)} mm, window [{window[0]:g}, {window[1]:g}] HU",
         fontsize=9,
     )
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=png.parent, prefix=f".{png.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=110)
-        os.replace(tmp, png)  # atomic: a reader never sees half a PNG
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with staged_file(png, [volume.path], option="--png") as tmp:  # atomic: a reader never sees half a PNG
+        fig.savefig(tmp, format="png", dpi=110)
 
 
 def _label_edges(ax: Any, left: str, right: str, up: str, down: str, fontsize: int = 9) -> None:

@@ -66,6 +66,7 @@ from ctsurv.data.report_vocabulary import (
     VERB,
 )
 from ctsurv.errors import CtsurvError
+from ctsurv.outputs import check_output_file, staged_file
 
 
 def _rx(pattern: str) -> re.Pattern[str]:
@@ -229,10 +230,11 @@ def extract_label_table(texts: Iterable[str]) -> pd.DataFrame:
 def label_reports_csv(reports: Path, text_column: str, out: Path) -> int:
     """``ctsurv labels``: write ``out`` = the table ``reports`` plus one 0/1 column per CT-RATE label.
 
-    Returns the number of reports. Raises CtsurvError (a one-line message in the CLI) when the table
-    cannot be read, lacks ``text_column``, or already has columns named like the labels (they would be
-    overwritten, e.g. manual labels).
+    Returns the number of reports. Raises CtsurvError (a one-line message in the CLI) when ``out`` is
+    ``reports`` or a folder, or when the table cannot be read, lacks ``text_column``, or already has columns
+    named like the labels (they would be overwritten, e.g. manual labels). ``out`` is written whole or not at all.
     """
+    check_output_file(out, [reports])
     if not reports.is_file():
         raise CtsurvError(f"reports table not found: {reports}; pass a CSV file with one report per row")
     try:
@@ -247,8 +249,8 @@ def label_reports_csv(reports: Path, text_column: str, out: Path) -> int:
     if clash:
         raise CtsurvError(f"{reports} already has label columns {clash}; drop or rename them so they are not overwritten")
     labelled = pd.concat([table, extract_label_table(table[text_column]).set_index(table.index)], axis=1)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    labelled.to_csv(out, index=False)
+    with staged_file(out, [reports]) as tmp:
+        labelled.to_csv(tmp, index=False)
     return len(labelled)
 
 

@@ -5,7 +5,8 @@ the *same* folds, so their out-of-fold risks pair up patient by patient::
 
     folds = make_folds(time, event, groups=patient_id, n_splits=5, n_repeats=1, seed=0)
     oof = {name: cross_validate(folds, fit_predict, time, event) for name, fit_predict in methods.items()}
-    results["methods"] = compare_methods(time, event, oof, reference="clinical_cox")
+    results["methods"] = compare_methods(time, event, oof, reference="clinical_cox", groups=patient_id,
+                                         ladder=["clinical_cox", "encoder_no_instruction", "model"])
 
 ``fit_predict(train_idx, test_idx)`` trains on the training rows and returns the test rows' risk
 (n_test,) (higher = shorter survival), or a :class:`FoldPrediction` that adds survival curves for
@@ -17,9 +18,15 @@ How the reported numbers are defined (``compare_methods``):
   each scoring only its unseen patients), averaged over repeats. Pooling uses every comparable pair
   of the cohort, not only pairs within a fold, and matches what the bootstrap resamples: patients.
 - ``harrell_c_ci``, ``delta_c_vs_clinical``, ``delta_c_ci``, ``p_vs_clinical``: percentile bootstrap
-  over patients, the same resamples for every method and every repeat (a paired comparison with the
-  reference); p as in :func:`ctsurv.evaluation.metrics.bootstrap_p`. The out-of-fold risks are held
-  fixed, so the intervals reflect the test patients' sampling, not refitting the models.
+  over patients (all studies of a drawn patient come along when ``groups`` is given), the same
+  resamples for every method and every repeat (a paired comparison with the reference); p as in
+  :func:`ctsurv.evaluation.metrics.bootstrap_p`. The out-of-fold risks are held fixed, so the
+  intervals reflect the test patients' sampling, not refitting the models.
+- ``harrell_c_folds_mean``, ``harrell_c_folds_sd``: mean and SD (ddof=1) of Harrell's C within each
+  test fold, over all folds of all repeats (None: no fold, or for the SD fewer than two, scored).
+- ``previous_rung``, ``delta_c_vs_previous``, ``delta_c_vs_previous_ci``, ``p_vs_previous``: for a
+  method on the ablation ``ladder``, the same paired comparison against the rung below it (the
+  previous ladder method present); None for the first rung and for methods off the ladder.
 - ``uno_c``, ``td_auc``, ``ibs``: computed per fold (IPCW weights from that fold's training data,
   as sksurv requires) and averaged over the folds where they can be computed. A fold that cannot be
   scored is dropped from the mean and the reason recorded (``OutOfFold.notes()``); a metric no fold
@@ -37,7 +44,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from numpy.typing import ArrayLike
 from sklearn.model_selection import StratifiedGroupKFold
 
@@ -62,16 +68,6 @@ class Fold:
     test_idx: np.ndarray  # (n_test,)
 
 
-def _group_codes(groups: ArrayLike | None, n: int) -> np.ndarray:
-    """Patient ids as integer codes (n,); each row its own patient when ``groups`` is None."""
-    if groups is None:
-        return np.arange(n)
-    codes = pd.factorize(pd.Series(np.asarray(groups)))[0]
-    if len(codes) != n:
-        raise ValueError(f"groups has {len(codes)} entries for {n} rows")
-    return codes
-
-
 def _fewer_folds(k: int, n_splits: int) -> str:
     """Advice for a cohort with ``k`` patients with an event: the largest fold count that can work."""
     feasible = [m for m in range(2, n_splits) if m <= k and k - math.ceil(k / m) >= 2]
@@ -94,7 +90,7 @@ def make_folds(
     e = np.asarray(event).astype(bool)
     if t.ndim != 1 or e.shape != t.shape:
         raise ValueError(f"time and event must be 1-D and equally long, got {t.shape} and {e.shape}")
-    codes = _group_codes(groups, len(t))
+    codes = metrics.group_codes(groups, len(t))
     n_patients = len(np.unique(codes))
     if n_splits < 2 or n_repeats < 1:
         raise CtsurvError(f"cross-validation needs --folds >= 2 and --repeats >= 1, got {n_splits} and {n_repeats}")
@@ -129,7 +125,7 @@ def check_folds(folds: Sequence[Fold], groups: ArrayLike | None = None) -> None:
     if not folds:
         raise ValueError("no folds")
     n = max(int(max(f.train_idx.max(initial=-1), f.test_idx.max(initial=-1))) for f in folds) + 1
-    codes = np.arange(n) if groups is None else _group_codes(groups, len(np.asarray(groups)))
+    codes = np.arange(n) if groups is None else metrics.group_codes(groups, len(np.asarray(groups)))
     if len(codes) < n:
         raise ValueError(f"the folds index row {n - 1} but groups has only {len(codes)} rows")
     for repeat in sorted({f.repeat for f in folds}):
@@ -176,7 +172,8 @@ class OutOfFold:
                 for m in self.fold_metrics for name, why in m["skipped"].items()]
 
     def summary(self, time: ArrayLike, event: ArrayLike) -> dict[str, Any]:
-        """Pooled out-of-fold Harrell's C (mean over repeats) and fold means of Uno's C, td-AUC and IBS."""
+        """Pooled out-of-fold Harrell's C (mean over repeats), mean and SD of the per-fold Harrell's C,
+        and fold means of Uno's C, td-AUC and IBS."""
         by_repeat = []
         for r in self.risk:
             try:
@@ -184,9 +181,12 @@ class OutOfFold:
             except ValueError as err:
                 log.warning("pooled Harrell's C not computable: %s", err)
         td = {t: _mean([m["td_auc"][t] for m in self.fold_metrics if t in m["td_auc"]]) for t in self.horizons}
+        folds = [m["harrell_c"] for m in self.fold_metrics if m["harrell_c"] is not None]
         return {
             "harrell_c": _mean(by_repeat) if len(by_repeat) == len(self.risk) else None,
             "harrell_c_by_repeat": by_repeat,
+            "harrell_c_folds_mean": _mean(folds),
+            "harrell_c_folds_sd": float(np.std(folds, ddof=1)) if len(folds) >= 2 else None,
             "uno_c": _mean([m["uno_c"] for m in self.fold_metrics]),
             "td_auc": td,
             "ibs": _mean([m["ibs"] for m in self.fold_metrics]),
@@ -288,11 +288,15 @@ def cross_validate(
 
 def compare_methods(
     time: ArrayLike, event: ArrayLike, oof_by_method: dict[str, OutOfFold], reference: str = "clinical_cox",
-    n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
+    n_boot: int = 1000, seed: int = 0, alpha: float = 0.05, *, groups: ArrayLike | None = None,
+    ladder: Sequence[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """The ``results.json`` "methods" block: per method, the contract fields (see the module docstring).
 
-    No value is NaN: what cannot be computed is None (the reasons are in each ``OutOfFold.notes()``).
+    ``groups``: patient id per row, for the bootstrap (None: each row its own patient). ``ladder``:
+    method names from the bottom rung up (names not in ``oof_by_method`` are skipped); each method
+    on it is compared with the one below. Every comparison uses the same resamples. No value is NaN:
+    what cannot be computed is None (the reasons are in each ``OutOfFold.notes()``).
     """
     if reference not in oof_by_method:
         raise CtsurvError(f"the reference method {reference!r} is not among the methods {sorted(oof_by_method)}; "
@@ -303,27 +307,61 @@ def compare_methods(
             np.array_equal(a.test_idx, b.test_idx) for a, b in zip(oof.folds, ref.folds))
         if not same:
             raise ValueError(f"method {name!r} was cross-validated on other folds than {reference!r}")
+    rungs = _rungs(ladder, oof_by_method)
+    below = dict(zip(rungs[1:], rungs[:-1]))
+    summaries = {name: oof.summary(time, event) for name, oof in oof_by_method.items()}
+    boot = _bootstrap_c(time, event, oof_by_method, summaries, n_boot, seed, groups)
+
+    def versus(name: str, other: str) -> tuple[float | None, list[float] | None, float | None]:
+        if name not in boot or other not in boot:
+            return None, None, None
+        delta = summaries[name]["harrell_c"] - summaries[other]["harrell_c"]
+        paired = metrics.paired_summary(delta, boot[name] - boot[other], alpha)
+        return paired["delta"], list(paired["ci"]), paired["p"]
+
     results = {}
     for name, oof in oof_by_method.items():
-        s = oof.summary(time, event)
-        row: dict[str, Any] = {"harrell_c": s["harrell_c"], "harrell_c_ci": None, "uno_c": s["uno_c"],
-                               "td_auc": s["td_auc"], "ibs": s["ibs"], "delta_c_vs_clinical": None,
-                               "delta_c_ci": None, "p_vs_clinical": None}
-        try:
-            if s["harrell_c"] is not None:
-                stats = metrics.harrell_c_bootstrap(time, event, oof.risk, n=n_boot, seed=seed).mean(axis=0)
-                row["harrell_c_ci"] = [float(q) for q in np.quantile(stats, [alpha / 2, 1 - alpha / 2])]
-            if name == reference and s["harrell_c"] is not None:
-                row.update(delta_c_vs_clinical=0.0, delta_c_ci=[0.0, 0.0], p_vs_clinical=1.0)
-            elif s["harrell_c"] is not None:
-                paired = metrics.paired_bootstrap(time, event, oof.risk, ref.risk, n=n_boot, seed=seed, alpha=alpha)
-                row.update(delta_c_vs_clinical=paired["delta"], delta_c_ci=list(paired["ci"]), p_vs_clinical=paired["p"])
-        except ValueError as err:  # e.g. the reference has no comparable pair: leave the comparison None
-            log.warning("%s: Harrell's C comparison not computable: %s", name, err)
+        s = summaries[name]
+        ci = [float(q) for q in np.quantile(boot[name], [alpha / 2, 1 - alpha / 2])] if name in boot else None
+        delta, delta_ci, p = versus(name, reference)
+        row: dict[str, Any] = {"harrell_c": s["harrell_c"], "harrell_c_ci": ci, "uno_c": s["uno_c"],
+                               "td_auc": s["td_auc"], "ibs": s["ibs"], "delta_c_vs_clinical": delta,
+                               "delta_c_ci": delta_ci, "p_vs_clinical": p,
+                               "harrell_c_folds_mean": s["harrell_c_folds_mean"],
+                               "harrell_c_folds_sd": s["harrell_c_folds_sd"], "previous_rung": below.get(name)}
+        delta, delta_ci, p = versus(name, below[name]) if name in below else (None, None, None)
+        row.update(delta_c_vs_previous=delta, delta_c_vs_previous_ci=delta_ci, p_vs_previous=p)
         for note in oof.notes():
             log.info("%s: %s", name, note)  # also in results.json "notes"
         results[name] = _no_nan(row)
     return results
+
+
+def _rungs(ladder: Sequence[str] | None, oof_by_method: dict[str, OutOfFold]) -> list[str]:
+    """The ladder's methods that were evaluated, bottom rung first; ValueError on a repeated name."""
+    if ladder is None:
+        return []
+    if isinstance(ladder, str) or len(set(ladder)) != len(ladder):
+        raise ValueError(f"ladder must be a sequence of distinct method names, got {ladder!r}")
+    return [name for name in ladder if name in oof_by_method]
+
+
+def _bootstrap_c(
+    time: ArrayLike, event: ArrayLike, oof_by_method: dict[str, OutOfFold], summaries: dict[str, dict[str, Any]],
+    n_boot: int, seed: int, groups: ArrayLike | None,
+) -> dict[str, np.ndarray]:
+    """Per method with a pooled C: its bootstrap C (n_boot,), the mean over repeats, all on the same resamples."""
+    names = [name for name in oof_by_method if summaries[name]["harrell_c"] is not None]
+    if not names:
+        return {}
+    try:
+        stats = metrics.harrell_c_bootstrap(time, event, np.concatenate([oof_by_method[k].risk for k in names]),
+                                            n=n_boot, seed=seed, groups=groups)
+    except ValueError as err:  # e.g. no comparable pair: leave the intervals and comparisons None
+        log.warning("Harrell's C bootstrap not computable: %s", err)
+        return {}
+    ends = np.cumsum([len(oof_by_method[k].risk) for k in names])
+    return {k: part.mean(axis=0) for k, part in zip(names, np.split(stats, ends[:-1]))}
 
 
 def _no_nan(value: Any) -> Any:

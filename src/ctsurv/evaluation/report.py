@@ -2,8 +2,11 @@
 
 Tables (``write_results``): ``results.json`` (the contract in DESIGN.md, numbers rounded, no NaN),
 ``results.csv`` (one row per method, machine-readable) and ``results.md`` (what a clinician reads:
-C-index with its 95% CI, Uno's C, td-AUC, IBS, ΔC over the clinical-only Cox model with CI and p).
-``terminal_table`` is the same table as a rich ``Table`` for the closing summary.
+C-index with its 95% CI, the per-fold C as mean ± SD, Uno's C, td-AUC, IBS, ΔC over the clinical-only
+Cox model and over the rung below on the ablation ladder, each with CI and p, and one sentence saying
+which rung carries the gain, ``ladder_sentence``). ``terminal_table`` is the same table as a rich
+``Table`` for the closing summary. A p at the bootstrap's floor 2 / (B + 1) prints as "≤ 0.002" when
+``results["cohort"]["bootstrap"]["p_floor"]`` gives the floor.
 
 Figures (PNG): Kaplan–Meier curves of out-of-fold risk groups with an at-risk table and the log-rank
 p-value (``km_by_risk_group``), a forest plot of C-indices (``cindex_forest``), calibration at the
@@ -43,15 +46,23 @@ LABELS = {  # method key -> (short display name, one-line description for the le
     "model_frozen": ("Model, not fine-tuned", "the frozen model's answers + clinical (stage 3 without fine-tuning)"),
     "model_image_only": ("Model: CT only", "the same survival head without clinical data"),
     "model_risk_query": ("Model: risk query + clinical", "a learned query over the LM's visual-token states instead of the answers"),
-    "encoder_no_instruction": ("Encoder w/o instruction tuning", "ablation: survival head on the encoder alone"),
+    "model_align": ("Aligned model (stage 1) + clinical", "the captioning-only model, read like the model"),
+    "findings_classifier": ("Findings classifier + clinical",
+                            "the out-of-fold findings classifier's probabilities, no language model"),
+    "encoder_no_instruction": ("Encoder w/o instruction tuning",
+                               "ablation: the projector's inputs from the frozen encoder, no language model"),
+    "random_encoder": ("Random encoder + clinical", "an untrained scratch encoder: a floor, not an ablation"),
     "clinical_cox": ("Clinical Cox", "Cox proportional hazards on the clinical variables; the reference for ΔC"),
     "oracle": ("Oracle (true risk)", "the true simulated risk score; synthetic data only, an upper bound"),
 }
 LEGEND = (
     "C-index: Harrell's concordance of the out-of-fold risk. td-AUC: cumulative/dynamic AUC at time t. "
     "IBS: integrated Brier score (lower is better). ΔC: difference in Harrell's C against the clinical-only "
-    "Cox model on the same patients; p: two-sided test of ΔC = 0. Missing values ({dash}) could not be computed."
+    "Cox model on the same patients; p: two-sided test of ΔC = 0. C per fold: mean ± SD of Harrell's C within "
+    "each test fold. ΔC vs rung below: against the method one rung below on the ablation ladder, on the same "
+    "bootstrap resamples. Missing values ({dash}) could not be computed."
 )
+ALPHA = 0.05  # significance level of the ladder sentence
 OKABE_ITO = ["#0072B2", "#E69F00", "#D55E00", "#009E73", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
 
 
@@ -120,11 +131,27 @@ def fmt_num(x: Any, digits: int = 3, sign: bool = False) -> str:
     return f"{v:+.{digits}f}" if sign else f"{v:.{digits}f}"
 
 
-def fmt_p(p: Any) -> str:
-    """p as journals print it: "<0.001", 3 decimals below 0.01 or near 0.05, else 2 decimals."""
-    v = _finite(p)
+def _ceil_text(x: float) -> str:
+    """``x`` > 0 rounded up to 3 decimals (to 2 significant digits below 0.001), as text."""
+
+    def digits(v: float) -> int:
+        return 3 if v >= 0.001 else 1 - math.floor(round(math.log10(v), 9))
+
+    up = math.ceil(x * 10 ** digits(x) * (1 - 1e-9)) / 10 ** digits(x)
+    return f"{up:.{digits(up)}f}"  # 0.0000999 -> 0.00010, not 0.000100
+
+
+def fmt_p(p: Any, floor: Any = None) -> str:
+    """p as journals print it: "<0.001", 3 decimals below 0.01 or near 0.05, else 2 decimals.
+
+    ``floor``: the smallest p the bootstrap can give (``metrics.p_floor(B)``); a p at it prints as
+    "≤ 0.002", the floor rounded up to 3 decimals (2 significant digits below 0.001).
+    """
+    v, f = _finite(p), _finite(floor)
     if v is None:
         return DASH
+    if f is not None and f > 0 and v <= f * (1 + 1e-3) + 1e-12:  # 1e-3: results.json keeps 4 digits of p
+        return f"≤ {_ceil_text(f)}"
     if v < 0.001:
         return "<0.001"
     if v < 0.01 or 0.045 <= v < 0.055:
@@ -132,10 +159,19 @@ def fmt_p(p: Any) -> str:
     return ">0.99" if v > 0.99 else f"{v:.2f}"
 
 
-def p_phrase(p: Any) -> str:
-    """ "p < 0.001" or "p = 0.03" for titles."""
-    text = fmt_p(p)
+def p_phrase(p: Any, floor: Any = None) -> str:
+    """ "p < 0.001", "p ≤ 0.002" (at ``floor``, as in :func:`fmt_p`) or "p = 0.03" for titles and sentences."""
+    text = fmt_p(p, floor)
+    if text.startswith("≤"):
+        return f"p {text}"
     return f"p {text[0]} {text[1:]}" if text[0] in "<>" else f"p = {text}"
+
+
+def p_floor(results: Mapping[str, Any]) -> float | None:
+    """The bootstrap's smallest p, ``results["cohort"]["bootstrap"]["p_floor"]``; None when absent."""
+    cohort = results.get("cohort") if isinstance(results, Mapping) else None
+    boot = cohort.get("bootstrap") if isinstance(cohort, Mapping) else None
+    return _finite(boot.get("p_floor")) if isinstance(boot, Mapping) else None
 
 
 def _pair(ci: Any) -> tuple[float | None, float | None]:
@@ -162,6 +198,13 @@ def fmt_time(t: Any) -> str:
 
 def label(method: str) -> str:
     return LABELS.get(method, (method, ""))[0]
+
+
+def fmt_mean_sd(mean: Any, sd: Any) -> str:
+    """ "0.712 ± 0.031"; the mean alone without an SD; "–" without a mean."""
+    if _finite(mean) is None:
+        return DASH
+    return fmt_num(mean) + (f" ± {fmt_num(sd)}" if _finite(sd) is not None else "")
 
 
 # ============================================================================================
@@ -215,24 +258,48 @@ def results_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
         row |= {f"td_auc@{t}": _td_auc(m, t) for t in _td_times(methods)}
         row |= {"ibs": m.get("ibs"), "delta_c_vs_clinical": m.get("delta_c_vs_clinical"),
                 "delta_ci_lo": dlo, "delta_ci_hi": dhi, "p_vs_clinical": m.get("p_vs_clinical")}
-        rows.append({k: (_finite(v) if k != "method" else v) for k, v in row.items()})
+        plo, phi = _pair(m.get("delta_c_vs_previous_ci"))
+        row |= {"harrell_c_folds_mean": m.get("harrell_c_folds_mean"), "harrell_c_folds_sd": m.get("harrell_c_folds_sd"),
+                "previous_rung": m.get("previous_rung"), "delta_c_vs_previous": m.get("delta_c_vs_previous"),
+                "delta_prev_ci_lo": plo, "delta_prev_ci_hi": phi, "p_vs_previous": m.get("p_vs_previous")}
+        rows.append({k: (v if k in _TEXT_COLUMNS else _finite(v)) for k, v in row.items()})
     return rows
+
+
+_TEXT_COLUMNS = ("method", "previous_rung")
+
+
+def _bottom_rungs(methods: Mapping[str, Mapping[str, Any]]) -> set[str]:
+    """Methods that are some method's previous rung but have none themselves."""
+    return {m.get("previous_rung") for m in methods.values()} - {k for k, m in methods.items() if m.get("previous_rung")}
+
+
+def _vs_previous(name: str, m: Mapping[str, Any], bottom: set[str], floor: float | None) -> tuple[str, str]:
+    """The ΔC-vs-rung-below cell and its p: "bottom rung" at the bottom, blank off the ladder."""
+    if name in bottom:
+        return "bottom rung", ""
+    if not m.get("previous_rung"):
+        return "", ""
+    return fmt_estimate(m.get("delta_c_vs_previous"), m.get("delta_c_vs_previous_ci"), sign=True), \
+        fmt_p(m.get("p_vs_previous"), floor)
 
 
 def _human_rows(results: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Header and formatted cells of the readable table (markdown and terminal)."""
     methods = _methods(results)
     times = _shown_times(_td_times(methods), (results.get("cohort") or {}).get("horizon"))
-    header = ["Method", "C-index (95% CI)", "Uno's C", *[f"td-AUC at t={t}" for t in times], "IBS",
-              "ΔC vs clinical (95% CI)", "p"]
+    header = ["Method", "C-index (95% CI)", "C per fold (mean ± SD)", "Uno's C", *[f"td-AUC at t={t}" for t in times],
+              "IBS", "ΔC vs clinical (95% CI)", "p", "ΔC vs rung below (95% CI)", "p"]
+    floor, bottom = p_floor(results), _bottom_rungs(methods)
     rows = []
     for name, m in methods.items():
         delta = fmt_estimate(m.get("delta_c_vs_clinical"), m.get("delta_c_ci"), sign=True)
         if name == REFERENCE and _finite(m.get("delta_c_vs_clinical")) in (None, 0.0):
             delta = "reference"
-        rows.append([label(name), fmt_estimate(m.get("harrell_c"), m.get("harrell_c_ci")), fmt_num(m.get("uno_c")),
+        rows.append([label(name), fmt_estimate(m.get("harrell_c"), m.get("harrell_c_ci")),
+                     fmt_mean_sd(m.get("harrell_c_folds_mean"), m.get("harrell_c_folds_sd")), fmt_num(m.get("uno_c")),
                      *[fmt_num(_td_auc(m, t)) for t in times], fmt_num(m.get("ibs")), delta,
-                     fmt_p(m.get("p_vs_clinical"))])
+                     fmt_p(m.get("p_vs_clinical"), floor), *_vs_previous(name, m, bottom, floor)])
     return header, rows
 
 
@@ -249,17 +316,95 @@ def cohort_line(results: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def _steps(results: Mapping[str, Any]) -> list[tuple[str, str, Mapping[str, Any]]]:
+    """(rung below, method, its row) for every method with a previous rung, in ladder order.
+
+    The order is ``results["ladder"]`` (methods not on it after), else the methods' order.
+    """
+    methods = _methods(results)
+    ladder = results.get("ladder") if isinstance(results.get("ladder"), (list, tuple)) else []
+    order = [k for k in ladder if k in methods]
+    order += [k for k in methods if k not in order]
+    return [(methods[k]["previous_rung"], k, methods[k]) for k in order if methods[k].get("previous_rung") in methods]
+
+
+def _step_text(below: str, name: str, m: Mapping[str, Any], floor: float | None) -> str:
+    """ "b over a (ΔC +0.031, 95% CI +0.010 to +0.052, p ≤ 0.002)"."""
+    lo, hi = _pair(m.get("delta_c_vs_previous_ci"))
+    ci = f", 95% CI {fmt_num(lo, sign=True)} to {fmt_num(hi, sign=True)}" if lo is not None and hi is not None else ""
+    return f"{name} over {below} (ΔC {fmt_num(m.get('delta_c_vs_previous'), sign=True)}{ci}, " \
+           f"{p_phrase(m.get('p_vs_previous'), floor)})"
+
+
+def _join(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def ladder_sentence(results: Mapping[str, Any]) -> str:
+    """One sentence naming the ladder steps that carry the gain; "" when no method has a previous rung.
+
+    A step (a method over the rung below it) carries the gain when p_vs_previous < 0.05 and ΔC > 0.
+    When none does, the sentence says so and names the step with the largest ΔC; significant
+    losses (p < 0.05, ΔC < 0) are named too. Methods are named by their results.json keys.
+    """
+    steps = _steps(results)
+    if not steps:
+        return ""
+    floor = p_floor(results)
+
+    def significant(m: Mapping[str, Any], sign: int) -> bool:
+        p, d = _finite(m.get("p_vs_previous")), _finite(m.get("delta_c_vs_previous"))
+        return p is not None and d is not None and p < ALPHA and sign * d > 0
+
+    gains = [s for s in steps if significant(s[2], 1)]
+    losses = [s for s in steps if significant(s[2], -1)]
+    chain = " → ".join([steps[0][0], *[name for _, name, _ in steps]])
+    text = f"Of the ladder {chain}, "
+    if gains:
+        verb = "the step that carries the gain is" if len(gains) == 1 else "the steps that carry the gain are"
+        text += f"{verb} {_join([_step_text(*s, floor) for s in gains])}"
+    else:
+        text += f"no step improves significantly on the one below it at α = {ALPHA:g}"
+        sized = [s for s in steps if _finite(s[2].get("delta_c_vs_previous")) is not None]
+        if sized:
+            largest = max(sized, key=lambda s: float(s[2]["delta_c_vs_previous"]))
+            text += f"; the largest step is {_step_text(*largest, floor)}"
+    if losses:
+        text += f"; {_join([_step_text(*s, floor) for s in losses])} {'is' if len(losses) == 1 else 'are'} " \
+                "significantly lower than the rung below"
+    if gains and len(gains) + len(losses) < len(steps):
+        text += f"; no other step is significant at α = {ALPHA:g}"
+    return text + "."
+
+
+def _bootstrap_line(results: Mapping[str, Any]) -> str:
+    """ "Bootstrap: 1000 resamples of patients; the smallest possible p is 0.002." from results["cohort"]."""
+    boot = (results.get("cohort") or {}).get("bootstrap")
+    if not isinstance(boot, Mapping) or boot.get("resamples") is None:
+        return ""
+    unit = f" of {boot['unit']}s" if boot.get("unit") else ""
+    floor = p_floor(results)
+    return f"Bootstrap: {boot['resamples']} resamples{unit}" + \
+        (f"; the smallest possible p is {floor:.2g}." if floor else ".")
+
+
 def results_markdown(results: Mapping[str, Any]) -> str:
     header, rows = _human_rows(results)
-    all_times = _td_times(_methods(results))
+    methods = _methods(results)
+    all_times = _td_times(methods)
     lines = ["# Survival results", "", f"Cohort: {cohort_line(results)}.", "",
              "| " + " | ".join(header) + " |", "|" + "|".join(["---"] + [":---:"] * (len(header) - 1)) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
+    sentence = ladder_sentence(results)
+    lines += ["", sentence] if sentence else []
     lines += ["", LEGEND.format(dash=DASH)]
+    if _bootstrap_line(results):
+        lines += ["", _bootstrap_line(results)]
     if len(all_times) > sum(h.startswith("td-AUC") for h in header):
         lines += ["", f"td-AUC at all {len(all_times)} times is in results.csv."]
     lines += ["", "Methods:", ""]
-    lines += [f"- `{k}`: {label(k)}" + (f" ({LABELS[k][1]})" if k in LABELS else "") for k in _methods(results)]
+    lines += [f"- `{k}`: {label(k)}" + (f" ({LABELS[k][1]})" if k in LABELS else "")
+              + (f"; rung below: `{m['previous_rung']}`" if m.get("previous_rung") else "") for k, m in methods.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -317,13 +462,22 @@ def terminal_table(results: dict) -> Table:
             text += f" ({lo_hi[0]:.2f}–{lo_hi[1]:.2f})"
         return text
 
-    table = Table(title=f"Survival, out-of-fold: {cohort_line(results)}", title_justify="left")
-    for name, justify in (("method", "left"), ("C (95% CI)", "right"), ("ΔC vs clinical (95% CI)", "right"), ("p", "right")):
+    table = Table(title=f"Survival, out-of-fold: {cohort_line(results)}", title_justify="left",
+                  caption=ladder_sentence(results) or None, caption_justify="left")
+    for name, justify in (("method", "left"), ("C (95% CI)", "right"), ("C per fold", "right"),
+                          ("ΔC vs clinical (95% CI)", "right"), ("p", "right"), ("vs rung below", "left"),
+                          ("ΔC vs rung below (95% CI)", "right"), ("p", "right")):
         table.add_column(name, justify=justify, no_wrap=True)
-    for name, m in _methods(results).items():
+    floor, methods = p_floor(results), _methods(results)
+    bottom = _bottom_rungs(methods)
+    for name, m in methods.items():
         delta = "reference" if name == REFERENCE else ci(m, "delta_c_vs_clinical", "delta_c_ci", sign=True)
-        table.add_row(name, ci(m, "harrell_c", "harrell_c_ci"), delta, DASH if name == REFERENCE else fmt_p(m.get("p_vs_clinical")),
-                      style="bold" if name == "model" else "dim" if name == ORACLE else None)
+        below = m.get("previous_rung") or ""
+        prev = (ci(m, "delta_c_vs_previous", "delta_c_vs_previous_ci", sign=True),
+                fmt_p(m.get("p_vs_previous"), floor)) if below else ("bottom rung" if name in bottom else "", "")
+        table.add_row(name, ci(m, "harrell_c", "harrell_c_ci"), fmt_mean_sd(m.get("harrell_c_folds_mean"),
+                      m.get("harrell_c_folds_sd")), delta, DASH if name == REFERENCE else fmt_p(m.get("p_vs_clinical"), floor),
+                      below, *prev, style="bold" if name == "model" else "dim" if name == ORACLE else None)
     return table
 
 

@@ -4,7 +4,10 @@ The references are the answers built from each held-out study's own report by
 :func:`ctsurv.data.instructions.answers_from_report` (what a user with CT + reports has). The
 model's generated answers are parsed back with ``parse_answer`` and scored:
 
-* presence questions: accuracy / precision / recall / F1 per finding, and the macro mean;
+* presence questions: per finding the studies scored (``n``: every report answers every presence question,
+  a silent one "No."), its ``positives``, accuracy / precision / recall / specificity / F1; and their macro
+  mean over the findings with at least one positive (``labels_in_macro``). A finding no scored report has
+  would count with accuracy = specificity and F1 = 0 whatever the model says: it is listed, not averaged;
 * size questions: mean absolute error in mm where both the model and the report give a size;
 * location / side / grade questions: exact-match accuracy where the report states one;
 * impression and full report: BLEU, ROUGE-L and an offline sentence-embedding similarity.
@@ -79,13 +82,14 @@ def evaluate_vlm(
     presence = [q for q in short if q.kind == "presence"]
     truth = pd.DataFrame({q.label: [_as_bool(parse_answer(q, r[q.key])) for r in refs] for q in presence})
     pred = pd.DataFrame({q.label: [_as_bool(parse_answer(q, a)) for a in generated[q.key]] for q in presence})
-    table = per_label_scores(truth, pred)
-    metrics["presence"] = json.loads(table.to_json(orient="index"))
+    table = presence_table(truth, pred)
+    metrics["presence"] = json.loads(table.drop(columns="in_macro").to_json(orient="index"))
+    metrics["presence"]["macro"]["labels_in_macro"] = table.index[table["in_macro"]].tolist()
     metrics["other"] = {q.key: _score_other(q, [r[q.key] for r in refs], generated[q.key]) for q in short if q.kind != "presence"}
     for q in long_questions:
         metrics[q.kind] = text_report(generated[q.key], [r[q.key] for r in refs])
-    metrics["examples"] = [
-        {"report": refs[i].get(long_questions[-1].key, ""), **{q.key: generated[q.key][i] for q in QUESTIONS}}
+    metrics["examples"] = [  # the written report, and the model's answers (its report under "report")
+        {"reference_report": refs[i].get(long_questions[-1].key, ""), **{q.key: generated[q.key][i] for q in QUESTIONS}}
         for i in range(min(3, len(refs)))
     ]
     if out_dir is not None:
@@ -93,6 +97,20 @@ def evaluate_vlm(
         (out_dir / "eval.json").write_text(json.dumps(metrics, indent=2))
         (out_dir / "eval.md").write_text(_markdown(metrics, table))
     return metrics
+
+
+def presence_table(truth: pd.DataFrame, predicted: pd.DataFrame) -> pd.DataFrame:
+    """``per_label_scores`` of the 0/1 answers (one column per finding), ``support`` named ``positives``, and
+    the ``macro`` row the mean over the findings with at least one positive (``in_macro``; NaN if none has one).
+    """
+    table = per_label_scores(truth, predicted).rename(columns={"support": "positives"})
+    labels = table.index[:-1]
+    table["in_macro"] = False
+    table.loc[labels, "in_macro"] = table.loc[labels, "positives"] > 0
+    ratios = ["accuracy", "precision", "recall", "specificity", "f1"]
+    scored = table.loc[labels][table.loc[labels, "in_macro"]]
+    table.loc["macro", ratios] = scored[ratios].mean() if len(scored) else None
+    return table
 
 
 def _as_bool(value: object) -> int:
@@ -113,12 +131,15 @@ def _score_other(q: Question, refs: list[str], generated: list[str]) -> dict[str
 
 def _markdown(metrics: dict[str, Any], table: pd.DataFrame) -> str:
     lines = [f"# Held-out evaluation ({metrics['n_studies']} studies)", "", "## Presence of findings", ""]
-    lines += ["| finding | accuracy | precision | recall | F1 | positives |", "|---|---|---|---|---|---|"]
+    lines += ["| finding | n | positives | accuracy | precision | recall | F1 |", "|---|---|---|---|---|---|---|"]
     for label, row in table.iterrows():
-        lines.append(
-            f"| {label} | {row['accuracy']:.3f} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} "
-            f"| {int(row['support'])} |"
-        )
+        scores = " | ".join("–" if pd.isna(row[c]) else f"{row[c]:.3f}" for c in ("accuracy", "precision", "recall", "f1"))
+        lines.append(f"| {label} | {int(row['n'])} | {int(row['positives'])} | {scores} |")
+    used = table.index[table["in_macro"]].tolist()
+    left = [label for label in table.index[:-1] if label not in used]
+    lines += ["", f"The macro row is the mean over the {len(used)} findings with at least one positive report among these "
+              "studies." + (f" Left out, as no report here has them (their accuracy is only the share of \"No.\" answers, "
+                            f"their F1 0 whatever the model says): {', '.join(left)}." if left else "")]
     lines += ["", "## Impression and report", "", "| text | BLEU-4 | ROUGE-L | embedding similarity |", "|---|---|---|---|"]
     for kind in ("impression", "report"):
         if kind in metrics:

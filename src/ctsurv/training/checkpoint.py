@@ -4,11 +4,16 @@
     model.safetensors  every tensor except those of untouched pretrained parts (no pickle)
     tokenizer/         the tokenizer (the tiny model's is trained on the reports)
     metrics.json       whatever the stage measured
+    checkpoint.json    {"stage": ...}: the stage that wrote it (vision, align, instruct, survival) or null
 
 Pretrained parts that were never trained (the frozen I3ResNet-152, the base weights of a local
 LM under LoRA) are not copied: ``load_checkpoint`` rebuilds them from their source and checks
 that exactly those tensors, and no others, were missing. Folders are written to a temporary
 sibling and swapped in, so a crash never leaves half a checkpoint.
+
+A stage-0 (``vision``) checkpoint holds a trained encoder and a language model that never trained: its
+answers are noise, so ``ask``, ``survival --pretrained`` and ``predict`` refuse it
+(:func:`refuse_untrained_language`).
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from ctsurv.models.vlm import CTVLM, build_vlm
 from ctsurv.training.stages import language_is_pretrained, vision_is_pretrained
 
 WEIGHTS = "model.safetensors"
+STAGE_FILE = "checkpoint.json"
+CHECKPOINT_STAGES = ("vision", "align", "instruct", "survival")  # pretraining stages 0-2, stage-3 fine-tuning
 
 
 def from_pretrained_source(name: str, cfg: ExperimentConfig) -> bool:
@@ -38,8 +45,14 @@ def from_pretrained_source(name: str, cfg: ExperimentConfig) -> bool:
     return name.startswith("language_model.") and language_is_pretrained(cfg) and "lora_" not in name
 
 
-def save_checkpoint(out_dir: str | Path, model: CTVLM, cfg: ExperimentConfig, metrics: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` as a checkpoint folder ``out_dir`` (replacing an older one atomically)."""
+def save_checkpoint(
+    out_dir: str | Path, model: CTVLM, cfg: ExperimentConfig, metrics: dict[str, Any] | None = None,
+    stage: str | None = None,
+) -> Path:
+    """Write ``model`` as a checkpoint folder ``out_dir`` (replacing an older one atomically); ``stage``
+    (one of ``CHECKPOINT_STAGES``) is recorded in checkpoint.json."""
+    if stage is not None and stage not in CHECKPOINT_STAGES:
+        raise ValueError(f"stage must be one of {CHECKPOINT_STAGES} or None, got {stage!r}")
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -58,12 +71,38 @@ def save_checkpoint(out_dir: str | Path, model: CTVLM, cfg: ExperimentConfig, me
     model.tokenizer.save_pretrained(tmp / "tokenizer")
     save_config(cfg, tmp / "config.yaml")
     (tmp / "metrics.json").write_text(json.dumps(metrics or {}, indent=2))
+    (tmp / STAGE_FILE).write_text(json.dumps({"stage": stage}))
     old = out_dir.with_name(out_dir.name + ".old")
     if out_dir.exists():
         out_dir.replace(old)
     tmp.replace(out_dir)
     shutil.rmtree(old, ignore_errors=True)
     return out_dir
+
+
+def checkpoint_stage(path: str | Path) -> str | None:
+    """The stage that wrote checkpoint ``path``: checkpoint.json's, else (checkpoints written before it was
+    recorded) the folder's name if it is a pretraining stage's (vision, align, instruct), else None."""
+    path = Path(path)
+    if (path / STAGE_FILE).is_file():
+        stage = json.loads((path / STAGE_FILE).read_text()).get("stage")
+        if stage is not None:
+            return str(stage)
+    return path.name if path.name in ("vision", "align", "instruct") else None
+
+
+def refuse_untrained_language(path: str | Path) -> None:
+    """A CtsurvError naming the checkpoint to use instead if ``path`` is a stage-0 (vision) checkpoint,
+    whose language model never trained."""
+    path = Path(path)
+    if checkpoint_stage(path) != "vision":
+        return
+    sibling = path.parent / "instruct"
+    instead = str(sibling) if (sibling / WEIGHTS).is_file() else "the instruct checkpoint of its `ctsurv pretrain` run"
+    raise CtsurvError(
+        f"{path} is the stage-0 (vision) checkpoint: its language model never trained, so its answers are noise; "
+        f"use {instead}"
+    )
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[CTVLM, ExperimentConfig]:

@@ -9,13 +9,16 @@ On them a classifier is right far more often than on new scans (nodules: AUC 0.9
 studies, 0.94 on an unseen cohort; benchmarks/readout_gap.md), and a language model trained on such
 logits would trust them more than it should. Each training study's logits therefore come from the
 classifier fitted on the other folds (AUC 0.955 for nodules, close to the unseen cohort's); the model
-saved, and used on every other scan, is the one fitted on all training studies.
+saved, and used on every other scan, is the one fitted on all training studies. The folds are of patients
+(``GroupKFold``): CT-RATE holds several reconstructions of one scan per patient, and a sibling in the fitting
+rows would hand a study's own scan to the classifier that scores it.
 
 With cells (``projector.findings_cells_channel``) every finding has two candidate inputs: the pooled
 features alone, or with the cells appended. The cells carry where tissue lies (lymph nodes: AUC 0.62 ->
 0.88 on an unseen cohort) but, 3072 of them, drown a finding the pooled features read well (nodules:
 0.95 -> 0.78; benchmarks/findings_cells.md). Which one a finding gets is decided on held-out studies that
-stage 0 never trained on (the run's validation split): on the training studies themselves the memorised
+stage 0 never trained on (the run's validation split, kept apart from the test split that the run's evaluation
+scores, so that the choice does not flatter it): on the training studies themselves the memorised
 pooled features look better than they are and win even for lymph nodes. The cells must earn their place:
 their held-out log-loss must be lower by more than one standard error of the per-study difference (the
 one-standard-error rule), so that a small or noisy validation split keeps the simpler classifier.
@@ -23,12 +26,14 @@ one-standard-error rule), so that a small or noisy validation split keeps the si
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import KFold
+from sklearn.model_selection import GroupKFold
 from sklearn.preprocessing import StandardScaler
 
 from ctsurv.models.projector import FindingsHead
@@ -56,6 +61,20 @@ def _fit(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
     return model.coef_[0], float(model.intercept_[0])
 
 
+def patient_folds(groups: Sequence | np.ndarray, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(fit rows, out rows) of the ``FOLDS`` folds of patients ``groups`` (one per study): a patient's studies
+    fall in one fold. The patients are shuffled with ``seed``: scikit-learn's ``GroupKFold(shuffle=True)``
+    (1.6 and later), or on older versions the same permutation of the sorted patients, split the same way."""
+    groups = np.asarray(groups)
+    rows = np.arange(len(groups))
+    if "shuffle" in inspect.signature(GroupKFold).parameters:
+        yield from GroupKFold(FOLDS, shuffle=True, random_state=seed).split(rows, groups=groups)
+        return
+    for out_patients in np.array_split(np.random.RandomState(seed).permutation(np.unique(groups)), FOLDS):
+        out = np.isin(groups, out_patients)
+        yield rows[~out], rows[out]
+
+
 def _study_losses(y: np.ndarray, logits: np.ndarray) -> np.ndarray:
     """Each study's log-loss (m,) of 0/1 ``y`` under ``logits``: log(1 + exp(-logit)) if y = 1, else of +logit."""
     return np.logaddexp(0.0, np.where(y == 1, -logits, logits))
@@ -68,12 +87,14 @@ def fit_findings_head(
     seed: int = 0,
     cells: torch.Tensor | None = None,
     held_out: HeldOut | None = None,
+    groups: Sequence | np.ndarray | None = None,
 ) -> tuple[torch.Tensor, dict[int, dict[str, float | bool | None]]]:
     """Fit ``head`` on pooled features (n, Dv, N) and presence labels (n, P), -1 where the report is silent.
 
     Sets the head's buffers from all ``n`` studies and returns the out-of-fold logits (n, P): each study's
-    from the classifier fitted on the other folds (its own fold's standardisation included). A finding
-    with no known label gets logit 0 everywhere.
+    from the classifier fitted on the other folds (its own fold's standardisation included). The folds are of
+    the patients ``groups`` (one per study; None: each study its own patient), so that no sibling study of a
+    patient is among the rows that score it. A finding with no known label gets logit 0 everywhere.
 
     A head that reads cells needs the studies' ``cells`` (n, K) and ``held_out`` studies: a finding reads
     the cells when they lower its mean log-loss there by more than the standard error of the per-study
@@ -90,14 +111,20 @@ def fit_findings_head(
         x = np.hstack([x, cells.double().numpy()])
     y_all = labels.numpy()
     n, p = y_all.shape
-    if n < FOLDS:
-        raise ValueError(f"the findings token needs at least {FOLDS} training studies, got {n}")
+    groups = np.arange(n) if groups is None else np.asarray(groups)
+    if len(groups) != n:
+        raise ValueError(f"groups holds {len(groups)} patient ids for {n} studies; give one per study")
+    if len(np.unique(groups)) < FOLDS:
+        raise ValueError(
+            f"the findings token needs training studies of at least {FOLDS} patients (one fold each), "
+            f"got {len(np.unique(groups))} patients ({n} studies)"
+        )
     # one standardisation for the full fit and one per fold (from that fold's fitting rows), shared by all findings;
     # StandardScaler leaves constant features unscaled (scale 1)
     full = StandardScaler().fit(x)
     z = full.transform(x)
     folds = []
-    for fit_rows, out_rows in KFold(FOLDS, shuffle=True, random_state=seed).split(x):
+    for fit_rows, out_rows in patient_folds(groups, seed):
         fold = StandardScaler().fit(x[fit_rows])
         folds.append((fit_rows, out_rows, fold.transform(x[fit_rows]), fold.transform(x[out_rows])))
     if cells is not None:  # and so held_out, checked above

@@ -1,23 +1,31 @@
 """`ctsurv pretrain`: stages 0 (vision, for a scratch encoder), 1 (align) and 2 (instruct) on a
 cohort of CT volumes with reports (see ``training.stages`` for what each stage trains).
 
-    out/config.yaml, out/split.csv        the config and the train/validation split (by patient)
+    out/config.yaml, out/split.csv        the config and the train/val/test split (by patient)
     out/tokenizer/                         fitted on the training reports only
     out/vision/, out/align/, out/instruct/ checkpoints (see ``training.checkpoint``)
-    out/instruct/eval.json, eval.md        held-out answers vs report labels, text metrics
+    out/instruct/eval.json, eval.md        the test studies' answers vs report labels, text metrics
     out/<stage>_run/train_state/           resume state while a stage runs
 
-With ``projector.findings_token`` the findings classifier is fitted on the cached features before stage 1
-(``training.findings``), and stages 1-2 see the training studies' out-of-fold logits. With
-``projector.findings_cells_channel`` the validation studies choose, per finding, whether it reads the cells;
-the choice and its log-losses are in the stage's metrics.json (``findings_head``).
+The split is three-way, by patient (``pretrain.val_fraction`` and ``pretrain.test_fraction``, at least one
+patient each): training studies train; validation studies choose what the run chooses; test studies are only
+scored, in eval.json, so that no choice is made on the studies that measure it. Validation studies are kept
+out of training even where nothing is chosen on them (a findings head without cells, or none), so that the
+training set does not depend on such settings.
 
-``--resume`` skips finished stages and continues an interrupted one from its last epoch.
+With ``projector.findings_token`` the findings classifier is fitted on the cached features before stage 1
+(``training.findings``), and stages 1-2 see the training studies' out-of-fold logits (folds of patients).
+With ``projector.findings_cells_channel`` the validation studies choose, per finding, whether it reads the
+cells; the choice and its log-losses are in the stage's metrics.json (``findings_head``).
+
+``--resume`` skips finished stages and continues an interrupted one from its last epoch; the split is drawn
+again from the seed and must equal the saved split.csv.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,19 +61,30 @@ STAGES = ("vision", "align", "instruct")
 @dataclass(frozen=True)
 class PretrainSummary:
     out_dir: Path
-    n_train: int
+    n_train: int  # studies of each part of the split
     n_val: int
+    n_test: int  # the studies scored in metrics (eval.json)
     seconds: dict[str, float]
     metrics: dict
 
 
-def split_patients(cohort: Cohort, val_fraction: float, seed: int) -> np.ndarray:
-    """Boolean mask of validation studies; all studies of a patient fall on the same side."""
-    patients = np.array(sorted(set(cohort.patient_ids)))
-    rng = np.random.default_rng(seed)
-    n_val = max(1, round(val_fraction * len(patients)))
-    val = set(rng.choice(patients, size=n_val, replace=False).tolist())
-    return np.array([p in val for p in cohort.patient_ids])
+def split_patients(patient_ids: Sequence[str], val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
+    """"train", "val" or "test" per study; all studies of a patient fall in one part.
+
+    ``seed`` permutes the sorted patients: the first ``round(test_fraction · patients)`` (at least one) are
+    test, the next ``round(val_fraction · patients)`` (at least one) validation, the rest training.
+    """
+    patients = np.array(sorted(set(patient_ids)))
+    n_test, n_val = (max(1, round(f * len(patients))) for f in (test_fraction, val_fraction))
+    if n_test + n_val >= len(patients):
+        raise CtsurvError(
+            f"{len(patients)} patients cannot be split three ways: pretrain.test_fraction={test_fraction} holds out "
+            f"{n_test} and pretrain.val_fraction={val_fraction} {n_val}, leaving none to train on; add patients "
+            f"(at least 3) or lower pretrain.val_fraction or pretrain.test_fraction"
+        )
+    order = np.random.default_rng(seed).permutation(patients)
+    part = {p: "test" for p in order[:n_test]} | {p: "val" for p in order[n_test : n_test + n_val]}
+    return np.array([part.get(p, "train") for p in patient_ids])
 
 
 # settings a finished stage does not depend on: --resume may change them (those of the stages still to run)
@@ -140,10 +159,31 @@ def pretrain(
             "pretrain.finetune_vision=false, or set projector.findings_token=false"
         )
     cohort = load_cohort(cohort_path, cfg.data, require_reports=True)
-    val = split_patients(cohort, cfg.pretrain.val_fraction, cfg.seed)
+    patients = cohort.patient_ids
+    part = split_patients(patients, cfg.pretrain.val_fraction, cfg.pretrain.test_fraction, cfg.seed)
+    train_idx, val_idx, test_idx = (np.flatnonzero(part == name) for name in ("train", "val", "test"))
+    train_patients = [patients[i] for i in train_idx]
+    if len(train_idx) < 2:
+        raise CtsurvError(
+            f"{cohort_path}: only {len(train_idx)} training studies after the validation and test split; add studies"
+        )
+    if cfg.projector.findings_token and len(set(train_patients)) < FOLDS:
+        raise CtsurvError(
+            f"{cohort_path}: only {len(set(train_patients))} training patients ({len(train_idx)} studies) after the "
+            f"validation and test split, and projector.findings_token cross-fits its classifier in {FOLDS} folds of "
+            "patients; add patients, lower pretrain.val_fraction or pretrain.test_fraction, or set "
+            "projector.findings_token=false"
+        )
+    split = pd.DataFrame({"id": [str(i) for i in cohort.ids], "split": part})
+    saved_split = out_dir / "split.csv"
+    if resume and saved_split.is_file() and saved_split.read_text() != split.to_csv(index=False):
+        raise CtsurvError(
+            f"cannot resume: {saved_split} differs from the split of {cohort_path} with this seed and "
+            "pretrain.val_fraction/test_fraction (another cohort, or a run of an older ctsurv); start a new --out folder"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir / "config.yaml")
-    pd.DataFrame({"id": cohort.ids, "split": np.where(val, "val", "train")}).to_csv(out_dir / "split.csv", index=False)
+    split.to_csv(out_dir / "split.csv", index=False)
 
     table = cohort.table
     # either report column may be absent (load_cohort asks for one of them): an absent one reads as empty
@@ -152,15 +192,6 @@ def pretrain(
         for column in (cfg.data.findings_column, cfg.data.impression_column)
     )
     reports = cohort.reports()
-    train_idx = np.flatnonzero(~val)
-    if len(train_idx) < 2:
-        raise CtsurvError(f"{cohort_path}: only {len(train_idx)} training studies after the validation split; add studies")
-    if cfg.projector.findings_token and len(train_idx) < FOLDS:
-        raise CtsurvError(
-            f"{cohort_path}: only {len(train_idx)} training studies after the validation split, and "
-            f"projector.findings_token cross-fits its classifier in {FOLDS} folds; add studies, lower "
-            "pretrain.val_fraction, or set projector.findings_token=false"
-        )
 
     def question_answers(i: int) -> list[tuple[str, str]]:
         return [(q.text, a) for q, a in instruction_pairs(findings[i], impressions[i])]
@@ -185,7 +216,6 @@ def pretrain(
     volumes = preprocess_all(cohort, cfg, progress)
     seconds["preprocess"] = time.perf_counter() - t0
 
-    val_idx = np.flatnonzero(val)
     features = None
     cells = vlm.projector.cells(volumes)  # (n, K) what the findings head reads besides the grid, or None
     finding_logits = None  # the findings token's out-of-fold logits of the training studies
@@ -211,7 +241,7 @@ def pretrain(
                 held_out = HeldOut(features[val_idx], cells[val_idx], torch.tensor(val_labels, dtype=torch.long))
             finding_logits, choice = fit_findings_head(
                 vlm.projector.findings, features[train_idx], labels, seed=cfg.seed,
-                cells=None if cells is None else cells[train_idx], held_out=held_out,
+                cells=None if cells is None else cells[train_idx], held_out=held_out, groups=train_patients,
             )
             findings_choice = {PRESENCE_LABELS[j]: c for j, c in choice.items()}
         inputs, kind = (features, "features") if frozen_vision else (volumes, "images")
@@ -234,20 +264,20 @@ def pretrain(
         stage_metrics = _stage_metrics(history, seconds[stage], len(dataset))
         if stage != "vision" and findings_choice:
             stage_metrics["findings_head"] = findings_choice
-        save_checkpoint(stage_dir, vlm, cfg, metrics=stage_metrics)
+        save_checkpoint(stage_dir, vlm, cfg, metrics=stage_metrics, stage=stage)
 
     from ctsurv.evaluation.vlm_eval import evaluate_vlm
 
     t0 = time.perf_counter()
     inputs = features if (features is not None and not vision_trains(cfg, "instruct")) else volumes
     kind = "features" if inputs is features else "images"
-    metrics = evaluate_vlm(
-        vlm.eval(), inputs[val_idx], kind, [findings[i] for i in val_idx], [impressions[i] for i in val_idx],
+    metrics = evaluate_vlm(  # on the test studies only: nothing was chosen on them
+        vlm.eval(), inputs[test_idx], kind, [findings[i] for i in test_idx], [impressions[i] for i in test_idx],
         max_new_tokens=cfg.pretrain.max_new_tokens, out_dir=out_dir / "instruct", progress=progress,
-        cells=None if (cells is None or kind == "images") else cells[val_idx],
+        cells=None if (cells is None or kind == "images") else cells[test_idx],
     )
     seconds["evaluate"] = time.perf_counter() - t0
-    return PretrainSummary(out_dir, len(train_idx), len(val_idx), seconds, metrics)
+    return PretrainSummary(out_dir, len(train_idx), len(val_idx), len(test_idx), seconds, metrics)
 
 
 def _stage_metrics(history: list[dict[str, float]], seconds: float, n_studies: int) -> dict:

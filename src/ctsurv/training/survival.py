@@ -1,22 +1,37 @@
 """`ctsurv survival`: stage 3 — survival from the pretrained model's reading of a scan plus clinical
 data, evaluated by patient-level cross-validation against honest baselines in the same folds.
 
-Methods (all share the folds; everything fitted — clinical standardisation and imputation, PCA of
-hidden states, the head, the Breslow baseline — is fitted on the training fold only):
+Methods (all share the folds; all but clinical_cox and oracle share the survival head of :func:`head_method`
+and, with clinical data, the same clinical block; everything fitted — clinical standardisation and
+imputation, PCA, the head, the Breslow baseline — is fitted on the training fold only):
 
 =======================  ==================================================================
-model                    answers to the predefined questions (P(yes) per finding + principal
-                         components of the answer-position hidden states) + clinical data; with
-                         ``survival.finetune`` the answers of a model tuned per fold (stage 3)
+model                    answers to the predefined questions (P(yes) per presence question + the first
+                         ``survival.hidden_components`` principal components of the answer-position
+                         hidden states) + clinical data; with ``survival.finetune`` the answers of a model
+                         tuned per fold (stage 3)
 model_frozen             (only with ``survival.finetune``) the same without fine-tuning
 model_image_only         the same image features, no clinical data
 model_risk_query         the alternative representation: a learned risk query attending over the
                          LM's hidden states at the visual tokens (RiskQueryHead) + clinical data
+model_align              the stage-1 (align, captioning only) checkpoint read like ``model`` + clinical
+findings_classifier      the model's own findings classifier (``projector.findings``, fitted on the
+                         pretraining cohort before stage 1; no language model): P(finding) per presence
+                         finding + clinical. Absent without ``projector.findings_token``
+encoder_no_instruction   what the projector receives from the encoder before instruction tuning (the
+                         stage-0 checkpoint's, else stage 1's): the token grid pooled by
+                         ``projector.pool`` (max token included), flattened, and the volumes' cells where
+                         the findings classifier reads them; reduced to the model's image-feature budget
+                         (:func:`image_budget`; fewer only past n_train - 1 or the training rows' rank)
+                         by a PCA of unit-variance blocks (:class:`BlockPCA`) + clinical. With
+                         ``--encoder i3resnet152``: its mean-pooled grid, same budget
 clinical_cox             Cox model on the clinical columns alone (lifelines)
-encoder_no_instruction   the vision encoder without instruction tuning (the stage-0 checkpoint, else
-                         stage 1's, or a bare encoder given by ``--encoder``): pooled features + clinical
 oracle                   the true log-hazard from ``truth.csv`` (synthetic cohorts only; no fitting)
 =======================  ==================================================================
+
+The ablation ladder (``LADDER``, bottom rung first) adds one thing per rung: clinical data, the encoder's
+features, a supervised reading of them (the findings classifier), a language model taught to caption
+(align), then instruction tuning (model). Each rung is compared with the one below it in the same folds.
 
 Without ``survival.finetune`` the VLM is frozen in this stage: its features are functions of the
 image alone, computed once for all studies, so no outcome information can leak between folds through
@@ -26,7 +41,7 @@ them. With it, each fold tunes its own copy on its training patients only.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,13 +56,21 @@ from ctsurv.data.clinical import ClinicalSchema
 from ctsurv.data.cohort import Cohort, _as_text
 from ctsurv.data.datasets import PRESENCE_QUESTIONS
 from ctsurv.data.instructions import QUESTIONS
-from ctsurv.evaluation.crossval import FoldPrediction
+from ctsurv.evaluation.crossval import Fold, FoldPrediction
+from ctsurv.models.projector import Projector
 from ctsurv.models.representation import answer_features, visual_states
 from ctsurv.models.survival import BreslowBaseline, RiskQueryHead, SurvivalHead, fit_survival_head
 from ctsurv.models.vlm import CTVLM
 from ctsurv.training.survival_finetune import Tuning, tuned_model
 
 PRESENCE_LABELS: list[str] = [str(q.label) for q in QUESTIONS if q.kind == "presence"]
+LADDER = ("clinical_cox", "encoder_no_instruction", "findings_classifier", "model_align", "model")  # bottom rung first
+RANK_TOLERANCE = 1e-10  # a principal component explaining less of the variance is numerically zero
+
+
+def image_budget(cfg: ExperimentConfig) -> int:
+    """The number of image features ``model`` reads: P(yes) per presence question + the hidden states' components."""
+    return len(PRESENCE_QUESTIONS) + cfg.survival.hidden_components
 
 
 @dataclass(frozen=True)
@@ -56,21 +79,21 @@ class ImageFeatures:
 
     p_yes: np.ndarray | None  # (n, Q) probability of "Yes" per presence question
     hidden: np.ndarray | None  # (n, Q*D) answer-position hidden states
-    pooled: np.ndarray | None  # (n, Dv) mean-pooled vision encoder grid (the no-instruction ablation)
     visual: np.ndarray | None = None  # (n, N, D) LM hidden states at the visual tokens (the risk query's input)
 
     def rows(self, order: np.ndarray) -> ImageFeatures:
         """The features of studies ``order`` (indices), every field alike."""
-        return ImageFeatures(*(None if a is None else a[order] for a in (self.p_yes, self.hidden, self.pooled, self.visual)))
+        return ImageFeatures(*(None if a is None else a[order] for a in (self.p_yes, self.hidden, self.visual)))
 
 
 @torch.no_grad()
 def vlm_features(
-    vlm: CTVLM, inputs: torch.Tensor, batch_size: int = 16, kind: str = "images", cells: torch.Tensor | None = None
+    vlm: CTVLM, inputs: torch.Tensor, batch_size: int = 16, kind: str = "images", cells: torch.Tensor | None = None,
+    visual_tokens: bool = True,
 ) -> ImageFeatures:
-    """Answers (P(yes), hidden states) of the instruction-tuned model for every volume (N, C, X, Y, Z),
-    or for cached, pooled encoder features (N, Dv, tokens) with ``kind="features"`` (and the volumes'
-    ``cells`` (N, K) for a findings head that reads them), and the LM's states at the visual tokens."""
+    """Answers (P(yes), hidden states) of the model for every volume (N, C, X, Y, Z), or for cached, pooled
+    encoder features (N, Dv, tokens) with ``kind="features"`` (and the volumes' ``cells`` (N, K) for a
+    findings head that reads them), and (``visual_tokens``) the LM's states at the visual tokens."""
     probs, states, visual = [], [], []
     for i in range(0, len(inputs), batch_size):
         x = inputs[i : i + batch_size].float()
@@ -81,13 +104,31 @@ def vlm_features(
         p, h = answer_features(vlm, tokens, PRESENCE_QUESTIONS)
         probs.append(p.numpy())
         states.append(h.flatten(1).numpy())
-        visual.append(visual_states(vlm, tokens).numpy())
-    return ImageFeatures(np.concatenate(probs), np.concatenate(states), None, np.concatenate(visual))
+        if visual_tokens:
+            visual.append(visual_states(vlm, tokens).numpy())
+    return ImageFeatures(np.concatenate(probs), np.concatenate(states), np.concatenate(visual) if visual_tokens else None)
+
+
+@torch.no_grad()
+def findings_probabilities(projector: Projector, grids: torch.Tensor, cells: torch.Tensor | None) -> np.ndarray:
+    """P(finding) (n, P) of the projector's findings classifier on pooled encoder features (n, Dv, N) and,
+    for a classifier that reads them, the volumes' cells (n, K): what it puts in the findings token."""
+    if projector.findings is None:
+        raise ValueError("this projector has no findings classifier (projector.findings_token: false)")
+    return torch.sigmoid(projector.findings(grids.float(), cells)).double().numpy()
+
+
+def projector_input_blocks(projector: Projector, grids: torch.Tensor, cells: torch.Tensor | None) -> tuple[np.ndarray, ...]:
+    """What ``projector`` receives from a frozen encoder, per study: the pooled grid (n, Dv, N) flattened to
+    (n, Dv*N), then the volumes' cells (n, K) when its findings classifier reads them for some finding."""
+    findings = projector.findings
+    reads = findings is not None and cells is not None and bool(findings.reads_cells.any())
+    return (grids.flatten(1).numpy(), *((cells.numpy(),) if reads else ()))
 
 
 @torch.no_grad()
 def encoder_features(encoder: torch.nn.Module, volumes: torch.Tensor, batch_size: int = 16) -> np.ndarray:
-    """Mean-pooled vision features (N, Dv) of an encoder used without instruction tuning."""
+    """Mean-pooled vision features (N, Dv) of a pretrained encoder used without instruction tuning."""
     encoder.eval()
     return np.concatenate(
         [encoder.features(volumes[i : i + batch_size].float()).mean(dim=(2, 3, 4)).numpy() for i in range(0, len(volumes), batch_size)]
@@ -188,14 +229,58 @@ def answer_image(features: ImageFeatures, components: int) -> Callable[[np.ndarr
     return build
 
 
-def pooled_image(pooled: np.ndarray, components: int) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """Principal components of pooled encoder features (PCA fit on train)."""
+@dataclass(frozen=True)
+class BlockPCA:
+    """PCA of column blocks (the encoder's pooled grid, the volumes' cells) that each enter with unit total
+    variance: a block is centred and divided by the square root of the sum of its columns' variances on the
+    fitting rows, so neither its units (encoder activations vs windowed HU) nor its width decide its weight;
+    within a block the columns keep their relative scales, as the projector sees them.
+
+    Components without variance on the fitting rows (beyond the rank of their centred blocks, e.g. when a
+    patient's two studies are the same scan) are dropped: the head would standardise them by a zero SD.
+    """
+
+    means: tuple[np.ndarray, ...]
+    scales: tuple[float, ...]
+    pca: PCA
+    kept: int  # the leading components kept
+
+    @classmethod
+    def fit(cls, blocks: Sequence[np.ndarray], rows: np.ndarray, components: int) -> BlockPCA:
+        """Fitted on ``rows`` of ``blocks``, keeping min(components, len(rows) - 1, columns, rank) components."""
+        parts = [b[rows].astype(np.float64) for b in blocks]
+        means = tuple(part.mean(0) for part in parts)
+        scales = tuple(float(np.sqrt(((part - m) ** 2).sum(1).mean())) or 1.0 for part, m in zip(parts, means))
+        x = np.concatenate([(part - m) / sd for part, m, sd in zip(parts, means, scales)], 1)
+        pca = PCA(n_components=min(components, len(rows) - 1, x.shape[1]), random_state=0).fit(x)
+        return cls(means, scales, pca, int(np.sum(pca.explained_variance_ratio_ > RANK_TOLERANCE)))
+
+    def scaled(self, blocks: Sequence[np.ndarray], rows: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` of the blocks, each centred and scaled, side by side (float64)."""
+        return np.concatenate(
+            [(b[rows].astype(np.float64) - m) / sd for b, m, sd in zip(blocks, self.means, self.scales, strict=True)], 1
+        )
+
+    def transform(self, blocks: Sequence[np.ndarray], rows: np.ndarray) -> np.ndarray:
+        """The kept principal components (len(rows), kept) of rows ``rows``."""
+        return self.pca.transform(self.scaled(blocks, rows))[:, : self.kept]
+
+
+def encoder_image(
+    blocks: Sequence[np.ndarray], components: int
+) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """The first ``components`` principal components of the encoder's feature blocks (:class:`BlockPCA` fit on train)."""
 
     def build(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        pca = PCA(n_components=min(components, len(train) - 1, pooled.shape[1]), random_state=0).fit(pooled[train])
-        return pca.transform(pooled[train]), pca.transform(pooled[test])
+        pca = BlockPCA.fit(blocks, train, components)
+        return pca.transform(blocks, train), pca.transform(blocks, test)
 
     return build
+
+
+def fixed_image(features: np.ndarray) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Per-study features (n, F) used as they are (nothing is fitted here): the findings classifier's probabilities."""
+    return lambda train, test: (features[train], features[test])
 
 
 def visual_image(features: ImageFeatures) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
@@ -253,11 +338,14 @@ def finetuned_method(data: FoldData, cfg: ExperimentConfig, tuning: Tuning, froz
 
 
 def survival_methods(
-    data: FoldData, cfg: ExperimentConfig, answers: ImageFeatures | None, pooled: np.ndarray | None,
-    truth_risk: np.ndarray | None, tuning: Tuning | None = None,
+    data: FoldData, cfg: ExperimentConfig, answers: ImageFeatures | None, encoder: Sequence[np.ndarray] | None,
+    truth_risk: np.ndarray | None, tuning: Tuning | None = None, findings: np.ndarray | None = None,
+    align: ImageFeatures | None = None,
 ) -> dict[str, FitPredict]:
     """The methods compared in the same folds (see the module docstring); absent inputs drop methods.
 
+    ``answers``: the instruction-tuned model's; ``align``: the stage-1 checkpoint's; ``findings``: the findings
+    classifier's probabilities (n, P); ``encoder``: the feature blocks of the encoder before instruction tuning.
     ``tuning`` (the pretrained checkpoint and the cached encoder grids of the cohort) makes ``model``
     the fine-tuned variant when ``survival.finetune`` asks for one; ``model_frozen`` then keeps the
     frozen model's answers for comparison."""
@@ -273,21 +361,32 @@ def survival_methods(
             methods["model_risk_query"] = head_method(
                 data, cfg, visual_image(answers), use_clinical=True, seed=seed, risk_query=True
             )
+    if align is not None:
+        methods["model_align"] = head_method(data, cfg, answer_image(align, k), use_clinical=True, seed=seed)
+    if findings is not None:
+        methods["findings_classifier"] = head_method(data, cfg, fixed_image(findings), use_clinical=True, seed=seed)
+    if encoder is not None:
+        methods["encoder_no_instruction"] = head_method(
+            data, cfg, encoder_image(encoder, image_budget(cfg)), use_clinical=True, seed=seed
+        )
     methods["clinical_cox"] = clinical_cox(data)
-    if pooled is not None:
-        methods["encoder_no_instruction"] = head_method(data, cfg, pooled_image(pooled, max(k, 8)), use_clinical=True, seed=seed)
     if truth_risk is not None:
         methods["oracle"] = fixed_risk(data, truth_risk)
     return methods
 
 
-def at_horizon(fit_predict: FitPredict, horizon: float, n: int) -> tuple[FitPredict, np.ndarray]:
-    """Wrap ``fit_predict`` to also record each test patient's predicted survival at ``horizon``."""
-    surv = np.full(n, np.nan)
+def at_horizon(fit_predict: FitPredict, horizon: float, folds: Sequence[Fold], n: int) -> tuple[FitPredict, np.ndarray]:
+    """Wrap ``fit_predict`` to also record each test patient's predicted survival at ``horizon`` per repeat
+    (n_repeats, n). ``cross_validate`` calls it once per fold in the order of ``folds``, which says the repeat."""
+    surv = np.full((max(f.repeat for f in folds) + 1, n), np.nan)
+    calls = iter(folds)
 
     def wrapped(train: np.ndarray, test: np.ndarray) -> FoldPrediction:
+        fold = next(calls, None)
+        if fold is None or not np.array_equal(fold.test_idx, test):
+            raise ValueError("at_horizon: called on other folds, or in another order, than those it was given")
         pred = fit_predict(train, test)
-        surv[test] = pred.survival(np.array([horizon]))[:, 0]
+        surv[fold.repeat, test] = pred.survival(np.array([horizon]))[:, 0]
         return pred
 
     return wrapped, surv

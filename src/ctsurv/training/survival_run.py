@@ -1,18 +1,27 @@
 """`ctsurv survival`: read the cohort, compute frozen image features once, cross-validate every
 method in the same folds, write the results and figures, and fit the final model for `predict`.
 
-    out/config.yaml, out/results.{json,csv,md}, out/oof.csv
-    out/km_risk_groups.png, out/cindex.png, out/calibration.png
-    out/model/   the model fitted on the whole cohort (head, clinical schema, PCA, Breslow baseline)
+    out/config.yaml, out/results.{json,csv,md}
+    out/oof.csv  one row per study and repeat: id, repeat, fold, time, event, risk and surv_at_horizon (the
+                 main method's, ``model`` or else ``encoder_no_instruction``), risk_<method> for every method
+    out/km_risk_groups.png, out/cindex.png, out/calibration.png   (the figures of repeat 0; with --repeats R > 1
+                 also calibration_repeat1.png ... calibration_repeat{R-1}.png)
+    out/model/   the model fitted on the whole cohort (head, clinical schema, PCA, Breslow baseline; model.json
+                 names its checkpoint relative to out/model when it lies inside, as the fine-tuned model/vlm)
+
+results.json: "methods" (see ``training.survival``), "ladder" (the methods of ``LADDER`` present, bottom rung
+first; each is compared with the rung below it), "cohort" (with "bootstrap": resamples, unit, p_floor),
+"notes" (per method: folds a metric skipped, or why a ladder rung is absent), "figures".
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time as clock
-from collections.abc import Collection
-from dataclasses import dataclass
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,17 +29,19 @@ import pandas as pd
 import torch
 from safetensors.torch import save_file
 
-from ctsurv.config import ExperimentConfig, VisionConfig, save_config
+from ctsurv.config import ExperimentConfig, save_config
 from ctsurv.data.cohort import Cohort, load_cohort
 from ctsurv.errors import CtsurvError
 from ctsurv.evaluation import report
-from ctsurv.evaluation.crossval import compare_methods, cross_validate, make_folds
-from ctsurv.evaluation.metrics import choose_horizons
+from ctsurv.evaluation.crossval import Fold, OutOfFold, compare_methods, cross_validate, make_folds
+from ctsurv.evaluation.metrics import choose_horizons, p_floor
 from ctsurv.models.survival import BreslowBaseline, SurvivalHead, fit_survival_head
 from ctsurv.models.vision import build_vision_encoder
-from ctsurv.training.checkpoint import load_checkpoint, save_checkpoint
+from ctsurv.models.vlm import CTVLM
+from ctsurv.training.checkpoint import checkpoint_stage, load_checkpoint, refuse_untrained_language, save_checkpoint
 from ctsurv.training.pretrain import encode_all, preprocess_all
 from ctsurv.training.survival import (
+    LADDER,
     PRESENCE_LABELS,
     PRESENCE_QUESTIONS,
     FoldData,
@@ -38,11 +49,15 @@ from ctsurv.training.survival import (
     answer_matrix,
     at_horizon,
     encoder_features,
+    findings_probabilities,
     fit_answer_pca,
+    projector_input_blocks,
     survival_methods,
     vlm_features,
 )
 from ctsurv.training.survival_finetune import Tuning, tuned_model
+
+SCRATCH_ENCODERS = ("vit3d", "cnn3d")
 
 
 @dataclass(frozen=True)
@@ -50,17 +65,34 @@ class SurvivalRun:
     out_dir: Path
     results: dict
     seconds: dict[str, float]
+    model_dir: Path | None = None  # the fitted model (out_dir / "model"), None when none was written
 
 
-def pretrained_checkpoints(path: Path) -> tuple[Path, Path | None]:
-    """(instruct checkpoint, checkpoint of the encoder before instruction tuning or None) from a `ctsurv
-    pretrain` folder or a checkpoint. The latter is stage 0's (a scratch encoder trained on the report
-    labels) or else stage 1's: the ablation reads the encoder before the language model was taught to answer."""
+@dataclass(frozen=True)
+class PretrainedCheckpoints:
+    """The checkpoints of a `ctsurv pretrain` run that `ctsurv survival` reads."""
+
+    instruct: Path  # the model (or the one checkpoint given)
+    vision: Path | None = None  # stage 0: a scratch encoder trained on the report labels
+    align: Path | None = None  # stage 1: captioning only
+
+    @property
+    def before(self) -> Path | None:
+        """The checkpoint of the encoder before instruction tuning: stage 0's, else stage 1's."""
+        return self.vision or self.align
+
+
+def pretrained_checkpoints(path: Path) -> PretrainedCheckpoints:
+    """The checkpoints of a `ctsurv pretrain` folder, or of its ``instruct`` folder (its siblings are read
+    too), or a single checkpoint; a stage-0 (vision) checkpoint, whose language model never trained, is refused."""
+    if not (path / "instruct" / "model.safetensors").is_file() and (path / "model.safetensors").is_file():
+        refuse_untrained_language(path)
+        if not (path.name == "instruct" and checkpoint_stage(path) == "instruct"):
+            return PretrainedCheckpoints(path)
+        path = path.parent
     if (path / "instruct" / "model.safetensors").is_file():
-        before = [path / stage for stage in ("vision", "align") if (path / stage / "model.safetensors").is_file()]
-        return path / "instruct", before[0] if before else None
-    if (path / "model.safetensors").is_file():
-        return path, None
+        found = [path / stage if (path / stage / "model.safetensors").is_file() else None for stage in ("vision", "align")]
+        return PretrainedCheckpoints(path / "instruct", *found)
     raise CtsurvError(f"--pretrained {path} is neither a `ctsurv pretrain` output folder nor a checkpoint")
 
 
@@ -68,6 +100,17 @@ def with_preprocessing(cfg: ExperimentConfig, model_cfg: ExperimentConfig) -> Ex
     """The user's config (cohort columns) with the model's preprocessing (what its encoder expects)."""
     data = dataclasses.replace(cfg.data, **model_cfg.data.preprocessing())
     return dataclasses.replace(cfg, data=data, vision=model_cfg.vision)
+
+
+def check_bare_encoder(encoder: str) -> None:
+    """A CtsurvError unless ``encoder`` (--encoder) is an encoder with pretrained weights."""
+    if encoder in SCRATCH_ENCODERS:
+        raise CtsurvError(
+            f"--encoder {encoder} is a scratch encoder with random weights, so its features are noise; pretrain it "
+            "with `ctsurv pretrain` and pass --pretrained, or use --encoder i3resnet152 (pretrained weights)"
+        )
+    if encoder != "i3resnet152":
+        raise CtsurvError(f"unknown --encoder {encoder!r}; use i3resnet152, or --pretrained with a `ctsurv pretrain` folder")
 
 
 def truth_risk(cohort: Cohort) -> np.ndarray | None:
@@ -87,11 +130,15 @@ class Features:
     """Frozen image features of a cohort's scans, reusable for new outcomes on the same scans."""
 
     ids: list[str]
-    answers: ImageFeatures | None
-    pooled: np.ndarray | None
+    answers: ImageFeatures | None  # the instruction-tuned model's (``model``)
+    encoder: tuple[np.ndarray, ...] | None  # column blocks of the encoder before instruction tuning
     checkpoint: Path | None
     grids: torch.Tensor | None = None  # cached encoder features pooled to the token grid, for stage-3 fine-tuning
     cells: torch.Tensor | None = None  # the volumes' cells, with grids, for a findings head that reads them
+    findings: np.ndarray | None = None  # (n, P) the findings classifier's probabilities
+    align: ImageFeatures | None = None  # the stage-1 checkpoint's answers (``model_align``)
+    absent: dict[str, str] = field(default_factory=dict)  # ladder rung -> why it is absent
+    sources: dict[str, str] = field(default_factory=dict)  # method -> the checkpoint (or encoder) it reads
 
     def for_cohort(self, cohort: Cohort) -> Features:
         """These features in ``cohort``'s row order (same scans); an error if a study is missing."""
@@ -102,12 +149,58 @@ class Features:
         if missing:
             raise CtsurvError(f"no image features for {len(missing)} studies (e.g. {missing[:3]}); recompute them")
         order = np.array([where[s] for s in cohort.ids])
-        answers = None if self.answers is None else self.answers.rows(order)
         rows = torch.as_tensor(order)
-        return Features(
-            cohort.ids, answers, None if self.pooled is None else self.pooled[order], self.checkpoint,
-            None if self.grids is None else self.grids[rows], None if self.cells is None else self.cells[rows],
+        return dataclasses.replace(
+            self, ids=cohort.ids,
+            answers=None if self.answers is None else self.answers.rows(order),
+            encoder=None if self.encoder is None else tuple(b[order] for b in self.encoder),
+            grids=None if self.grids is None else self.grids[rows], cells=None if self.cells is None else self.cells[rows],
+            findings=None if self.findings is None else self.findings[order],
+            align=None if self.align is None else self.align.rows(order),
         )
+
+
+def same_encoder(a: CTVLM, b: CTVLM) -> bool:
+    """Whether two models' vision encoders hold the same tensors (an encoder frozen between their stages)."""
+    sa, sb = a.vision_encoder.state_dict(), b.vision_encoder.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def model_features(vlm: CTVLM, checkpoints: PretrainedCheckpoints, volumes: torch.Tensor, ids: list[str]) -> Features:
+    """Every pretrained rung's features of ``volumes``, read once: the model's answers from its cached encoder
+    grids (as stage 3 and `ctsurv predict` read them), its findings classifier's probabilities, the stage-1
+    checkpoint's answers, and what the projector receives from the encoder before instruction tuning."""
+    grids, cells = encode_all(vlm, volumes), vlm.projector.cells(volumes)
+    answers = vlm_features(vlm, grids, kind="features", cells=cells)
+    absent, sources = {}, {"model": str(checkpoints.instruct)}
+    findings = None
+    if vlm.projector.findings is not None:
+        findings = findings_probabilities(vlm.projector, grids, cells)
+        sources["findings_classifier"] = str(checkpoints.instruct)
+    else:
+        absent["findings_classifier"] = (
+            f"absent: {checkpoints.instruct} has no findings classifier (projector.findings_token: false)"
+        )
+
+    def grids_of(other: CTVLM) -> torch.Tensor:
+        return grids if same_encoder(other, vlm) else encode_all(other, volumes)
+
+    encoder = align = None
+    if checkpoints.before is not None:
+        before, _ = load_checkpoint(checkpoints.before)
+        encoder = projector_input_blocks(vlm.projector, grids_of(before), cells)
+        sources["encoder_no_instruction"] = str(checkpoints.before)
+    else:
+        absent["encoder_no_instruction"] = (
+            f"absent: no stage-0 (vision) or stage-1 (align) checkpoint beside {checkpoints.instruct}"
+        )
+    if checkpoints.align is not None:
+        stage1, _ = load_checkpoint(checkpoints.align)
+        align = vlm_features(stage1, grids_of(stage1), kind="features", cells=cells, visual_tokens=False)
+        sources["model_align"] = str(checkpoints.align)
+    else:
+        absent["model_align"] = f"absent: no stage-1 (align) checkpoint beside {checkpoints.instruct}"
+    return Features(ids, answers, encoder, checkpoints.instruct, grids, cells, findings, align, absent, sources)
 
 
 def prepare(
@@ -116,31 +209,26 @@ def prepare(
     """The config with the model's preprocessing, the validated cohort, and its frozen image features."""
     if (pretrained is None) == (encoder is None):
         raise CtsurvError("give exactly one of --pretrained CHECKPOINT (a `ctsurv pretrain` folder) or --encoder NAME")
-    instruct = align = None
     if pretrained is not None:
-        instruct, align = pretrained_checkpoints(Path(pretrained))
-        vlm, model_cfg = load_checkpoint(instruct)
+        checkpoints = pretrained_checkpoints(Path(pretrained))
+        vlm, model_cfg = load_checkpoint(checkpoints.instruct)
         cfg = with_preprocessing(cfg, model_cfg)
     else:
-        cfg = dataclasses.replace(cfg, vision=VisionConfig(encoder=encoder))  # type: ignore[arg-type]
+        check_bare_encoder(encoder)  # type: ignore[arg-type]
+        cfg = dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, encoder=encoder))
     cohort = load_cohort(cohort_path, cfg.data, require_outcomes=True)
     volumes = preprocess_all(cohort, cfg, progress)
-    answers = grids = cells = None
-    if instruct is not None:
-        if cfg.survival.finetune != "none":  # the encoder stays frozen in stage 3: encode once, read from the grids
-            grids, cells = encode_all(vlm, volumes), vlm.projector.cells(volumes)
-            answers = vlm_features(vlm, grids, kind="features", cells=cells)
-        else:
-            answers = vlm_features(vlm, volumes)
-        pooled = encoder_features(load_checkpoint(align)[0].vision_encoder, volumes) if align is not None else None
-    else:
-        torch.manual_seed(cfg.seed)
-        size_xyz = tuple(reversed(cfg.data.target_shape_zyx))
-        encoder = build_vision_encoder(  # type: ignore[arg-type]
-            cfg.vision, size_xyz, in_channels=cfg.data.in_channels, skip_channels=cfg.data.n_blob_channels
-        )
-        pooled = encoder_features(encoder, volumes)
-    return cfg, cohort, Features(cohort.ids, answers, pooled, instruct, grids, cells)
+    if pretrained is not None:
+        return cfg, cohort, model_features(vlm, checkpoints, volumes, cohort.ids)
+    size_xyz = tuple(reversed(cfg.data.target_shape_zyx))
+    bare = build_vision_encoder(  # type: ignore[arg-type]
+        cfg.vision, size_xyz, in_channels=cfg.data.in_channels, skip_channels=cfg.data.n_blob_channels
+    )
+    absent = {name: f"absent: --encoder {encoder} has no language model" for name in ("findings_classifier", "model_align", "model")}
+    features = Features(
+        cohort.ids, None, (encoder_features(bare, volumes),), None, absent=absent, sources={"encoder_no_instruction": str(encoder)}
+    )
+    return cfg, cohort, features
 
 
 def run_survival(
@@ -154,7 +242,7 @@ def run_survival(
     cfg, cohort, features = prepare(cfg, cohort_path, pretrained, encoder, progress)
     seconds = {"features": clock.perf_counter() - t0}
     run = evaluate(cfg, cohort, features, out_dir, folds=folds, repeats=repeats, progress=progress)
-    return SurvivalRun(out_dir, run.results, {**seconds, **run.seconds})
+    return dataclasses.replace(run, seconds={**seconds, **run.seconds})
 
 
 def evaluate(
@@ -175,38 +263,75 @@ def evaluate(
     tuning = None
     if features.checkpoint is not None and features.grids is not None:
         tuning = Tuning(features.checkpoint, features.grids, features.cells)
-    methods = survival_methods(data, cfg, features.answers, features.pooled, truth_risk(cohort), tuning)
+    methods = survival_methods(
+        data, cfg, features.answers, features.encoder, truth_risk(cohort), tuning, findings=features.findings,
+        align=features.align,
+    )
     if only is not None:
         methods = {name: fit for name, fit in methods.items() if name in only}
     main = "model" if "model" in methods else "encoder_no_instruction"
-    methods[main], surv_at_horizon = at_horizon(methods[main], horizon, len(time))
+    methods[main], surv_at_horizon = at_horizon(methods[main], horizon, fold_list, len(time))
     oofs = {
         name: cross_validate(fold_list, fit, time, event, horizons=horizons, tau=horizon, progress=progress, description=name)
         for name, fit in methods.items()
     }
+    ladder = [name for name in LADDER if name in oofs]
+    boot = cfg.survival.bootstrap
     results = {
         "cohort": {
             "n": len(cohort), "events": int(event.sum()), "horizon": horizon, "times": horizons,
             "folds": folds, "repeats": repeats, "patients": len(set(cohort.patient_ids)),
             "pretrained": str(features.checkpoint) if features.checkpoint else None, "encoder": cfg.vision.encoder,
+            "bootstrap": {"resamples": boot, "unit": "patient", "p_floor": p_floor(boot)},
+            "sources": {name: source for name, source in features.sources.items() if name in oofs},
         },
-        "methods": compare_methods(time, event, oofs, n_boot=cfg.survival.bootstrap, seed=cfg.seed),
+        "ladder": ladder,
+        "methods": compare_methods(time, event, oofs, n_boot=boot, seed=cfg.seed, groups=cohort.patient_ids, ladder=ladder),
         "notes": {name: oof.notes() for name, oof in oofs.items() if oof.notes()},
     }
-    oof = pd.DataFrame({"id": cohort.ids, "time": time, "event": event.astype(int), "risk": oofs[main].risk[0],
-                        "surv_at_horizon": surv_at_horizon})
-    for name, o in oofs.items():
-        oof[f"risk_{name}"] = o.risk[0]
+    for name, why in features.absent.items():
+        if name not in oofs and (only is None or name in only):
+            results["notes"][name] = [why]
+    oof = oof_table(cohort, fold_list, oofs, main, surv_at_horizon)
     oof.to_csv(out_dir / "oof.csv", index=False)
+    first = oof[oof["repeat"] == 0]
     results["figures"] = {
-        "km": report.km_by_risk_group(oof, out_dir / "km_risk_groups.png"),
-        "calibration": report.calibration_plot(oof, horizon, out_dir / "calibration.png"),
+        "km": report.km_by_risk_group(first, out_dir / "km_risk_groups.png"),
+        "calibration": report.calibration_plot(first, horizon, out_dir / "calibration.png"),
     }
+    if repeats > 1:  # one calibration figure per repeat (repeat 0's is calibration.png)
+        results["figures"]["calibration_by_repeat"] = [results["figures"]["calibration"]] + [
+            report.calibration_plot(oof[oof["repeat"] == r], horizon, out_dir / f"calibration_repeat{r}.png")
+            for r in range(1, repeats)
+        ]
     report.cindex_forest(results, out_dir / "cindex.png")
     report.write_results(results, out_dir)
+    model_dir = None
     if final_model and features.answers is not None and features.checkpoint is not None:
-        fit_final_model(cfg, data, features.answers, features.checkpoint, out_dir / "model", tuning)
-    return SurvivalRun(out_dir, results, {"crossval": clock.perf_counter() - t0})
+        model_dir = out_dir / "model"
+        fit_final_model(cfg, data, features.answers, features.checkpoint, model_dir, tuning)
+    return SurvivalRun(out_dir, results, {"crossval": clock.perf_counter() - t0}, model_dir)
+
+
+def oof_table(
+    cohort: Cohort, folds: Sequence[Fold], oofs: dict[str, OutOfFold], main: str, surv_at_horizon: np.ndarray
+) -> pd.DataFrame:
+    """oof.csv: one row per study and repeat (repeat-major, cohort order within a repeat), every value that
+    repeat's: its fold, the main method's risk and predicted survival at the horizon, every method's risk."""
+    repeats = len(surv_at_horizon)
+    fold_of = np.full((repeats, len(cohort)), -1)
+    for f in folds:
+        fold_of[f.repeat, f.test_idx] = f.fold
+    frames = []
+    for r in range(repeats):
+        frame = pd.DataFrame({
+            "id": cohort.ids, "repeat": r, "fold": fold_of[r], "time": cohort.times, "event": cohort.events.astype(int),
+            "risk": oofs[main].risk[r], "surv_at_horizon": surv_at_horizon[r],
+        })
+        for name, o in oofs.items():
+            frame[f"risk_{name}"] = o.risk[r]
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
 
 
 def fit_final_model(
@@ -214,7 +339,8 @@ def fit_final_model(
     tuning: Tuning | None = None,
 ) -> None:
     """The model method fitted on the whole cohort, saved for `ctsurv predict` (no pickle). With
-    ``survival.finetune``, the model tuned on the whole cohort is saved as ``out/vlm`` and read instead."""
+    ``survival.finetune``, the model tuned on the whole cohort is saved as ``out/vlm`` (stage "survival") and
+    read instead; model.json names it relative to ``out``, so the run folder can move."""
     everyone = np.arange(len(data.time))
     schema = data.schema(everyone)
     if cfg.survival.finetune != "none" and tuning is not None:
@@ -222,7 +348,7 @@ def fit_final_model(
             checkpoint, tuning.grids, data.clinical(everyone, schema), data.time, data.event, answers.p_yes,
             PRESENCE_QUESTIONS, cfg, cfg.seed, cells=tuning.cells,
         )
-        checkpoint = save_checkpoint(out / "vlm", vlm, model_cfg)
+        checkpoint = save_checkpoint(out / "vlm", vlm, model_cfg, stage="survival")
         answers = vlm_features(vlm, tuning.grids, kind="features", cells=tuning.cells)
     pca = fit_answer_pca(answers, everyone, cfg.survival.hidden_components)
     image = torch.as_tensor(answer_matrix(answers, everyone, pca), dtype=torch.float32)
@@ -237,7 +363,8 @@ def fit_final_model(
     save_file({k: v.contiguous() for k, v in head.state_dict().items()}, out / "head.safetensors")
     meta = {
         "head": head.config,
-        "checkpoint": str(checkpoint.resolve()),
+        "checkpoint": checkpoint_reference(checkpoint, out),
+        "checkpoint_absolute": str(checkpoint.resolve()),
         "clinical_schema": schema.to_dict(),
         "pca": None if pca is None else {"mean": pca.mean_.tolist(), "components": pca.components_.tolist()},
         "breslow": BreslowBaseline().fit(data.time, data.event, risk.astype(np.float64)).to_dict(),
@@ -247,3 +374,10 @@ def fit_final_model(
     }
     (out / "model.json").write_text(json.dumps(meta))
     save_config(cfg, out / "config.yaml")
+
+
+def checkpoint_reference(checkpoint: Path, model_dir: Path) -> str:
+    """How model.json names ``checkpoint``: relative to ``model_dir`` (POSIX), so that a run folder that moves
+    with its checkpoint (a fine-tuned ``model/vlm``; the demo's ``pretrain/`` beside its ``survival/``, both
+    renamed from a staging folder) still finds it; ``checkpoint_absolute`` is the fallback when only the run moved."""
+    return Path(os.path.relpath(checkpoint.resolve(), model_dir.resolve())).as_posix()
