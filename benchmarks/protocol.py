@@ -14,8 +14,9 @@ cohort 1000 of ``pretrain.md`` are the development sets), exactly the demo's ste
 4. the survival targets on the same scans with outcomes redrawn (``resample_outcomes``): weak clinical /
    strong image (image 1.0, clinical 0.0) and strong clinical / weak image (image 0.3, clinical 1.0);
 5. the null canary: ``--shuffles`` permutations of (time, event) across patients, each cross-validated
-   like the main run (``model`` against ``clinical_cox``); the false-positive rate of the paired test
-   at alpha = 0.05 over all seeds' shuffles (target <= 0.08).
+   like the main run (the ladder's methods); the false-positive rate of each paired test (every rung
+   against ``clinical_cox`` and against the rung below) at alpha = 0.05 over all seeds' shuffles (target
+   <= 0.08).
 
 Every step is skipped when its output exists, so an interrupted run continues (``--only pretrain`` stops
 after step 2). Writes benchmarks/protocol.md and benchmarks/protocol.json.
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +45,7 @@ TARGETS = {  # name: (image signal, clinical signal)
     "weak clinical, strong image": (1.0, 0.0),
     "strong clinical, weak image": (0.3, 1.0),
 }
-NULL_METHODS = ("model", "clinical_cox")
+NULL_METHODS = ("clinical_cox", "encoder_no_instruction", "findings_classifier", "model_align", "model")  # the ladder
 ALPHA = 0.05
 
 
@@ -60,58 +62,63 @@ def shuffled_cohort(cohort_dir: Path, dest: Path, seed: int) -> Path:
 
 
 def run_seed(seed: int, work: Path, shuffles: int, only_pretrain: bool) -> dict | None:
+    """Every step of one seed (those whose output exists are skipped); the seconds of the steps that ran are
+    kept in ``seed{S}/seconds.json``, so that a rerun reports what each step took when it ran."""
     cfg = load_config(HERE.parent / "configs" / "demo.yaml")
     root = work / f"seed{seed}"
-    seconds: dict[str, float] = {}
-    t0 = time.perf_counter()
+    root.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = json.loads((root / "seconds.json").read_text()) if (root / "seconds.json").is_file() else {}
+
+    def timed(step: str, fn: Callable[[], object]) -> object:
+        t0 = time.perf_counter()
+        value = fn()
+        seconds[step] = round(seconds.get(step, 0.0) + time.perf_counter() - t0, 1)
+        (root / "seconds.json").write_text(json.dumps(seconds))
+        return value
+
     if not (root / "pretrain_cohort" / "cohort.csv").is_file():
-        simulate(root / "pretrain_cohort", n=400, seed=seed + 1, progress=False)
+        timed("simulate", lambda: simulate(root / "pretrain_cohort", n=400, seed=seed + 1, progress=False))
     if not (root / "cohort" / "cohort.csv").is_file():
-        simulate(root / "cohort", n=600, seed=seed, image_signal=1.0, clinical_signal=0.3, progress=False)
-    seconds["simulate"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
+        timed("simulate", lambda: simulate(root / "cohort", n=600, seed=seed, image_signal=1.0, clinical_signal=0.3,
+                                           progress=False))
     if not (root / "pretrain" / "instruct" / "eval.json").is_file():
-        pretrain(cfg, root / "pretrain_cohort" / "cohort.csv", root / "pretrain", resume=(root / "pretrain").exists(),
-                 progress=False)
-    seconds["pretrain"] = time.perf_counter() - t0
+        timed("pretrain", lambda: pretrain(cfg, root / "pretrain_cohort" / "cohort.csv", root / "pretrain",
+                                           resume=(root / "pretrain").exists(), progress=False))
     if only_pretrain:
         return None
     pre_eval = json.loads((root / "pretrain" / "instruct" / "eval.json").read_text())
+    prepared: dict = {}  # the survival cohort's image features, computed when a step first needs them
 
-    t0 = time.perf_counter()
-    cfg_s, _, features = prepare(cfg, root / "cohort" / "cohort.csv", root / "pretrain", None, progress=False)
-    seconds["features"] = time.perf_counter() - t0
-
-    def results_of(folder: Path, cohort_csv: Path, only: tuple[str, ...] | None = None) -> dict:
+    def results_of(step: str, folder: Path, cohort_csv: Path, only: tuple[str, ...] | None = None) -> dict:
         if not (folder / "results.json").is_file():
-            data = load_cohort(cohort_csv, cfg_s.data, require_outcomes=True)
-            evaluate(cfg_s, data, features, folder, progress=False, final_model=False, only=only)
+            if not prepared:
+                prepared["cfg"], _, prepared["features"] = timed("features", lambda: prepare(
+                    cfg, root / "cohort" / "cohort.csv", root / "pretrain", None, progress=False))
+            data = load_cohort(cohort_csv, prepared["cfg"].data, require_outcomes=True)
+            timed(step, lambda: evaluate(prepared["cfg"], data, prepared["features"], folder, progress=False,
+                                         final_model=False, only=only))
         return json.loads((folder / "results.json").read_text())
 
-    t0 = time.perf_counter()
-    main = results_of(root / "survival", root / "cohort" / "cohort.csv")
-    seconds["survival"] = time.perf_counter() - t0
+    main = results_of("survival", root / "survival", root / "cohort" / "cohort.csv")
     targets = {}
-    t0 = time.perf_counter()
     for name, (image, clinical) in TARGETS.items():
         folder = root / f"target_image{image:g}_clinical{clinical:g}"
         if not (folder / "cohort" / "cohort.csv").is_file():
             resample_outcomes(root / "cohort", image, clinical, seed, out_dir=folder / "cohort")
-        targets[name] = results_of(folder / "survival", folder / "cohort" / "cohort.csv")
-    seconds["targets"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
+        targets[name] = results_of("targets", folder / "survival", folder / "cohort" / "cohort.csv")
     null = []
     for k in range(shuffles):
         folder = root / f"null{k}"
         csv = folder / "cohort" / "cohort.csv"
         if not csv.is_file():
             shuffled_cohort(root / "cohort", folder / "cohort", seed=10_000 * seed + k)
-        r = results_of(folder / "survival", csv, only=NULL_METHODS)["methods"]
-        null.append({"model_c": r["model"]["harrell_c"], "clinical_c": r["clinical_cox"]["harrell_c"],
-                     "delta_c": r["model"]["delta_c_vs_clinical"], "p": r["model"]["p_vs_clinical"]})
-    seconds["null"] = time.perf_counter() - t0
+        r = results_of("null", folder / "survival", csv, only=NULL_METHODS)["methods"]
+        null.append({name: {key: m[key] for key in ("harrell_c", "delta_c_vs_clinical", "p_vs_clinical", "p_vs_previous")}
+                     for name, m in r.items()})
+    stages = {stage: json.loads((root / "pretrain" / stage / "metrics.json").read_text()).get("seconds")
+              for stage in ("vision", "align", "instruct") if (root / "pretrain" / stage / "metrics.json").is_file()}
     return {"seed": seed, "pretrain_eval": pre_eval, "main": main, "targets": targets, "null": null,
-            "seconds": {k: round(v, 1) for k, v in seconds.items()}}
+            "seconds": seconds | {f"pretrain stage {k}": v for k, v in stages.items()}}
 
 
 def _mean_sd(values: list[float | None]) -> str:
@@ -148,10 +155,31 @@ def ladder_table(runs: list[dict], key: str) -> list[str]:
     return lines
 
 
+def null_table(null: list[dict], per_seed: int) -> list[str]:
+    """Per ladder method under shuffled outcomes: C, and how often each paired test is significant at ALPHA."""
+
+    def rate(name: str, key: str) -> str:
+        ps = [n[name][key] for n in null if n[name][key] is not None]
+        return f"{sum(p < ALPHA for p in ps)} / {len(ps)} ({sum(p < ALPHA for p in ps) / len(ps):.3f})" if ps else "–"
+
+    lines = [(f"{len(null)} shuffles ({per_seed} per seed), each the whole cross-validation of the ladder. False-positive "
+              f"rate of the paired bootstrap test at α = {ALPHA} (target ≤ 0.08):"), "",
+             "| method | C (mean ± SD over shuffles) | ΔC vs clinical | significant vs clinical Cox | significant vs rung below |",
+             "|---|---|---|---|---|"]
+    for name in NULL_METHODS:
+        lines.append(f"| `{name}` | {_mean_sd([n[name]['harrell_c'] for n in null])} | "
+                     f"{_signed_mean_sd([n[name]['delta_c_vs_clinical'] for n in null])} | "
+                     f"{rate(name, 'p_vs_clinical') if name != 'clinical_cox' else '(reference)'} | "
+                     f"{rate(name, 'p_vs_previous') if name != 'clinical_cox' else '(bottom rung)'} |")
+    tests = [n[name][key] for n in null for name in NULL_METHODS[1:] for key in ("p_vs_clinical", "p_vs_previous")]
+    hits = sum(p is not None and p < ALPHA for p in tests)
+    lines += ["", f"All {len(tests)} paired tests together: {hits} significant ({hits / max(len(tests), 1):.3f})."]
+    return lines
+
+
 def write_report(runs: list[dict], args: argparse.Namespace) -> None:
     seeds = " ".join(str(r["seed"]) for r in runs)
     null = [n for r in runs for n in r["null"]]
-    positives = sum(n["p"] is not None and n["p"] < ALPHA for n in null)
     lines = [
         "# The claim under the fixed protocol: ladder, survival targets, null canary",
         "",
@@ -174,10 +202,7 @@ def write_report(runs: list[dict], args: argparse.Namespace) -> None:
     lines += [
         "## Null canary (outcomes shuffled across patients)",
         "",
-        (f"{len(null)} shuffles ({args.shuffles} per seed). Model C {_mean_sd([n['model_c'] for n in null])}, "
-         f"clinical Cox C {_mean_sd([n['clinical_c'] for n in null])}, ΔC {_signed_mean_sd([n['delta_c'] for n in null])}."),
-        (f"Paired test of model vs clinical Cox significant at α = {ALPHA}: {positives} of {len(null)} "
-         f"(false-positive rate {positives / max(len(null), 1):.3f}; target ≤ 0.08)."),
+        *null_table(null, args.shuffles),
         "",
         "## Time per seed (s)",
         "",

@@ -101,10 +101,10 @@ def simulate(
     workers: int | None = typer.Option(None, "--workers", help="Processes for rendering (default: all cores)."),
 ) -> None:
     """Simulate a synthetic chest-CT cohort with reports, clinical data and survival (true risk known)."""
-    from ctsurv.data.simulate import _refuse_existing
+    from ctsurv.data.simulate import refuse_existing
     from ctsurv.data.simulate import simulate as run_simulation
 
-    _refuse_existing(out)  # the message that names an existing cohort.csv
+    refuse_existing(out)  # the message that names an existing cohort.csv
     with staged_output(out) as folder:
         summary = run_simulation(
             folder,

@@ -127,7 +127,8 @@ def check_simulation_args(n: int, seed: int, image_signal: float, clinical_signa
         raise CtsurvError(f"--workers must be at least 1, got {workers}")
 
 
-def _refuse_existing(out_dir: Path) -> None:
+def refuse_existing(out_dir: Path) -> None:
+    """A CtsurvError if ``out_dir`` is a file or already holds a cohort (simulate never overwrites one)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise CtsurvError(f"{out_dir} exists and is not a folder; choose another --out")
     for name in ("cohort.csv", "truth.csv"):
@@ -154,7 +155,7 @@ def simulate(out_dir: str | Path, n: int = 600, seed: int = 0, image_signal: flo
     shape = tuple(int(v) for v in shape_zyx)
     spacing = tuple(float(v) for v in spacing_zyx)
     out = Path(out_dir)
-    _refuse_existing(out)
+    refuse_existing(out)
     (out / "volumes").mkdir(parents=True, exist_ok=True)
 
     draw = draw_cohort(n, seed, image_signal, clinical_signal)
@@ -229,7 +230,7 @@ def resample_outcomes(cohort_dir: str | Path, image_signal: float, clinical_sign
     truth[parts] = out[parts].to_numpy()
     if out_dir is not None:
         dest = Path(out_dir)
-        _refuse_existing(dest)
+        refuse_existing(dest)
         dest.mkdir(parents=True, exist_ok=True)
         cohort["volume"] = [os.path.relpath((src / v).resolve(), dest.resolve()) for v in cohort["volume"]]
         _write_table(truth, dest / "truth.csv")

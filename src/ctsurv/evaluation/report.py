@@ -48,10 +48,10 @@ LABELS = {  # method key -> (short display name, one-line description for the le
     "model_risk_query": ("Model: risk query + clinical", "a learned query over the LM's visual-token states instead of the answers"),
     "model_align": ("Aligned model (stage 1) + clinical", "the captioning-only model, read like the model"),
     "findings_classifier": ("Findings classifier + clinical",
-                            "the out-of-fold findings classifier's probabilities, no language model"),
+                            ("the model's findings classifier (fitted before stage 1 on the pretraining studies): "
+                             "P(finding) per finding, no language model")),
     "encoder_no_instruction": ("Encoder w/o instruction tuning",
                                "ablation: the projector's inputs from the frozen encoder, no language model"),
-    "random_encoder": ("Random encoder + clinical", "an untrained scratch encoder: a floor, not an ablation"),
     "clinical_cox": ("Clinical Cox", "Cox proportional hazards on the clinical variables; the reference for ΔC"),
     "oracle": ("Oracle (true risk)", "the true simulated risk score; synthetic data only, an upper bound"),
 }

@@ -372,7 +372,8 @@ def survival_methods(
     methods["clinical_cox"] = clinical_cox(data)
     if truth_risk is not None:
         methods["oracle"] = fixed_risk(data, truth_risk)
-    return methods
+    ladder_first = [name for name in LADDER if name in methods] + [name for name in methods if name not in LADDER]
+    return {name: methods[name] for name in ladder_first}  # the tables list the ladder bottom rung first
 
 
 def at_horizon(fit_predict: FitPredict, horizon: float, folds: Sequence[Fold], n: int) -> tuple[FitPredict, np.ndarray]:
