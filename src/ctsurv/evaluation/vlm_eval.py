@@ -27,6 +27,7 @@ from rich.progress import track
 from ctsurv.data.instructions import QUESTIONS, Question, answers_from_report, parse_answer
 from ctsurv.evaluation.text_metrics import per_label_scores, text_report
 from ctsurv.models.vlm import CTVLM
+from ctsurv.outputs import staged_file
 
 SHORT_ANSWER_TOKENS = 16  # enough for "Right upper lobe and left lower lobe." and sizes; impressions get more
 
@@ -94,8 +95,9 @@ def evaluate_vlm(
     ]
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "eval.json").write_text(json.dumps(metrics, indent=2))
-        (out_dir / "eval.md").write_text(_markdown(metrics, table))
+        for name, text in (("eval.json", json.dumps(metrics, indent=2)), ("eval.md", _markdown(metrics, table))):
+            with staged_file(out_dir / name) as tmp:  # `pretrain --resume` of a finished run rewrites them in place
+                tmp.write_text(text)
     return metrics
 
 
