@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+import scipy.stats
 from sksurv.linear_model import CoxPHSurvivalAnalysis
 from sksurv.metrics import concordance_index_censored
 from sksurv.util import Surv
@@ -26,6 +27,7 @@ from ctsurv.evaluation.crossval import (
 CONTRACT = {"harrell_c", "harrell_c_ci", "uno_c", "td_auc", "ibs", "delta_c_vs_clinical", "delta_c_ci", "p_vs_clinical"}
 FOLDS = {"harrell_c_folds_mean", "harrell_c_folds_sd"}
 LADDER = {"previous_rung", "delta_c_vs_previous", "delta_c_vs_previous_ci", "p_vs_previous"}
+FOLD_TESTS = {"p_vs_clinical_cv", "p_vs_previous_cv"}
 
 
 def _cohort(n_patients: int = 120, seed: int = 0) -> dict[str, np.ndarray]:
@@ -163,7 +165,7 @@ def test_compare_methods_fills_the_contract(evaluated: tuple[dict, dict[str, Out
     results = compare_methods(d["time"], d["event"], oof, reference="clinical_cox", n_boot=200, seed=0)
     assert set(results) == set(oof)
     for name, row in results.items():
-        assert set(row) == CONTRACT | FOLDS | LADDER, name
+        assert set(row) == CONTRACT | FOLDS | LADDER | FOLD_TESTS, name
         assert all(row[k] is None for k in LADDER), name  # no ladder given
         flat = [row["harrell_c"], *row["harrell_c_ci"], row["uno_c"], *row["td_auc"].values(),
                 row["delta_c_vs_clinical"], *row["delta_c_ci"], row["p_vs_clinical"]]
@@ -204,6 +206,15 @@ def test_compare_methods_ladder_and_patient_bootstrap(evaluated: tuple[dict, dic
         assert len(per_fold) == 10
         assert row["harrell_c_folds_mean"] == pytest.approx(np.mean(per_fold), abs=1e-12)
         assert row["harrell_c_folds_sd"] == pytest.approx(np.std(per_fold, ddof=1), abs=1e-12)
+    for upper, lower, key in (("model", "clinical_cox", "p_vs_clinical_cv"), ("model", "no_curves", "p_vs_previous_cv")):
+        # the corrected resampled t-test by hand: per-fold sksurv C differences, variance (1/J + n_test/n_train) s^2
+        diffs = [concordance_index_censored(e[f.test_idx], t[f.test_idx], oof[upper].risk[f.repeat, f.test_idx])[0]
+                 - concordance_index_censored(e[f.test_idx], t[f.test_idx], oof[lower].risk[f.repeat, f.test_idx])[0]
+                 for f in oof[upper].folds]
+        ratio = np.mean([len(f.test_idx) for f in oof[upper].folds]) / (len(t) - np.mean([len(f.test_idx) for f in oof[upper].folds]))
+        tstat = np.mean(diffs) / np.sqrt((1 / len(diffs) + ratio) * np.var(diffs, ddof=1))
+        assert results[upper][key] == pytest.approx(2 * scipy.stats.t.sf(abs(tstat), len(diffs) - 1), rel=1e-9), key
+    assert results["clinical_cox"]["p_vs_clinical_cv"] == 1.0 and results["clinical_cox"]["p_vs_previous_cv"] is None
     plain = compare_methods(t, e, oof, n_boot=200, seed=0)  # studies resampled as if independent patients
     for name in ("model", "clinical_cox"):
         width, narrow = np.diff(results[name]["harrell_c_ci"])[0], np.diff(plain[name]["harrell_c_ci"])[0]

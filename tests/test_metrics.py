@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.stats
 from lifelines.utils import concordance_index
 from sksurv.column import encode_categorical
 from sksurv.datasets import load_veterans_lung_cancer
@@ -297,3 +298,16 @@ def test_p_floor_is_the_smallest_bootstrap_p() -> None:
         assert M.p_floor(b) == M.bootstrap_p(np.ones(b)) == M.bootstrap_p(-np.ones(b))
     with pytest.raises(ValueError):
         M.p_floor(0)
+
+
+def test_corrected_fold_t_test_against_scipy() -> None:
+    """Without the correction it is scipy's one-sample t-test; the correction scales t by sqrt((1/J) / (1/J + r))."""
+    d = np.array([0.031, -0.004, 0.022, 0.015, 0.009, -0.012, 0.027, 0.018, 0.001, 0.024])
+    plain = scipy.stats.ttest_1samp(d, 0.0)
+    assert M.corrected_fold_t_test(d, 0.0) == pytest.approx(plain.pvalue, rel=1e-12)
+    r, j = 0.25, len(d)
+    t = plain.statistic * np.sqrt((1 / j) / (1 / j + r))
+    assert M.corrected_fold_t_test(d, r) == pytest.approx(2 * scipy.stats.t.sf(abs(t), j - 1), rel=1e-12)
+    assert M.corrected_fold_t_test(d, r) > plain.pvalue  # overlapping training sets: less evidence
+    assert M.corrected_fold_t_test(d[:1], r) is None
+    assert M.corrected_fold_t_test(np.zeros(5), r) == 1.0

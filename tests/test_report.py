@@ -100,7 +100,8 @@ def test_csv_columns_and_missing_cells(results: dict, tmp_path: Path) -> None:
     assert list(rows[0]) == ["method", "harrell_c", "ci_lo", "ci_hi", "uno_c", "td_auc@1", "td_auc@3", "td_auc@5",
                              "ibs", "delta_c_vs_clinical", "delta_ci_lo", "delta_ci_hi", "p_vs_clinical",
                              "harrell_c_folds_mean", "harrell_c_folds_sd", "previous_rung", "delta_c_vs_previous",
-                             "delta_prev_ci_lo", "delta_prev_ci_hi", "p_vs_previous"]
+                             "delta_prev_ci_lo", "delta_prev_ci_hi", "p_vs_previous", "p_vs_clinical_cv",
+                             "p_vs_previous_cv"]
     assert [r["method"] for r in rows] == list(results["methods"])
     model = rows[0]
     assert float(model["harrell_c"]) == 0.7123
@@ -110,7 +111,7 @@ def test_csv_columns_and_missing_cells(results: dict, tmp_path: Path) -> None:
     enc = rows[2]
     assert enc["harrell_c"] == enc["ci_lo"] == enc["p_vs_clinical"] == enc["ibs"] == ""
     df = pd.read_csv(path)
-    assert df.shape == (5, 20)
+    assert df.shape == (5, 22)
 
 
 def test_markdown_table(results: dict, tmp_path: Path) -> None:
@@ -118,7 +119,7 @@ def test_markdown_table(results: dict, tmp_path: Path) -> None:
     assert "n = 300 patients, 170 events (57%), horizon t = 3" in text
     for name in results["methods"]:
         assert f"`{name}`" in text and report.label(name) in text
-    for col in ("C-index (95% CI)", "Uno's C", "td-AUC at t=1", "IBS", "ΔC vs clinical (95% CI)", "| p |"):
+    for col in ("C-index (95% CI)", "Uno's C", "td-AUC at t=1", "IBS", "ΔC vs clinical (95% CI)", "| p (bootstrap; fold t-test) |"):
         assert col in text
     model_row = next(line for line in text.splitlines() if line.startswith("| Model: CT + clinical"))
     assert "0.712 (0.682–0.742)" in model_row and "+0.045 (+0.025 to +0.065)" in model_row
@@ -155,7 +156,7 @@ def _row(text: str, start: str) -> list[str]:
 def test_ladder_columns_in_markdown_csv_and_terminal(ladder_results: dict, tmp_path: Path) -> None:
     paths = report.write_results(ladder_results, tmp_path)
     text = paths[2].read_text()
-    assert "| C per fold (mean ± SD) |" in text and "| ΔC vs rung below (95% CI) | p |" in text
+    assert "| C per fold (mean ± SD) |" in text and "| ΔC vs rung below (95% CI) | p (bootstrap; fold t-test) |" in text
     model, image, ref = _row(text, "Model: CT + clinical"), _row(text, "Model: CT only"), _row(text, "Clinical Cox")
     assert model[2] == "0.712 ± 0.031" and model[-2:] == ["+0.022 (-0.004 to +0.048)", "0.12"]
     assert model[-3] == "≤ 0.002"  # p_vs_clinical 1.2e-5 is below what 1000 resamples can show
@@ -198,6 +199,20 @@ def test_ladder_sentence_without_a_significant_step(ladder_results: dict) -> Non
         "at α = 0.05; the largest step is model over model_image_only (ΔC +0.022, 95% CI -0.004 to +0.048, p = 0.12); "
         "model_image_only over clinical_cox (ΔC -0.020, 95% CI -0.035 to -0.005, p = 0.01) is significantly lower "
         "than the rung below.")
+
+
+def test_a_step_needs_both_tests_and_tables_show_both_ps(ladder_results: dict) -> None:
+    """The bootstrap holds the fitted models fixed and runs low; a step counts only when the fold t-test agrees."""
+    step = ladder_results["methods"]["model_image_only"]
+    step |= {"p_vs_previous_cv": 0.21, "p_vs_clinical_cv": 0.034}
+    assert report.ladder_sentence(ladder_results).startswith(
+        "Of the ladder clinical_cox → model_image_only → model, no step improves significantly on the one below it")
+    step["p_vs_previous_cv"] = 0.031
+    assert "carries the gain is model_image_only over clinical_cox (ΔC +0.023, 95% CI +0.001 to +0.045, p = 0.04; " \
+           "fold t-test p = 0.03)" in report.ladder_sentence(ladder_results)
+    row = next(line for line in report.results_markdown(ladder_results).splitlines()
+               if line.startswith(f"| {report.label('model_image_only')} |"))
+    assert f"| {report.fmt_p(step['p_vs_clinical'])}; 0.03 |" in row and "| 0.04; 0.03 |" in row
 
 
 def test_ladder_order_from_results_then_method_order(ladder_results: dict) -> None:

@@ -62,7 +62,7 @@ LADDER = ["clinical_cox", "encoder_no_instruction", "findings_classifier", "mode
 METHOD_KEYS = {
     "harrell_c", "harrell_c_ci", "uno_c", "td_auc", "ibs", "delta_c_vs_clinical", "delta_c_ci", "p_vs_clinical",
     "harrell_c_folds_mean", "harrell_c_folds_sd", "previous_rung", "delta_c_vs_previous", "delta_c_vs_previous_ci",
-    "p_vs_previous",
+    "p_vs_previous", "p_vs_clinical_cv", "p_vs_previous_cv",
 }
 LEARNED = ("model", "model_image_only", "model_risk_query", "model_align", "findings_classifier",
            "encoder_no_instruction")  # fitted per fold on image features

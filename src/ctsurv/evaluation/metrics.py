@@ -388,6 +388,23 @@ def p_floor(n_boot: int) -> float:
     return 2 / (n_boot + 1)
 
 
+def corrected_fold_t_test(deltas: ArrayLike, test_fraction: float) -> float | None:
+    """Two-sided p of H0: mean = 0 for per-fold differences ``deltas`` (J folds over all repeats) with Nadeau and
+    Bengio's corrected resampled t-test (Machine Learning 52, 2003): variance (1/J + n_test/n_train) s^2, J - 1
+    degrees of freedom, where ``test_fraction`` = n_test/n_train of a fold. The correction accounts for the
+    training sets the folds share, which a bootstrap of the out-of-fold predictions (fixed fitted models) does
+    not see. None with fewer than two folds; 1.0 when every fold agrees exactly."""
+    from scipy.stats import t as student_t
+
+    d = np.asarray(deltas, dtype=np.float64)
+    if len(d) < 2:
+        return None
+    var = (1 / len(d) + test_fraction) * d.var(ddof=1)
+    if var == 0:
+        return 1.0 if d.mean() == 0 else 0.0
+    return float(2 * student_t.sf(abs(d.mean()) / np.sqrt(var), len(d) - 1))
+
+
 def paired_summary(delta: float, deltas: np.ndarray, alpha: float = 0.05) -> dict[str, float | tuple[float, float]]:
     """``{"delta": delta, "ci": percentile (1 - alpha) interval of deltas (B,), "p": bootstrap_p(deltas)}``."""
     lo, hi = np.quantile(deltas, [alpha / 2, 1 - alpha / 2])

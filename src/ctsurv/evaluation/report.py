@@ -261,7 +261,8 @@ def results_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
         plo, phi = _pair(m.get("delta_c_vs_previous_ci"))
         row |= {"harrell_c_folds_mean": m.get("harrell_c_folds_mean"), "harrell_c_folds_sd": m.get("harrell_c_folds_sd"),
                 "previous_rung": m.get("previous_rung"), "delta_c_vs_previous": m.get("delta_c_vs_previous"),
-                "delta_prev_ci_lo": plo, "delta_prev_ci_hi": phi, "p_vs_previous": m.get("p_vs_previous")}
+                "delta_prev_ci_lo": plo, "delta_prev_ci_hi": phi, "p_vs_previous": m.get("p_vs_previous"),
+                "p_vs_clinical_cv": m.get("p_vs_clinical_cv"), "p_vs_previous_cv": m.get("p_vs_previous_cv")}
         rows.append({k: (v if k in _TEXT_COLUMNS else _finite(v)) for k, v in row.items()})
     return rows
 
@@ -281,7 +282,13 @@ def _vs_previous(name: str, m: Mapping[str, Any], bottom: set[str], floor: float
     if not m.get("previous_rung"):
         return "", ""
     return fmt_estimate(m.get("delta_c_vs_previous"), m.get("delta_c_vs_previous_ci"), sign=True), \
-        fmt_p(m.get("p_vs_previous"), floor)
+        _p_cell(m, "p_vs_previous", floor)
+
+
+def _p_cell(m: Mapping[str, Any], key: str, floor: float | None) -> str:
+    """The bootstrap p of ``key``, then the fold t-test's (``key``_cv) where results.json has it: "0.004; 0.03"."""
+    cv = _finite(m.get(f"{key}_cv"))
+    return fmt_p(m.get(key), floor) + ("" if cv is None else f"; {fmt_p(cv)}")
 
 
 def _human_rows(results: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -289,7 +296,8 @@ def _human_rows(results: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]
     methods = _methods(results)
     times = _shown_times(_td_times(methods), (results.get("cohort") or {}).get("horizon"))
     header = ["Method", "C-index (95% CI)", "C per fold (mean ± SD)", "Uno's C", *[f"td-AUC at t={t}" for t in times],
-              "IBS", "ΔC vs clinical (95% CI)", "p", "ΔC vs rung below (95% CI)", "p"]
+              "IBS", "ΔC vs clinical (95% CI)", "p (bootstrap; fold t-test)", "ΔC vs rung below (95% CI)",
+              "p (bootstrap; fold t-test)"]
     floor, bottom = p_floor(results), _bottom_rungs(methods)
     rows = []
     for name, m in methods.items():
@@ -299,7 +307,7 @@ def _human_rows(results: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]
         rows.append([label(name), fmt_estimate(m.get("harrell_c"), m.get("harrell_c_ci")),
                      fmt_mean_sd(m.get("harrell_c_folds_mean"), m.get("harrell_c_folds_sd")), fmt_num(m.get("uno_c")),
                      *[fmt_num(_td_auc(m, t)) for t in times], fmt_num(m.get("ibs")), delta,
-                     fmt_p(m.get("p_vs_clinical"), floor), *_vs_previous(name, m, bottom, floor)])
+                     _p_cell(m, "p_vs_clinical", floor), *_vs_previous(name, m, bottom, floor)])
     return header, rows
 
 
@@ -332,8 +340,9 @@ def _step_text(below: str, name: str, m: Mapping[str, Any], floor: float | None)
     """ "b over a (ΔC +0.031, 95% CI +0.010 to +0.052, p ≤ 0.002)"."""
     lo, hi = _pair(m.get("delta_c_vs_previous_ci"))
     ci = f", 95% CI {fmt_num(lo, sign=True)} to {fmt_num(hi, sign=True)}" if lo is not None and hi is not None else ""
+    cv = f"; fold t-test {p_phrase(m['p_vs_previous_cv'])}" if _finite(m.get("p_vs_previous_cv")) is not None else ""
     return f"{name} over {below} (ΔC {fmt_num(m.get('delta_c_vs_previous'), sign=True)}{ci}, " \
-           f"{p_phrase(m.get('p_vs_previous'), floor)})"
+           f"{p_phrase(m.get('p_vs_previous'), floor)}{cv})"
 
 
 def _join(parts: list[str]) -> str:
@@ -343,7 +352,8 @@ def _join(parts: list[str]) -> str:
 def ladder_sentence(results: Mapping[str, Any]) -> str:
     """One sentence naming the ladder steps that carry the gain; "" when no method has a previous rung.
 
-    A step (a method over the rung below it) carries the gain when p_vs_previous < 0.05 and ΔC > 0.
+    A step (a method over the rung below it) carries the gain when ΔC > 0 and p_vs_previous < 0.05 and, where
+    results.json has it, the fold t-test's p_vs_previous_cv < 0.05 too (the bootstrap alone runs low).
     When none does, the sentence says so and names the step with the largest ΔC; significant
     losses (p < 0.05, ΔC < 0) are named too. Methods are named by their results.json keys.
     """
@@ -354,7 +364,8 @@ def ladder_sentence(results: Mapping[str, Any]) -> str:
 
     def significant(m: Mapping[str, Any], sign: int) -> bool:
         p, d = _finite(m.get("p_vs_previous")), _finite(m.get("delta_c_vs_previous"))
-        return p is not None and d is not None and p < ALPHA and sign * d > 0
+        p_cv = _finite(m.get("p_vs_previous_cv"))
+        return p is not None and d is not None and p < ALPHA and sign * d > 0 and (p_cv is None or p_cv < ALPHA)
 
     gains = [s for s in steps if significant(s[2], 1)]
     losses = [s for s in steps if significant(s[2], -1)]
@@ -385,7 +396,11 @@ def _bootstrap_line(results: Mapping[str, Any]) -> str:
     unit = f" of {boot['unit']}s" if boot.get("unit") else ""
     floor = p_floor(results)
     return f"Bootstrap: {boot['resamples']} resamples{unit}" + \
-        (f"; the smallest possible p is {floor:.2g}." if floor else ".")
+        (f"; the smallest possible p is {floor:.2g}." if floor else ".") + \
+        (" The bootstrap holds the fitted models fixed, so its p runs low under shuffled outcomes"
+         " (benchmarks/protocol.md); the fold t-test (Nadeau and Bengio's corrected resampled t-test of the per-fold"
+         " ΔC, results.json's p_*_cv) includes refitting, and a step of the ladder counts as significant only when"
+         " both tests agree.")
 
 
 def results_markdown(results: Mapping[str, Any]) -> str:
