@@ -52,6 +52,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
+from scipy.stats import t as student_t
 from sksurv.metrics import (
     concordance_index_censored,
     concordance_index_ipcw,
@@ -394,8 +395,6 @@ def corrected_fold_t_test(deltas: ArrayLike, test_fraction: float) -> float | No
     degrees of freedom, where ``test_fraction`` = n_test/n_train of a fold. The correction accounts for the
     training sets the folds share, which a bootstrap of the out-of-fold predictions (fixed fitted models) does
     not see. None with fewer than two folds; 1.0 when every fold agrees exactly."""
-    from scipy.stats import t as student_t
-
     d = np.asarray(deltas, dtype=np.float64)
     if len(d) < 2:
         return None

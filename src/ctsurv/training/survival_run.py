@@ -7,7 +7,7 @@ method in the same folds, write the results and figures, and fit the final model
     out/km_risk_groups.png, out/cindex.png, out/calibration.png   (the figures of repeat 0; with --repeats R > 1
                  also calibration_repeat1.png ... calibration_repeat{R-1}.png)
     out/model/   the model fitted on the whole cohort (head, clinical schema, PCA, Breslow baseline; model.json
-                 names its checkpoint relative to out/model when it lies inside, as the fine-tuned model/vlm)
+                 names its checkpoint relative to out/model, e.g. the fine-tuned model/vlm, absolute as a fallback)
 
 results.json: "methods" (see ``training.survival``), "ladder" (the methods of ``LADDER`` present, bottom rung
 first; each is compared with the rung below it), "cohort" (with "bootstrap": resamples, unit, p_floor),
@@ -185,18 +185,23 @@ def model_features(vlm: CTVLM, checkpoints: PretrainedCheckpoints, volumes: torc
     def grids_of(other: CTVLM) -> torch.Tensor:
         return grids if same_encoder(other, vlm) else encode_all(other, volumes)
 
+    # the stage-1 checkpoint is loaded and encoded once, also when it is the encoder before instruction tuning
+    stage1 = load_checkpoint(checkpoints.align)[0] if checkpoints.align is not None else None
+    stage1_grids = grids_of(stage1) if stage1 is not None else None
     encoder = align = None
     if checkpoints.before is not None:
-        before, _ = load_checkpoint(checkpoints.before)
-        encoder = projector_input_blocks(vlm.projector, grids_of(before), cells)
+        if checkpoints.before == checkpoints.align:
+            before_grids = stage1_grids
+        else:
+            before_grids = grids_of(load_checkpoint(checkpoints.before)[0])
+        encoder = projector_input_blocks(vlm.projector, before_grids, cells)
         sources["encoder_no_instruction"] = str(checkpoints.before)
     else:
         absent["encoder_no_instruction"] = (
             f"absent: no stage-0 (vision) or stage-1 (align) checkpoint beside {checkpoints.instruct}"
         )
-    if checkpoints.align is not None:
-        stage1, _ = load_checkpoint(checkpoints.align)
-        align = vlm_features(stage1, grids_of(stage1), kind="features", cells=cells, visual_tokens=False)
+    if stage1 is not None:
+        align = vlm_features(stage1, stage1_grids, kind="features", cells=cells, visual_tokens=False)
         sources["model_align"] = str(checkpoints.align)
     else:
         absent["model_align"] = f"absent: no stage-1 (align) checkpoint beside {checkpoints.instruct}"
