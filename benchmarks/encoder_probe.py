@@ -28,11 +28,11 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from ctsurv.config import load_config
-from ctsurv.data.cohort import load_cohort
-from ctsurv.data.datasets import presence_labels
-from ctsurv.data.instructions import QUESTIONS, instruction_pairs
+from ctsurv.features import preprocess_all
+from ctsurv.io.cohort import load_cohort
 from ctsurv.models.vision import build_vision_encoder
-from ctsurv.training.pretrain import preprocess_all
+from ctsurv.text.answers import QUESTIONS, instruction_pairs
+from ctsurv.training.datasets import presence_labels
 from ctsurv.training.stages import pooled_grid
 
 HERE = Path(__file__).parent

@@ -30,11 +30,11 @@ from sklearn.model_selection import cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ctsurv.data.cohort import load_cohort
-from ctsurv.data.transforms import Preprocessor
+from ctsurv.features import encode_all
+from ctsurv.features.preprocess import Preprocessor
+from ctsurv.io.cohort import load_cohort
 from ctsurv.models.projector import findings_summary
 from ctsurv.training.checkpoint import load_checkpoint
-from ctsurv.training.pretrain import encode_all
 
 HERE = Path(__file__).parent
 FINDINGS = ["Lung nodule", "Lymphadenopathy", "Lytic bone lesion", "Consolidation", "Arterial wall calcification",

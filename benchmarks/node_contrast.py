@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ctsurv.data.findings import Findings, LymphNode
-from ctsurv.data.phantom import STATIONS, render_phantom_full
+from ctsurv.synthetic.phantom import STATIONS, render_phantom_full
+from ctsurv.text.findings import Findings, LymphNode
 
 HERE = Path(__file__).parent
 SHAPE_ZYX, SPACING_ZYX = (48, 64, 64), (6.0, 5.0, 5.0)

@@ -32,10 +32,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from ctsurv.config import load_config
-from ctsurv.data.cohort import load_cohort
-from ctsurv.data.simulate import simulate
-from ctsurv.data.transforms import Preprocessor
+from ctsurv.features.preprocess import Preprocessor
+from ctsurv.io.cohort import load_cohort
 from ctsurv.models.projector import CELLS_XYZ, central_cells
+from ctsurv.synthetic.simulate import simulate
 
 HERE = Path(__file__).parent
 FINDING = "Lymphadenopathy"

@@ -32,14 +32,15 @@ from sklearn.preprocessing import StandardScaler
 from torch.utils.flop_counter import FlopCounterMode
 
 from ctsurv.config import load_config
-from ctsurv.data.cohort import load_cohort
-from ctsurv.data.datasets import presence_labels, study_collate
-from ctsurv.data.instructions import QUESTIONS, instruction_pairs, parse_answer
-from ctsurv.data.simulate import simulate
 from ctsurv.evaluation.text_metrics import binary_scores
 from ctsurv.evaluation.vlm_eval import answer_questions
+from ctsurv.features import encode_all, preprocess_all
+from ctsurv.io.cohort import load_cohort
+from ctsurv.synthetic.simulate import simulate
+from ctsurv.text.answers import QUESTIONS, instruction_pairs, parse_answer
 from ctsurv.training.checkpoint import load_checkpoint
-from ctsurv.training.pretrain import encode_all, preprocess_all, pretrain
+from ctsurv.training.datasets import presence_labels, study_collate
+from ctsurv.training.pretrain import pretrain
 from ctsurv.training.stages import InstructionLoss, pooled_grid, set_trainable, vision_trains
 from ctsurv.training.survival import vlm_features
 
@@ -193,7 +194,7 @@ def linear_readout(vlm, cfg, train_dir: Path, split_csv: Path, test_volumes: tor
 
 
 def _report_answers(cohort, question) -> list[str]:
-    from ctsurv.data.instructions import answers_from_report
+    from ctsurv.text.answers import answers_from_report
 
     t = cohort.table
     return [answers_from_report(f, i)[question.key] for f, i in zip(t.findings, t.impression.fillna(""))]

@@ -34,10 +34,10 @@ import numpy as np
 import pandas as pd
 
 from ctsurv.config import load_config
-from ctsurv.data.cohort import load_cohort
-from ctsurv.data.simulate import resample_outcomes, simulate
 from ctsurv.evaluation.metrics import corrected_fold_t_test, harrell_c
 from ctsurv.evaluation.report import fmt_p, results_markdown
+from ctsurv.io.cohort import load_cohort
+from ctsurv.synthetic.simulate import resample_outcomes, simulate
 from ctsurv.training.pretrain import pretrain
 from ctsurv.training.survival_run import evaluate, prepare
 

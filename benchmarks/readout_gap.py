@@ -29,10 +29,10 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ctsurv.data.cohort import load_cohort
-from ctsurv.data.instructions import QUESTIONS
+from ctsurv.features import encode_all, preprocess_all
+from ctsurv.io.cohort import load_cohort
+from ctsurv.text.answers import QUESTIONS
 from ctsurv.training.checkpoint import load_checkpoint
-from ctsurv.training.pretrain import encode_all, preprocess_all
 from ctsurv.training.survival import vlm_features
 
 HERE = Path(__file__).parent

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ctsurv.data.phantom import render_phantom
-from ctsurv.data.simulate import simulate
-from ctsurv.data.synthetic import clinical_features, draw_cohort, sample_patient, stream
+from ctsurv.synthetic.patients import clinical_features, draw_cohort, sample_patient, stream
+from ctsurv.synthetic.phantom import render_phantom
+from ctsurv.synthetic.simulate import simulate
 
 
 def render_seconds(shape: tuple[int, int, int], spacing: tuple[float, float, float], k: int = 20) -> float:
@@ -62,7 +62,7 @@ def ceilings(n: int = 4000, clinical_signals: tuple[float, ...] = (0.0, 0.3, 0.6
     recorded columns (mean imputation + missing indicators) and of the same Cox plus the true image score f."""
     from lifelines.utils import concordance_index
 
-    from ctsurv.data.synthetic import CATEGORICAL_COLUMNS, NUMERIC_COLUMNS
+    from ctsurv.synthetic.patients import CATEGORICAL_COLUMNS, NUMERIC_COLUMNS
 
     print("| clinical signal | events | oracle (true eta) | clinical Cox | clinical Cox + true f | gain |")
     print("|---|---|---|---|---|---|")
@@ -88,7 +88,7 @@ def save_montage(cohort_dir: Path, png: Path, k: int = 6) -> None:
     import matplotlib.pyplot as plt
     import nibabel as nib
 
-    from ctsurv.data.inspect import axial, coronal, sagittal
+    from ctsurv.io.inspect import axial, coronal, sagittal
 
     truth = pd.read_csv(cohort_dir / "truth.csv", dtype={"id": str})
     labels = [c for c in truth.columns[6:16]]

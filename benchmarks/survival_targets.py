@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 from ctsurv.config import load_config
-from ctsurv.data.simulate import simulate
 from ctsurv.evaluation.report import results_markdown
+from ctsurv.synthetic.simulate import simulate
 from ctsurv.training.survival_run import run_survival
 
 HERE = Path(__file__).parent

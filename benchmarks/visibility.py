@@ -4,7 +4,7 @@
     python benchmarks/visibility.py --test DIR data.hu_window=[-200,1300]   # blobness of the bone window
 
 For every study of a simulated cohort (``ctsurv simulate``), preprocessed as configs/demo.yaml says,
-the score is the largest blobness (:func:`ctsurv.data.transforms.blobness`, ITK's Hessian objectness
+the score is the largest blobness (:func:`ctsurv.features.preprocess.blobness`, ITK's Hessian objectness
 for bright round objects) of the lung-window image (``data.hu_window``) anywhere in the volume. Its AUC and its best
 accuracy over all thresholds (an optimistic bound: the threshold is chosen on the same studies) are
 reported against the generator's truth for each finding, and written to benchmarks/visibility.md.
@@ -22,8 +22,8 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from ctsurv.config import load_config
-from ctsurv.data.cohort import load_cohort
-from ctsurv.data.transforms import Preprocessor
+from ctsurv.features.preprocess import Preprocessor
+from ctsurv.io.cohort import load_cohort
 
 HERE = Path(__file__).parent
 FINDINGS = ["Lung nodule", "Lung mass", "Lymphadenopathy", "Consolidation", "Emphysema", "Pleural effusion",

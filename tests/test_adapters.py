@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from ctsurv.config import DataConfig
-from ctsurv.data.adapters import ctrate_to_cohort, inspect_to_cohort
-from ctsurv.data.cohort import load_cohort
 from ctsurv.errors import CohortError
+from ctsurv.io.adapters import ctrate_to_cohort, inspect_to_cohort
+from ctsurv.io.cohort import load_cohort
 
 # --------------------------------------------------------------------------- CT-RATE
 

@@ -21,12 +21,12 @@ import pandas as pd
 import pytest
 from tiny_setups import assert_user_error, build, cli, one_torch_thread, tiny_config  # noqa: F401 (autouse)
 
-import ctsurv.data.simulate
 import ctsurv.demo
+import ctsurv.synthetic.simulate
 import ctsurv.training.pretrain
-from ctsurv.data.simulate import simulate
 from ctsurv.errors import CtsurvError
 from ctsurv.outputs import staged_file, staged_output
+from ctsurv.synthetic.simulate import simulate
 from ctsurv.training.checkpoint import save_checkpoint
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
@@ -194,7 +194,7 @@ def test_simulate_prints_the_final_paths_and_a_crash_leaves_no_out(tmp_path: Pat
         (Path(out_dir) / "volumes" / "P0000.nii.gz").write_bytes(b"half a volume")
         raise error
 
-    monkeypatch.setattr(ctsurv.data.simulate, "simulate", crash)
+    monkeypatch.setattr(ctsurv.synthetic.simulate, "simulate", crash)
     for error in (RuntimeError("a bug"), CtsurvError("a user error")):
         result = cli("simulate", "--out", tmp_path / "again", "--n", 10)
         if isinstance(error, CtsurvError):

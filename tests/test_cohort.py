@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from ctsurv.config import DataConfig
-from ctsurv.data.clinical import ClinicalSchema
-from ctsurv.data.cohort import Cohort, load_cohort, save_cohort
 from ctsurv.errors import CohortError
+from ctsurv.io.clinical import ClinicalSchema
+from ctsurv.io.cohort import Cohort, load_cohort, save_cohort
 
 CFG = DataConfig(numeric_columns=("age",), categorical_columns=("sex",))
 

@@ -24,7 +24,7 @@ from tiny_setups import (
 
 from ctsurv.errors import ConfigError
 from ctsurv.models.projector import CELLS_XYZ, central_cells
-from ctsurv.models.vlm import PRESENCE_LABELS
+from ctsurv.text.questions import PRESENCE_LABELS
 from ctsurv.training import findings
 from ctsurv.training.checkpoint import load_checkpoint, save_checkpoint
 from ctsurv.training.findings import FOLDS, C, HeldOut, fit_findings_head, patient_folds

@@ -131,7 +131,7 @@ def test_merlin_preset_fills_data_config_fields() -> None:
 
 def test_project_preprocessor_feeds_the_encoder_in_its_axis_order(realdata: Path) -> None:
     """ctsurv's Preprocessor with the Merlin preset gives (1, X, Y, Z) RAS, the same volume as merlin_like."""
-    transforms = pytest.importorskip("ctsurv.data.transforms", reason="ctsurv.data.transforms not available")
+    transforms = pytest.importorskip("ctsurv.features.preprocess", reason="ctsurv.features.preprocess not available")
     from dataclasses import replace
 
     from ctsurv.config import DataConfig

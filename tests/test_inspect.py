@@ -1,4 +1,4 @@
-"""ctsurv.data.inspect: summary numbers against numpy, display conventions of the montage, PNG written whole."""
+"""ctsurv.io.inspect: summary numbers against numpy, display conventions of the montage, PNG written whole."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from ctsurv.data.inspect import axial, coronal, describe, sagittal, save_montage
-from ctsurv.data.volumes import Volume, read_volume
 from ctsurv.errors import CtsurvError
+from ctsurv.io.inspect import axial, coronal, describe, sagittal, save_montage
+from ctsurv.io.volumes import Volume, read_volume
 
 
 def test_describe_counts_hu_bands_exactly() -> None:

@@ -12,23 +12,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ctsurv.data.findings import CTRATE_LABELS, Findings, LymphNode, Nodule, PleuralEffusion
-from ctsurv.data.instructions import (
+from ctsurv.synthetic.reports import write_report
+from ctsurv.text.answers import answers_from_report, instruction_pairs, parse_answer, values_agree, values_from_findings
+from ctsurv.text.findings import CTRATE_LABELS, Findings, LymphNode, Nodule, PleuralEffusion
+from ctsurv.text.labels import extract_labels, text_has_label
+from ctsurv.text.questions import (
     NORMAL_IMPRESSION,
     NOT_APPLICABLE,
     NOT_STATED,
     QUESTION_BY_KEY,
     QUESTIONS,
-    answers_from_report,
     format_location,
-    instruction_pairs,
-    measurements,
-    parse_answer,
-    values_agree,
-    values_from_findings,
 )
-from ctsurv.data.report_labels import extract_labels, text_has_label
-from ctsurv.data.report_writer import write_report
+from ctsurv.text.readers import measurements
 
 Q = QUESTION_BY_KEY
 
@@ -253,7 +249,7 @@ def _random_findings(rng: np.random.Generator) -> Findings:
 def _sample_findings(rng: np.random.Generator) -> Findings:
     """The cohort's own generator when present, else the independent one above (alternating, when both)."""
     try:
-        from ctsurv.data.synthetic import sample_findings
+        from ctsurv.synthetic.patients import sample_findings
     except ImportError:
         return _random_findings(rng)
     return sample_findings(rng) if rng.random() < 0.5 else _random_findings(rng)

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from tiny_setups import TINY_PIPELINE, cli, one_torch_thread  # noqa: F401 (autouse)
 
-from ctsurv.data.simulate import simulate
+from ctsurv.synthetic.simulate import simulate
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 SIM = {"shape_zyx": (16, 32, 32), "spacing_zyx": (18, 10, 10), "workers": 1}

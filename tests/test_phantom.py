@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from ctsurv.data.findings import Findings, LymphNode, Nodule, PleuralEffusion
-from ctsurv.data.phantom import Phantom, render_phantom, render_phantom_full
-from ctsurv.data.phantom_geometry import affine_for
+from ctsurv.synthetic.geometry import affine_for
+from ctsurv.synthetic.phantom import Phantom, render_phantom, render_phantom_full
+from ctsurv.text.findings import Findings, LymphNode, Nodule, PleuralEffusion
 
 SHAPE, SPACING = (48, 64, 64), (6.0, 5.0, 5.0)  # the default: Z Y X voxels, mm
 

@@ -20,13 +20,14 @@ from tiny_setups import (
 )
 from typer.testing import Result
 
-from ctsurv.data.findings import CTRATE_LABELS
-from ctsurv.data.instructions import QUESTIONS, instruction_pairs
-from ctsurv.data.simulate import simulate
 from ctsurv.evaluation.vlm_eval import SHORT_ANSWER_TOKENS
+from ctsurv.features import preprocess_all
 from ctsurv.inference import answer_volume
-from ctsurv.models.vlm import CTVLM, PRESENCE_LABELS
-from ctsurv.training.pretrain import preprocess_all
+from ctsurv.models.vlm import CTVLM
+from ctsurv.synthetic.simulate import simulate
+from ctsurv.text.answers import instruction_pairs
+from ctsurv.text.findings import CTRATE_LABELS
+from ctsurv.text.questions import PRESENCE_LABELS, QUESTIONS
 from ctsurv.training.stages import InstructionLoss
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
@@ -142,11 +143,11 @@ def test_the_findings_head_is_fitted_on_the_training_studies_before_stage_1(run:
     """configs/demo.yaml has projector.findings_token with the mediastinal cells: the head is zero after stage 0,
     fitted before stage 1 on the frozen encoder's features and the cells of the split's training studies, its
     cells chosen per finding on the validation studies (not the test studies), and kept as it is by stages 1-2."""
-    from ctsurv.data.cohort import load_cohort
-    from ctsurv.data.datasets import presence_labels
+    from ctsurv.features import encode_all
+    from ctsurv.io.cohort import load_cohort
     from ctsurv.training.checkpoint import load_checkpoint
+    from ctsurv.training.datasets import presence_labels
     from ctsurv.training.findings import HeldOut, fit_findings_head
-    from ctsurv.training.pretrain import encode_all
 
     heads = {stage: load_checkpoint(run / stage)[0].projector.findings for stage in ("vision", "align", "instruct")}
     assert not heads["vision"].weight.any()  # stage 0 does not fit it
@@ -189,10 +190,10 @@ def test_the_findings_head_chooses_on_the_validation_studies_and_folds_the_train
     """What ``pretrain`` hands ``fit_findings_head``: the training studies with their patients (its folds), and as
     held-out studies the validation rows of split.csv, never the test rows."""
     from ctsurv.config import load_config
-    from ctsurv.data.cohort import load_cohort
-    from ctsurv.data.datasets import presence_labels
+    from ctsurv.io.cohort import load_cohort
     from ctsurv.models.projector import central_cells
     from ctsurv.training import pretrain as module
+    from ctsurv.training.datasets import presence_labels
 
     given: dict = {}
 

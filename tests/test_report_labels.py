@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ctsurv.data.findings import CTRATE_LABELS, LOBE_NAMES, Findings, LymphNode, Nodule, PleuralEffusion
-from ctsurv.data.report_labels import (
+from ctsurv.errors import CtsurvError
+from ctsurv.text.findings import CTRATE_LABELS, LOBE_NAMES, Findings, LymphNode, Nodule, PleuralEffusion
+from ctsurv.text.labels import (
     extract_label_table,
     extract_labels,
     find_mentions,
@@ -22,7 +23,6 @@ from ctsurv.data.report_labels import (
     split_dev_test,
     text_has_label,
 )
-from ctsurv.errors import CtsurvError
 
 # (sentence, label, expected 0/1): written by hand, in CT-RATE's translated style and in plain radiology English.
 CASES: list[tuple[str, str, int]] = [
@@ -242,7 +242,7 @@ def _random_findings(rng: np.random.Generator, p: float = 0.4) -> Findings:
 
 def test_recovers_the_synthetic_writers_truth() -> None:
     """The synthetic reports' ground truth is recovered exactly, labels absent from the schema stay 0."""
-    write_report = pytest.importorskip("ctsurv.data.report_writer").write_report
+    write_report = pytest.importorskip("ctsurv.synthetic.reports").write_report
     rng = np.random.default_rng(0)
     for _ in range(150):
         findings = _random_findings(rng)

@@ -13,15 +13,15 @@ from typing import get_args
 import numpy as np
 import pytest
 
-from ctsurv.data.findings import CTRATE_LABELS, LOBE_NAMES, Findings, LymphNode, NodeStation, Nodule, PleuralEffusion
-from ctsurv.data.report_phrases import (
+from ctsurv.synthetic.phrases import (
     EFFUSION_SIZE_WORDS,
     EFFUSION_THICKNESS_MM,
     EMPHYSEMA_WORDS,
     LOBE_PHRASES,
     PHRASES,
 )
-from ctsurv.data.report_writer import format_mm, lytic_sites, write_report
+from ctsurv.synthetic.reports import format_mm, lytic_sites, write_report
+from ctsurv.text.findings import CTRATE_LABELS, LOBE_NAMES, Findings, LymphNode, NodeStation, Nodule, PleuralEffusion
 
 LOBES = list(LOBE_NAMES)
 STATIONS = list(get_args(NodeStation))
@@ -221,7 +221,7 @@ def test_normal_reports_vary() -> None:
 
 def extraction_agreement(reports: list[tuple[Findings, str, str]], labels: list[str]) -> dict[str, float]:
     """Fraction of reports whose extracted label equals the truth (0 for CT-RATE labels outside the schema)."""
-    report_labels = pytest.importorskip("ctsurv.data.report_labels", reason="report-to-labels extractor absent")
+    report_labels = pytest.importorskip("ctsurv.text.labels", reason="report-to-labels extractor absent")
     agree = dict.fromkeys(labels, 0)
     for f, text, impression in reports:
         got, truth = report_labels.extract_labels(f"{text} {impression}"), f.labels()
@@ -243,7 +243,7 @@ def test_extracted_labels_match_the_truth() -> None:
 
 def test_effusion_thickness_matches_the_phantom() -> None:
     """The thickness written for an effusion brackets the depth the phantom renders for its size class."""
-    phantom = pytest.importorskip("ctsurv.data.phantom", reason="phantom renderer not written yet")
+    phantom = pytest.importorskip("ctsurv.synthetic.phantom", reason="phantom renderer not written yet")
     depth = getattr(phantom, "EFFUSION_MM", None)
     if depth is None:
         pytest.skip("phantom.EFFUSION_MM not defined")

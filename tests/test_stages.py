@@ -21,8 +21,9 @@ from tiny_setups import (
     tiny_config,
 )
 
-from ctsurv.data.datasets import PRESENCE_QUESTIONS, finding_collate
 from ctsurv.models.vlm import CTVLM, format_prompt
+from ctsurv.text.questions import PRESENCE_QUESTIONS
+from ctsurv.training.datasets import finding_collate
 from ctsurv.training.stages import (
     LENGTH_BUCKETS,
     FindingLoss,

@@ -19,7 +19,7 @@ from tiny_setups import (
 
 from ctsurv.errors import CtsurvError
 from ctsurv.models.vlm import CTVLM
-from ctsurv.training.survival import PRESENCE_QUESTIONS
+from ctsurv.text.questions import PRESENCE_QUESTIONS
 from ctsurv.training.survival_finetune import finetune_parameters, finetune_vlm
 
 QUESTIONS = PRESENCE_QUESTIONS[:3]

@@ -33,14 +33,14 @@ from tiny_setups import TINY_PIPELINE, assert_user_error, cli, one_torch_thread 
 
 import ctsurv.demo
 from ctsurv.config import ExperimentConfig, load_config
-from ctsurv.data.cohort import Cohort, load_cohort
-from ctsurv.data.datasets import PRESENCE_QUESTIONS
-from ctsurv.data.simulate import simulate
 from ctsurv.errors import CohortError
 from ctsurv.evaluation.crossval import make_folds
+from ctsurv.features import preprocess_all
+from ctsurv.io.cohort import Cohort, load_cohort
+from ctsurv.synthetic.simulate import simulate
+from ctsurv.text.questions import PRESENCE_QUESTIONS
 from ctsurv.training import survival_run
 from ctsurv.training.checkpoint import load_checkpoint
-from ctsurv.training.pretrain import preprocess_all
 from ctsurv.training.survival import (
     FoldData,
     ImageFeatures,
@@ -696,7 +696,7 @@ def test_demo_refuses_a_non_empty_out(tmp_path: Path) -> None:
 def test_survival_preprocesses_as_the_pretrained_model_did(tmp_path: Path) -> None:
     """with_preprocessing: every preprocessing parameter comes from the model's config (the cache key, which
     covers them all, is the same), the cohort columns from the user's."""
-    from ctsurv.data.transforms import Preprocessor
+    from ctsurv.features.preprocess import Preprocessor
     from ctsurv.training.survival_run import with_preprocessing
 
     model = load_config(None, ["data.target_spacing_zyx=[3,3,3]", "data.target_shape_zyx=[8,16,16]",

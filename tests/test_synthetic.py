@@ -10,11 +10,10 @@ import pandas as pd
 import pytest
 
 from ctsurv.config import DataConfig
-from ctsurv.data.cohort import load_cohort
-from ctsurv.data.findings import FINDING_LABELS
-from ctsurv.data.phantom_geometry import affine_for
-from ctsurv.data.simulate import median_follow_up, resample_outcomes, simulate
-from ctsurv.data.synthetic import (
+from ctsurv.errors import CtsurvError
+from ctsurv.io.cohort import load_cohort
+from ctsurv.synthetic.geometry import affine_for
+from ctsurv.synthetic.patients import (
     CATEGORICAL_COLUMNS,
     CLINICAL_COLUMNS,
     FINDINGS,
@@ -26,7 +25,8 @@ from ctsurv.data.synthetic import (
     sample_patient,
     stream,
 )
-from ctsurv.errors import CtsurvError
+from ctsurv.synthetic.simulate import median_follow_up, resample_outcomes, simulate
+from ctsurv.text.findings import FINDING_LABELS
 
 SMALL = {"n": 12, "seed": 3, "shape_zyx": (24, 32, 32), "spacing_zyx": (12.0, 10.0, 10.0), "progress": False}
 

@@ -280,8 +280,8 @@ def test_per_label_scores_reject_mismatch() -> None:
 
 def test_per_label_scores_zero_division_one_matches_report_labels() -> None:
     """With zero_division=1 the table equals the labeller's own ``label_scores`` convention."""
-    from ctsurv.data.findings import CTRATE_LABELS
-    from ctsurv.data.report_labels import label_scores
+    from ctsurv.text.findings import CTRATE_LABELS
+    from ctsurv.text.labels import label_scores
 
     rng = np.random.default_rng(0)
     truth = pd.DataFrame(rng.random((40, len(CTRATE_LABELS))) < 0.2, columns=list(CTRATE_LABELS)).astype(int)

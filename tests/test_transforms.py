@@ -1,4 +1,4 @@
-"""ctsurv.data.transforms: shapes, RAS orientation, millimetre-true resampling, HU window, crops, on-disk cache."""
+"""ctsurv.features.preprocess: shapes, RAS orientation, millimetre-true resampling, HU window, crops, on-disk cache."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from ctsurv.config import DataConfig
-from ctsurv.data import transforms
-from ctsurv.data.transforms import Preprocessor, zyx_to_xyz
-from ctsurv.data.volumes import Volume, read_volume
+from ctsurv.features import preprocess as transforms
+from ctsurv.features.preprocess import Preprocessor, zyx_to_xyz
+from ctsurv.io.volumes import Volume, read_volume
 
 LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 

@@ -1,4 +1,4 @@
-"""ctsurv.data.volumes: real CT files read as the MANIFEST says, in the right orientation; bad files refused clearly."""
+"""ctsurv.io.volumes: real CT files read as the MANIFEST says, in the right orientation; bad files refused clearly."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from ctsurv.data.volumes import HUWarning, Volume, read_volume
 from ctsurv.errors import VolumeError
+from ctsurv.io.volumes import HUWarning, Volume, read_volume
 
 # file -> (shape as stored (I, J, K), spacing mm, orientation, HU min, HU max), from realdata/MANIFEST.md.
 # The DICOM series is 20 x 512 x 512 (Z, Y, X) in the MANIFEST; a Volume indexes it (X, Y, Z).

@@ -17,9 +17,9 @@ from typer.testing import CliRunner, Result
 
 from ctsurv.cli import app
 from ctsurv.config import ExperimentConfig, load_config
-from ctsurv.data.datasets import align_pairs, study_collate
-from ctsurv.data.instructions import instruction_pairs
 from ctsurv.models.vlm import CTVLM, build_vlm
+from ctsurv.text.answers import instruction_pairs
+from ctsurv.training.datasets import align_pairs, study_collate
 
 TINY_MODEL = [  # a CTVLM of a few thousand parameters on 16×32×32 volumes
     "data.target_shape_zyx=[16,32,32]",

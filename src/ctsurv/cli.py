@@ -101,8 +101,8 @@ def simulate(
     workers: int | None = typer.Option(None, "--workers", help="Processes for rendering (default: all cores)."),
 ) -> None:
     """Simulate a synthetic chest-CT cohort with reports, clinical data and survival (true risk known)."""
-    from ctsurv.data.simulate import refuse_existing
-    from ctsurv.data.simulate import simulate as run_simulation
+    from ctsurv.synthetic.simulate import refuse_existing
+    from ctsurv.synthetic.simulate import simulate as run_simulation
 
     refuse_existing(out)  # the message that names an existing cohort.csv
     with staged_output(out) as folder:
@@ -135,8 +135,8 @@ def inspect(
     """Print shape, spacing, orientation and HU statistics of a CT volume; optionally save a montage."""
     from rich.table import Table
 
-    from ctsurv.data.inspect import describe, save_montage
-    from ctsurv.data.volumes import read_volume
+    from ctsurv.io.inspect import describe, save_montage
+    from ctsurv.io.volumes import read_volume
 
     if png is not None:
         check_output_file(png, [volume], "--png")  # before anything is printed
@@ -158,7 +158,7 @@ def labels(
     out: Path = typer.Option(..., "--out", help="CSV to write: the input columns plus one 0/1 column per label."),
 ) -> None:
     """Extract the 18 CT-RATE abnormality labels from free-text chest CT reports."""
-    from ctsurv.data.report_labels import label_reports_csv
+    from ctsurv.text.labels import label_reports_csv
 
     n = label_reports_csv(reports, text_column, out)
     console.print(f"labelled {n} reports: [bold]{out}[/]")

@@ -6,7 +6,7 @@ never silently ignored: a typo in a config must not quietly train a different mo
 
 Spatial tuples follow the command line and are ordered (Z, Y, X): slice axis first, then
 anterior-posterior, then left-right. Arrays inside the package are (X, Y, Z) in RAS, as
-MONAI and nibabel index them; :mod:`ctsurv.data.transforms` does the conversion.
+MONAI and nibabel index them; :mod:`ctsurv.features.preprocess` does the conversion.
 """
 
 from __future__ import annotations

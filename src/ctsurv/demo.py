@@ -21,10 +21,10 @@ from pathlib import Path
 from rich.console import Console
 
 from ctsurv.config import ExperimentConfig, load_config
-from ctsurv.data.cohort import load_cohort
-from ctsurv.data.simulate import check_simulation_args, resample_outcomes, simulate
 from ctsurv.errors import CtsurvError
 from ctsurv.evaluation import report
+from ctsurv.io.cohort import load_cohort
+from ctsurv.synthetic.simulate import check_simulation_args, resample_outcomes, simulate
 from ctsurv.training.pretrain import pretrain
 from ctsurv.training.survival_run import evaluate, prepare
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import torch
 
-from ctsurv.data.instructions import QUESTIONS
-from ctsurv.data.transforms import Preprocessor
 from ctsurv.errors import CtsurvError
 from ctsurv.evaluation.vlm_eval import SHORT_ANSWER_TOKENS
+from ctsurv.features import Preprocessor
+from ctsurv.text.questions import QUESTIONS
 from ctsurv.training.checkpoint import load_checkpoint, refuse_untrained_language
 
 

@@ -205,7 +205,7 @@ def binary_scores(
     specificity with no true negative, F1 with neither true nor predicted positives) is
     ``zero_division``, scikit-learn's argument: 0 by default, so a finding absent from the test set
     scores F1 = 0 even when the model never claims it. ``zero_division=1.0`` gives the convention of
-    ``ctsurv.data.report_labels.label_scores`` (nothing to find and nothing wrongly found = 1).
+    ``ctsurv.text.labels.label_scores`` (nothing to find and nothing wrongly found = 1).
     Never NaN.
     """
     t, p = _as_binary(truth, "truth"), _as_binary(predicted, "predicted")

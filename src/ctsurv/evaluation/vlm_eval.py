@@ -1,7 +1,7 @@
 """Evaluation of the pretrained CTVLM on held-out studies, written next to the checkpoint.
 
 The references are the answers built from each held-out study's own report by
-:func:`ctsurv.data.instructions.answers_from_report` (what a user with CT + reports has). The
+:func:`ctsurv.text.answers.answers_from_report` (what a user with CT + reports has). The
 model's generated answers are parsed back with ``parse_answer`` and scored:
 
 * presence questions: per finding the studies scored (``n``: every report answers every presence question,
@@ -24,10 +24,11 @@ import pandas as pd
 import torch
 from rich.progress import track
 
-from ctsurv.data.instructions import QUESTIONS, Question, answers_from_report, parse_answer
 from ctsurv.evaluation.text_metrics import per_label_scores, text_report
 from ctsurv.models.vlm import CTVLM
 from ctsurv.outputs import staged_file
+from ctsurv.text.answers import answers_from_report, parse_answer
+from ctsurv.text.questions import QUESTIONS, Question
 
 SHORT_ANSWER_TOKENS = 16  # enough for "Right upper lobe and left lower lobe." and sizes; impressions get more
 

@@ -57,7 +57,7 @@ class EncoderPreprocess:
 
     Field names follow ``ctsurv.config.DataConfig`` (tuples in Z, Y, X order, like the CLI) so
     a data config can be set from a preset with ``dataclasses.replace(data, **preset.data_overrides())``.
-    The encoder takes tensors in (X, Y, Z) RAS order, which is what ``ctsurv.data.transforms.
+    The encoder takes tensors in (X, Y, Z) RAS order, which is what ``ctsurv.features.preprocess.
     Preprocessor`` returns: its (1, X, Y, Z) output, batched, is the encoder's (B, 1, X, Y, Z).
     """
 

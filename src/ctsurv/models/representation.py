@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ctsurv.data.datasets import REPORT_QUESTION
 from ctsurv.models.vlm import CTVLM, IGNORE_INDEX, format_prompt
+from ctsurv.text.questions import REPORT_QUESTION
 
 
 def score_answer(

@@ -18,13 +18,12 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from ctsurv.config import ExperimentConfig
-from ctsurv.data.instructions import QUESTIONS
 from ctsurv.models.language import IMAGE_TOKEN, apply_lora, build_language_model
 from ctsurv.models.projector import Projector
 from ctsurv.models.vision import build_vision_encoder
+from ctsurv.text.questions import PRESENCE_LABELS
 
 IGNORE_INDEX = -100
-PRESENCE_LABELS = [q.label for q in QUESTIONS if q.kind == "presence"]  # what a findings token carries
 
 
 def format_prompt(question: str) -> str:

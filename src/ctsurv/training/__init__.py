@@ -1,1 +1,1 @@
-"""Training: the Accelerate loop, the three stages, and checkpoints."""
+"""Training: the Accelerate loop, the three pretraining stages, checkpoints, and the survival stage."""

@@ -32,25 +32,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from rich.progress import track
 from transformers import AutoTokenizer
 
 from ctsurv.config import ExperimentConfig, config_differences, load_config, save_config
-from ctsurv.data.cohort import Cohort, load_cohort
-from ctsurv.data.datasets import (
-    PRESENCE_QUESTIONS,
+from ctsurv.errors import ConfigError, CtsurvError
+from ctsurv.features import encode_all, preprocess_all
+from ctsurv.io.cohort import load_cohort
+from ctsurv.models.language import train_tokenizer
+from ctsurv.models.vlm import build_vlm
+from ctsurv.text.answers import instruction_pairs
+from ctsurv.text.questions import PRESENCE_LABELS, PRESENCE_QUESTIONS
+from ctsurv.training.checkpoint import load_checkpoint, save_checkpoint
+from ctsurv.training.datasets import (
     StudyDataset,
     align_pairs,
     finding_collate,
     presence_labels,
     study_collate,
 )
-from ctsurv.data.instructions import instruction_pairs
-from ctsurv.data.transforms import Preprocessor
-from ctsurv.errors import ConfigError, CtsurvError
-from ctsurv.models.language import train_tokenizer
-from ctsurv.models.vlm import CTVLM, PRESENCE_LABELS, build_vlm
-from ctsurv.training.checkpoint import load_checkpoint, save_checkpoint
 from ctsurv.training.findings import FOLDS, HeldOut, fit_findings_head
 from ctsurv.training.loop import train
 from ctsurv.training.stages import FindingLoss, InstructionLoss, set_trainable, vision_stage_runs, vision_trains
@@ -112,34 +111,6 @@ def check_resumed_stage(saved: ExperimentConfig, cfg: ExperimentConfig, stage: s
             f"--resume keeps finished stages as they are; restore those settings, or remove {stage_dir} "
             "(and the stages after it) to train it again, or start a new --out folder"
         )
-
-
-def preprocess_all(cohort: Cohort, cfg: ExperimentConfig, progress: bool) -> torch.Tensor:
-    """All volumes of ``cohort`` preprocessed, (N, C, X, Y, Z) float16 (half the memory; exact enough)."""
-    pre = Preprocessor(cfg.data)
-    paths = cohort.volume_paths
-    volumes = [
-        pre.load(p, spacing_zyx=cohort.spacing_zyx(i)).to(torch.float16)
-        for i, p in track(list(enumerate(paths)), description="preprocessing volumes", disable=not progress)
-    ]
-    return torch.stack(volumes)
-
-
-@torch.no_grad()
-def encode_all(vlm: CTVLM, volumes: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
-    """Features of a frozen vision encoder for every volume, computed once: (n, Dv, N tokens), on the CPU.
-
-    They are stored already pooled by the projector (the token grid, and the max token if any): the
-    pooling has no parameters, so this is exact, and it shrinks the I3ResNet-152 grid (2048×7×7×10 at
-    full size) by an order of magnitude. The encoder runs where it is (a GPU after Accelerate's stage 0).
-    """
-    vlm.vision_encoder.eval()
-    device = next(vlm.vision_encoder.parameters()).device
-    chunks = [
-        vlm.projector.pool(vlm.vision_encoder.features(volumes[i : i + batch_size].to(device).float())).cpu()
-        for i in range(0, len(volumes), batch_size)
-    ]
-    return torch.cat(chunks)
 
 
 def pretrain(

@@ -52,18 +52,16 @@ from lifelines.exceptions import ConvergenceWarning
 from sklearn.decomposition import PCA
 
 from ctsurv.config import ExperimentConfig
-from ctsurv.data.clinical import ClinicalSchema
-from ctsurv.data.cohort import Cohort, _as_text
-from ctsurv.data.datasets import PRESENCE_QUESTIONS
-from ctsurv.data.instructions import QUESTIONS
 from ctsurv.evaluation.crossval import Fold, FoldPrediction
+from ctsurv.io.clinical import ClinicalSchema
+from ctsurv.io.cohort import Cohort, _as_text
 from ctsurv.models.projector import Projector
 from ctsurv.models.representation import answer_features, visual_states
 from ctsurv.models.survival import BreslowBaseline, RiskQueryHead, SurvivalHead, fit_survival_head
 from ctsurv.models.vlm import CTVLM
+from ctsurv.text.questions import PRESENCE_QUESTIONS
 from ctsurv.training.survival_finetune import Tuning, tuned_model
 
-PRESENCE_LABELS: list[str] = [str(q.label) for q in QUESTIONS if q.kind == "presence"]
 LADDER = ("clinical_cox", "encoder_no_instruction", "findings_classifier", "model_align", "model")  # bottom rung first
 RANK_TOLERANCE = 1e-10  # a principal component explaining less of the variance is numerically zero
 

@@ -30,20 +30,19 @@ import torch
 from safetensors.torch import save_file
 
 from ctsurv.config import ExperimentConfig, save_config
-from ctsurv.data.cohort import Cohort, load_cohort
 from ctsurv.errors import CtsurvError
 from ctsurv.evaluation import report
 from ctsurv.evaluation.crossval import Fold, OutOfFold, compare_methods, cross_validate, make_folds
 from ctsurv.evaluation.metrics import choose_horizons, p_floor
+from ctsurv.features import encode_all, preprocess_all
+from ctsurv.io.cohort import Cohort, load_cohort
 from ctsurv.models.survival import BreslowBaseline, SurvivalHead, fit_survival_head
 from ctsurv.models.vision import build_vision_encoder
 from ctsurv.models.vlm import CTVLM
+from ctsurv.text.questions import PRESENCE_LABELS, PRESENCE_QUESTIONS
 from ctsurv.training.checkpoint import checkpoint_stage, load_checkpoint, refuse_untrained_language, save_checkpoint
-from ctsurv.training.pretrain import encode_all, preprocess_all
 from ctsurv.training.survival import (
     LADDER,
-    PRESENCE_LABELS,
-    PRESENCE_QUESTIONS,
     FoldData,
     ImageFeatures,
     answer_matrix,

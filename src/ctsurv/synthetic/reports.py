@@ -8,11 +8,11 @@ reports write them ("Pleural effusion-thickening was not detected.").
 
 Every positive finding gets a sentence of its own with its size and place; every absent finding is
 negated or left out, never hinted at, so that the rule-based report-to-labels extractor recovers
-the truth. Nothing outside the :class:`~ctsurv.data.findings.Findings` schema is ever reported as
+the truth. Nothing outside the :class:`~ctsurv.text.findings.Findings` schema is ever reported as
 present. Sizes the schema does not hold (a second diameter, an effusion's thickness, which vertebra
 a lytic lesion is in) are drawn consistently with what it does hold. All choices come from the
 given generator, so a report is a function of the findings and the generator's state. The wording
-itself (templates, lobe names, size words) is in :mod:`ctsurv.data.report_phrases`.
+itself (templates, lobe names, size words) is in :mod:`ctsurv.synthetic.phrases`.
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ import math
 
 import numpy as np
 
-from ctsurv.data.findings import Findings, LymphNode, Nodule
-from ctsurv.data.report_phrases import (
+from ctsurv.synthetic.phrases import (
     EFFUSION_SIZE_WORDS,
     EFFUSION_THICKNESS_MM,
     EMPHYSEMA_WORDS,
     LOBE_PHRASES,
     PHRASES,
 )
+from ctsurv.text.findings import Findings, LymphNode, Nodule
 
 
 def pick(rng: np.random.Generator, options: tuple[str, ...] | list[str]) -> str:

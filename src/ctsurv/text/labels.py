@@ -21,7 +21,7 @@ How it works, top-down:
 4. A label is 1 when at least one mention is not negated.
 
 The vocabulary itself (terms, context rules, negation and clause cues) is in
-:mod:`ctsurv.data.report_vocabulary`; this module is the procedure that applies it.
+:mod:`ctsurv.text.vocabulary`; this module is the procedure that applies it.
 
 Conventions of the manual CT-RATE labels, learnt from the development split and followed here:
 uncertain findings count ("(cyst?)", "possible", "cannot be excluded"); any lymph node reported as
@@ -41,8 +41,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ctsurv.data.findings import CTRATE_LABELS
-from ctsurv.data.report_vocabulary import (
+from ctsurv.errors import CtsurvError
+from ctsurv.outputs import check_output_file, staged_file
+from ctsurv.text.findings import CTRATE_LABELS
+from ctsurv.text.vocabulary import (
     ABDOMINAL_VESSEL,
     CLAUSE_REQUIREMENTS,
     CONTINUATION,
@@ -65,8 +67,6 @@ from ctsurv.data.report_vocabulary import (
     UNCERTAINTY,
     VERB,
 )
-from ctsurv.errors import CtsurvError
-from ctsurv.outputs import check_output_file, staged_file
 
 
 def _rx(pattern: str) -> re.Pattern[str]:

@@ -1,4 +1,4 @@
-"""The phrasebook of the synthetic report writer: every template and word :mod:`ctsurv.data.report_writer`
+"""The phrasebook of the synthetic report writer: every template and word :mod:`ctsurv.synthetic.reports`
 draws from.
 
 Pure data, in its own module so that the writer reads top-down as logic, and so that the wording can be
@@ -9,7 +9,7 @@ mm, ``{lobe}`` a lobe phrase, ``{a}`` an article; a capitalised field name takes
 
 from __future__ import annotations
 
-from ctsurv.data.findings import LOBE_NAMES
+from ctsurv.text.findings import LOBE_NAMES
 
 # Every way a lobe is named ("right upper lobe", "upper lobe of the right lung", "right lung upper lobe").
 LOBE_PHRASES: dict[str, tuple[str, ...]] = {

@@ -2,7 +2,7 @@
 
 The names of the abnormalities follow the 18 manually labelled CT-RATE abnormalities wherever
 they overlap (``LABELS``); the generator also renders lung masses and lytic bone lesions,
-which CT-RATE does not label. Only :mod:`ctsurv.data.synthetic` draws findings; everything
+which CT-RATE does not label. Only :mod:`ctsurv.synthetic.patients` draws findings; everything
 downstream of the cohort table sees them only through the rendered volume and the report text
 (and evaluation through ``truth.csv``).
 """

@@ -3,7 +3,7 @@ features) and its (prompt, answer) pairs.
 
 Stage 0 (vision) pairs each volume with the presence answers only (``finding_collate``); stage 1
 (align) pairs each volume with its report; stage 2 (instruct) with the answers to the
-predefined questions (built from the report text by :mod:`ctsurv.data.instructions`), the
+predefined questions (built from the report text by :mod:`ctsurv.text.answers`), the
 impression and the report. Batching by study lets the loss encode each volume once per batch.
 """
 
@@ -14,15 +14,10 @@ from collections.abc import Callable
 import torch
 from torch.utils.data import Dataset
 
-from ctsurv.data.instructions import QUESTIONS
 from ctsurv.models.vlm import CTVLM, format_prompt
-
-REPORT_QUESTION = "Write the full report."
+from ctsurv.text.questions import PRESENCE_QUESTIONS, REPORT_QUESTION
 
 Pairs = list[tuple[str, str]]  # (question, answer)
-
-
-PRESENCE_QUESTIONS = [q.text for q in QUESTIONS if q.kind == "presence"]
 
 
 def presence_labels(pairs: Pairs) -> list[int]:

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ctsurv.data.cohort import MAX_LISTED, _as_text
 from ctsurv.errors import CohortError
+from ctsurv.io.cohort import MAX_LISTED, _as_text
 
 MISSING_LEVEL = "<missing>"
 

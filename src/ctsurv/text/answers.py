@@ -1,28 +1,7 @@
-"""The predefined clinical questions of instruction tuning, and their answers read from report text.
-
-Stage 2 ("instruct") teaches the model to answer a fixed set of questions about a chest CT
-(``QUESTIONS``); the survival stage later reads the model's answers to exactly these questions, so the
-keys, the wording and the canonical answer forms are a contract. Answers are built from the report
-text only (``answers_from_report``), never from a generator's ground truth, because a real user has a
-CT and its report and nothing else.
-
-Canonical answers, chosen to be short, learnable and easy to score (``parse_answer`` reads them back,
-and tolerates the variations a model may generate):
-
-* presence: ``"Yes."`` / ``"No."`` (exactly ``extract_labels`` / ``text_has_label`` on the report);
-* size: ``"12 mm."`` (largest diameter of a nodule or mass, largest short axis of a lymph node);
-* grade: ``"Small."`` / ``"Moderate."`` / ``"Large."`` (a pleural effusion's amount);
-* location: ``"Right upper lobe and left lower lobe."``; ``"Right lung."`` / ``"Both lungs."`` when a
-  report names the lung but no lobe;
-* side: ``"Right."`` / ``"Left."`` / ``"Bilateral."``;
-* any detail of an absent finding is ``"Not applicable."``; of a present finding whose report does not
-  give it, ``"Not stated."``;
-* impression: the report's impression; without one, the sentences of the findings that assert a
-  positive finding (of the 20 labels), or ``"No significant abnormality."`` when there is none;
-* report: the findings text.
+"""Answers to the predefined questions, read from report text (and read back from what a model writes).
 
 How a size, lobe or side is tied to the right finding: ``split_sentences`` / ``split_clauses`` and
-``find_mentions`` of :mod:`ctsurv.data.report_labels` give every finding word of a sentence (an
+``find_mentions`` of :mod:`ctsurv.text.labels` give every finding word of a sentence (an
 *anchor*) with its negation; other measurable things (cysts, the aorta, a gland, ...) are anchors too.
 Each anchor owns the text from itself to the next anchor, plus the words just before it that modify
 it ("a 12 mm parenchymal nodule", "right-sided pleural effusion"); the first anchor of a clause also owns
@@ -36,10 +15,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
 
-from ctsurv.data.findings import LOBE_NAMES, Findings
-from ctsurv.data.report_labels import (
+from ctsurv.text.findings import LOBE_NAMES, Findings
+from ctsurv.text.labels import (
     EXTRA_LABEL_TERMS,
     LABEL_TERMS,
     extract_labels,
@@ -48,100 +26,21 @@ from ctsurv.data.report_labels import (
     split_sentences,
     text_has_label,
 )
-
-Kind = Literal["presence", "size", "grade", "location", "side", "impression", "report"]
-Value = bool | float | str | frozenset[str] | None  # what parse_answer returns, by kind
-
-
-@dataclass(frozen=True)
-class Question:
-    """One predefined question: ``key`` is its stable id, ``text`` the exact words put to the model."""
-
-    key: str
-    text: str
-    label: str | None  # the CT-RATE label (or "Lung mass" / "Lytic bone lesion") it is about
-    kind: Kind
-
-
-_PRESENCE: dict[str, str] = {  # label -> question, in CTRATE_LABELS order, then the two extra labels
-    "Medical material": "Is there any medical material, such as a catheter, tube, stent or implant?",
-    "Arterial wall calcification": "Is there arterial wall calcification?",
-    "Cardiomegaly": "Is there cardiomegaly?",
-    "Pericardial effusion": "Is there a pericardial effusion?",
-    "Coronary artery wall calcification": "Is there coronary artery wall calcification?",
-    "Hiatal hernia": "Is there a hiatal hernia?",
-    "Lymphadenopathy": "Is there lymphadenopathy?",
-    "Emphysema": "Is there emphysema?",
-    "Atelectasis": "Is there atelectasis?",
-    "Lung nodule": "Is there a lung nodule?",
-    "Lung opacity": "Is there a lung opacity?",
-    "Pulmonary fibrotic sequela": "Are there pulmonary fibrotic sequelae?",
-    "Pleural effusion": "Is there a pleural effusion?",
-    "Mosaic attenuation pattern": "Is there a mosaic attenuation pattern?",
-    "Peribronchial thickening": "Is there peribronchial thickening?",
-    "Consolidation": "Is there consolidation?",
-    "Bronchiectasis": "Is there bronchiectasis?",
-    "Interlobular septal thickening": "Is there interlobular septal thickening?",
-    "Lung mass": "Is there a lung mass?",
-    "Lytic bone lesion": "Is there a lytic bone lesion?",
-}
-QUESTIONS: tuple[Question, ...] = (
-    *(Question(label.lower().replace(" ", "_"), text, label, "presence") for label, text in _PRESENCE.items()),
-    Question("lung_nodule_size", "What is the diameter of the largest lung nodule, in mm?", "Lung nodule", "size"),
-    Question("lung_nodule_location", "In which lobe or lobes are the lung nodules?", "Lung nodule", "location"),
-    Question("lung_mass_size", "What is the diameter of the largest lung mass, in mm?", "Lung mass", "size"),
-    Question("lung_mass_location", "In which lobe or lobes is the lung mass?", "Lung mass", "location"),
-    Question("consolidation_location", "In which lobe or lobes is the consolidation?", "Consolidation", "location"),
-    Question("pleural_effusion_side", "On which side is the pleural effusion?", "Pleural effusion", "side"),
-    Question("pleural_effusion_size", "How large is the pleural effusion?", "Pleural effusion", "grade"),
-    Question("lymphadenopathy_size", "What is the short axis of the largest enlarged lymph node, in mm?",
-             "Lymphadenopathy", "size"),
-    Question("impression", "What is the impression?", None, "impression"),
-    Question("report", "Write the full report.", None, "report"),
+from ctsurv.text.questions import (
+    GRADES,
+    NO,
+    NORMAL_IMPRESSION,
+    NOT_APPLICABLE,
+    NOT_STATED,
+    QUESTIONS,
+    SHORT_AXIS_LABELS,
+    YES,
+    Question,
+    Value,
+    format_location,
+    format_mm,
 )
-QUESTION_BY_KEY: dict[str, Question] = {q.key: q for q in QUESTIONS}
-
-YES, NO, NOT_APPLICABLE, NOT_STATED = "Yes.", "No.", "Not applicable.", "Not stated."
-NORMAL_IMPRESSION = "No significant abnormality."
-SHORT_AXIS_LABELS = frozenset({"Lymphadenopathy"})  # sizes are short axes (the smaller of "AxB"), not diameters
-GRADES: tuple[str, ...] = ("small", "moderate", "large")
-LOCATIONS: tuple[str, ...] = (*LOBE_NAMES, "right lung", "left lung")  # lobe codes, then lungs named without a lobe
-
-# ------------------------------ Vocabulary: measurements, lobes, sides, grades and other measurable things
-
-_NUM = r"\d+(?:\.\d+)?"
-_UNIT = r"(?P<unit>mm|cm|mil+imet(?:er|re)s?|centimet(?:er|re)s?)\b"
-_MEASUREMENT = re.compile(  # "12 mm", "12x9 mm", "26 X24 millimeters", "12 mm x 9 mm", "1.2 cm", "2-3 mm"
-    rf"(?<![\w.])(?P<dims>{_NUM}(?:\s*(?:mm|cm)?\s*[x×*]\s*{_NUM}){{0,2}})"
-    rf"(?:\s*[-–]\s*(?P<upper>{_NUM}))?\s*{_UNIT}",
-    re.IGNORECASE,
-)
-_LONG_AXIS_AFTER = re.compile(r"^\s*(?:in\s+(?:the\s+|its\s+)?)?long(?:est)?[- ]?(?:axis|diameter)", re.IGNORECASE)
-_LONG_AXIS_BEFORE = re.compile(r"long[- ]?axis\s+(?:\w+\s+){0,2}$", re.IGNORECASE)
-# a size of the previous examination: "(6 mm in the previous examination)", "previously 8 mm", "from 15 mm to ..."
-_PRIOR_AFTER = re.compile(r"^\s*(?:(?:in|on|at)\s+)?(?:the\s+|its\s+)?(?:previous|prior|former|earlier|old)\b",
-                          re.IGNORECASE)
-_PRIOR_BEFORE = re.compile(r"\b(?:previously|formerly|from)\s+(?:measur\w*\s+|was\s+|of\s+)?$", re.IGNORECASE)
-
-_LEVELS = r"(?:upper|middle|lower)(?:\s*(?:,|and|/|-|&)\s*(?:upper|middle|lower))*"
-_LOBE = re.compile(  # "right upper lobe", "right lung upper lobe", "upper lobe of the right lung", "lower lobes"
-    rf"\b(?:(?P<side>right|left|both|bilateral)\s+(?:lungs?\s+)?)?(?P<levels>{_LEVELS})\s+lobe(?P<plural>s)?\b"
-    r"(?:\s+(?:[\w-]+\s+){0,3}?(?:of|in)\s+(?:the\s+)?(?P<side2>right|left|both)\s+lungs?\b)?"
-    r"|\blingul\w*|\b(?P<code>RUL|RML|RLL|LUL|LLL)\b",
-    re.IGNORECASE,
-)
-_SEGMENT = re.compile(  # a segment named without its lobe
-    r"\b(?P<upper>apicoposterior|apical)\s+segment"
-    r"|\b(?P<lower>(?:postero|latero|antero|medio)?basal|superior)\s+segment",
-    re.IGNORECASE,
-)
-_SEGMENT_SIDE = re.compile(r"\s+(?:of|in)\s+the\s+(right|left)\s+lung", re.IGNORECASE)
-_LUNG = re.compile(r"\b(?P<side>right|left)\s+(?:lung|hemithora\w*)\b|\b(?P<both>both\s+(?:lungs|hemithora\w*)|"
-                   r"bilateral\s+lungs?|bilaterally)\b", re.IGNORECASE)
-_SIDE_WORD = re.compile(r"\b(?:(?P<both>bilateral\w*|both)|(?P<right>right)|(?P<left>left))\b", re.IGNORECASE)
-_GRADE_WORD = re.compile(r"\b(?:(?P<small>small|minimal|mild|slight|trace|minor|little|thin|smear\w*)|"
-                         r"(?P<moderate>moderate|medium)|(?P<large>large|massive|marked|extensive|abundant))\b",
-                         re.IGNORECASE)
+from ctsurv.text.readers import NUMBER, grade, locations, measurements, sides
 
 # Measurable things that are none of the labels: they own the sizes said of them, so a liver cyst's or the
 # aorta's diameter is never a nodule's. ("aortopulmonary window" is a lymph node station, not the aorta.)
@@ -260,109 +159,7 @@ def find_evidence(text: str) -> dict[str, list[Evidence]]:
     return out
 
 
-# ------------------------------ Reading sizes, lobes, sides and grades
-
-
-def measurements(text: str, start: int = 0, end: int | None = None, short_axis: bool = False) -> list[float]:
-    """Sizes in mm of the measurements starting in ``text[start:end]``: the largest dimension of each, or the
-    smallest with ``short_axis`` (the short axis of "20x15 mm"). Long axes (for short axes) and sizes of a
-    previous examination ("(8 mm in the previous examination)", "from 15 mm") are left out.
-    """
-    end = len(text) if end is None else end
-    sizes = []
-    for m in _MEASUREMENT.finditer(text):
-        before, after = text[: m.start()], text[m.end() :]
-        if not start <= m.start() < end or _PRIOR_AFTER.match(after) or _PRIOR_BEFORE.search(before):
-            continue
-        if short_axis and (_LONG_AXIS_AFTER.match(after) or _LONG_AXIS_BEFORE.search(before)):
-            continue
-        scale = 10.0 if m.group("unit").lower().startswith("c") else 1.0
-        dims = [float(x) for x in re.findall(_NUM, m.group("dims"))]
-        if m.group("upper"):  # a range "2-3 mm": its upper end
-            dims[-1] = float(m.group("upper"))
-        sizes.append(scale * (min(dims) if short_axis else max(dims)))
-    return sizes
-
-
-def _side_before(text: str, at: int) -> str | None:
-    """The nearest side word before ``text[at]`` ("In the right lung, ... upper lobe"): 'R', 'L', 'RL' or None."""
-    last = None
-    for m in _SIDE_WORD.finditer(text, 0, at):
-        last = "RL" if m.group("both") else ("R" if m.group("right") else "L")
-    return last
-
-
-def locations(text: str, start: int = 0, end: int | None = None) -> frozenset[str]:
-    """Lobes (codes of LOBE_NAMES) named in ``text[start:end]``; "right lung"/"left lung" for a lung named
-    without any lobe of it. A lobe without a side takes the nearest side named before it in the same region
-    (not one of another finding earlier in the sentence); a plural one without ("the lower lobes") is both."""
-    end = len(text) if end is None else end
-    region = text[start:end]
-    lobes: set[str] = set()
-    masked = list(region)
-    for m in _LOBE.finditer(region):
-        masked[m.start() : m.end()] = " " * (m.end() - m.start())
-        word = m.group(0).lower()
-        if word.startswith("lingul"):
-            lobes.add("LUL")
-            continue
-        if m.group("code"):
-            lobes.add(m.group("code").upper())
-            continue
-        side = m.group("side") or m.group("side2")
-        sides = {"right": "R", "left": "L"}.get((side or "").lower(), "RL" if side else None)
-        levels = re.findall(r"upper|middle|lower", m.group("levels").lower())
-        if sides is None:
-            sides = _side_before(region, m.start()) or ("RL" if m.group("plural") else None)
-        for level in levels:
-            for s in ("R" if level == "middle" else (sides or "")):
-                lobes.add(f"{s}{level[0].upper()}L")
-    rest = "".join(masked)
-    named = {lobe[0] for lobe in lobes}
-    for m in _SEGMENT.finditer(rest):  # "posterobasal segment of the right lung" -> RLL, unless a right lobe is named
-        after = _SEGMENT_SIDE.match(rest, m.end())
-        side = {"right": "R", "left": "L"}[after.group(1).lower()] if after else _side_before(region, m.start())
-        for s in side or "":
-            if s not in named:
-                lobes.add(f"{s}{'U' if m.group('upper') else 'L'}L")
-    lungs: set[str] = set()
-    for m in _LUNG.finditer(rest):
-        lungs |= {"R", "L"} if m.group("both") else {m.group("side")[0].upper()}
-    named = {lobe[0] for lobe in lobes}
-    lobes |= {f"{'right' if s == 'R' else 'left'} lung" for s in lungs - named}
-    return frozenset(lobes)
-
-
-def sides(text: str) -> str | None:
-    """'right', 'left' or 'bilateral' from the side words of ``text`` (right and left together are bilateral)."""
-    found = set()
-    for m in _SIDE_WORD.finditer(text):
-        found.add("bilateral" if m.group("both") else ("right" if m.group("right") else "left"))
-    if "bilateral" in found or {"right", "left"} <= found:
-        return "bilateral"
-    return found.pop() if found else None
-
-
-def grade(text: str) -> str | None:
-    """'small', 'moderate' or 'large' from the amount words of ``text`` (the largest one named)."""
-    found = [g for m in _GRADE_WORD.finditer(text) for g in GRADES if m.group(g)]
-    return max(found, key=GRADES.index) if found else None
-
-
 # ------------------------------ Answers
-
-
-def _format_mm(mm: float) -> str:
-    return f"{round(mm, 1):g} mm."
-
-
-def format_location(codes: frozenset[str]) -> str:
-    """'Right upper lobe and left lower lobe.' / 'Both lungs.' from location codes (LOCATIONS order)."""
-    names = [LOBE_NAMES.get(c, c) for c in LOCATIONS if c in codes]
-    if "right lung" in names and "left lung" in names:
-        names = [n for n in names if not n.endswith(" lung")] + ["both lungs"]
-    text = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
-    return text[0].upper() + text[1:] + "."
 
 
 def _derived_impression(text: str, evidence: dict[str, list[Evidence]]) -> str:
@@ -377,7 +174,7 @@ def _detail(q: Question, evidence: list[Evidence]) -> str:
     """Answer to a size/grade/location/side question from the evidence of its (present) finding."""
     if q.kind == "size":
         sizes = [s for e in evidence for s in measurements(e.sentence, e.start, e.end, q.label in SHORT_AXIS_LABELS)]
-        return _format_mm(max(sizes)) if sizes else NOT_STATED
+        return format_mm(max(sizes)) if sizes else NOT_STATED
     if q.kind == "location":
         codes = frozenset().union(*(locations(e.sentence, e.start, e.place_end) for e in evidence))
         lobes = {c for c in codes if c in LOBE_NAMES}  # a lung named elsewhere adds nothing to a lobe on its side
@@ -453,7 +250,7 @@ def parse_answer(question: Question, text: str) -> Value:
         return frozenset() if question.kind == "location" else None
     if question.kind == "size":
         sizes = measurements(text, short_axis=question.label in SHORT_AXIS_LABELS)
-        if not sizes and (bare := re.search(_NUM, text)):
+        if not sizes and (bare := re.search(NUMBER, text)):
             sizes = [float(bare.group(0))]  # "12": millimetres, as asked
         return max(sizes) if sizes else None
     if question.kind == "grade":

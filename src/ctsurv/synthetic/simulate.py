@@ -1,6 +1,6 @@
 """Writing a synthetic cohort to disk (``ctsurv simulate``), and new outcomes for a cohort already written.
 
-:mod:`ctsurv.data.synthetic` draws a cohort in memory (findings, clinical data, risk, outcomes, truth);
+:mod:`ctsurv.synthetic.patients` draws a cohort in memory (findings, clinical data, risk, outcomes, truth);
 this module is the part with side effects: it renders the phantom volumes in worker processes, writes
 them as reproducible NIfTI files, writes the cohort and truth tables atomically, and refuses to
 overwrite an existing cohort. Kept apart so that the risk model reads on its own, without file handling.
@@ -23,10 +23,9 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from ctsurv.data.findings import Findings
-from ctsurv.data.phantom import render_phantom
-from ctsurv.data.phantom_geometry import affine_for
-from ctsurv.data.synthetic import (
+from ctsurv.errors import CtsurvError
+from ctsurv.synthetic.geometry import affine_for
+from ctsurv.synthetic.patients import (
     CATEGORICAL_COLUMNS,
     CLINICAL_COLUMNS,
     CLINICAL_WEIGHTS,
@@ -37,7 +36,8 @@ from ctsurv.data.synthetic import (
     prevalences,
     stream,
 )
-from ctsurv.errors import CtsurvError
+from ctsurv.synthetic.phantom import render_phantom
+from ctsurv.text.findings import Findings
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -148,7 +148,7 @@ def simulate(out_dir: str | Path, n: int = 600, seed: int = 0, image_signal: flo
     last, each atomically, so an interrupted run never leaves a cohort.csv pointing at missing volumes.
     The result depends on ``seed`` only, not on ``workers`` (default: all cores).
     """
-    from ctsurv.data.report_writer import write_report
+    from ctsurv.synthetic.reports import write_report
 
     start = time.perf_counter()
     check_simulation_args(n, seed, image_signal, clinical_signal, shape_zyx, spacing_zyx, workers)

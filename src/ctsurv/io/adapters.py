@@ -1,4 +1,4 @@
-"""Turn the tables of public CT datasets into cohort tables (schema: :mod:`ctsurv.data.cohort`).
+"""Turn the tables of public CT datasets into cohort tables (schema: :mod:`ctsurv.io.cohort`).
 
 Each adapter reads the dataset's own files with their published column names, checks that they agree
 with each other, resolves every volume path, and returns a DataFrame in the cohort schema (written with
@@ -33,8 +33,8 @@ import numpy as np
 import pandas as pd
 
 from ctsurv.config import DataConfig
-from ctsurv.data.cohort import MAX_LISTED, PATIENT_COLUMN, RESCALE_COLUMNS, did_you_mean, save_cohort
 from ctsurv.errors import CohortError
+from ctsurv.io.cohort import MAX_LISTED, PATIENT_COLUMN, RESCALE_COLUMNS, did_you_mean, save_cohort
 
 CTRATE_NAME = re.compile(r"^(?P<split>[A-Za-z]+)_(?P<patient>\d+)_(?P<scan>[A-Za-z0-9]+)_(?P<recon>\d+)\.nii(?:\.gz)?$")
 MINUTES_PER: dict[str, float] = {"days": 1440.0, "hours": 60.0, "minutes": 1.0, "seconds": 1 / 60}

@@ -1,4 +1,4 @@
-"""The vocabulary of the report-to-labels extractor (:mod:`ctsurv.data.report_labels`), as regular expressions.
+"""The vocabulary of the report-to-labels extractor (:mod:`ctsurv.text.labels`), as regular expressions.
 
 Each label's terms (``LABEL_TERMS``, ``EXTRA_LABEL_TERMS``), the context rules that veto or require
 them (``TERM_VETOES``, ``LABEL_EXCLUSIONS``, ``CLAUSE_REQUIREMENTS``, ``LUNG_ONLY_LABELS``, the organ and

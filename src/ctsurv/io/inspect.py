@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global backend, no window, nothing to close
 
-from ctsurv.data.volumes import Volume
+from ctsurv.io.volumes import Volume
 from ctsurv.outputs import staged_file
 
 # HU bands reported by describe(): (name, low, high), bounds inclusive.

@@ -61,7 +61,7 @@ from nibabel.orientations import io_orientation
 from scipy import ndimage
 
 from ctsurv.config import DataConfig
-from ctsurv.data.volumes import Volume, read_volume
+from ctsurv.io.volumes import Volume, read_volume
 
 CACHE_VERSION = 1  # bump when the pipeline or the constants below change: old cache entries are then never reused
 BODY_HU = -500.0  # voxels above this are body (soft tissue, bone, vessels); lungs and air are below

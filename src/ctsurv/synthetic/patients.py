@@ -3,7 +3,7 @@
 It stands in for hospital data on a laptop and makes the project's claim testable: "image understanding
 learned from reports improves survival prediction over clinical data alone, most where clinical data
 alone predicts weakly". Each patient is a mixed-primary cancer patient having a chest CT. This module
-draws a cohort in memory; :mod:`ctsurv.data.simulate` renders and writes it to disk.
+draws a cohort in memory; :mod:`ctsurv.synthetic.simulate` renders and writes it to disk.
 
 **Latent causes.** Five independent standard-normal latents: ``burden`` (thoracic cancer burden),
 ``smoking``, ``cardiac`` (heart disease), ``infection`` and ``age``. Each finding is present when
@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 from scipy import special
 
-from ctsurv.data.findings import FINDING_LABELS, Findings, LymphNode, Nodule, PleuralEffusion
+from ctsurv.text.findings import FINDING_LABELS, Findings, LymphNode, Nodule, PleuralEffusion
 
 LATENTS: tuple[str, ...] = ("burden", "smoking", "cardiac", "infection", "age")
 # finding: (prevalence, loadings on the latents); sum of squared loadings < 1

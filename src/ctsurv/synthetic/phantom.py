@@ -7,7 +7,7 @@ answer. It is built in world millimetres (RAS+: +x toward the patient's right, +
 shape and spacing; only the sampling changes.
 
 Every structure is painted over the previous ones with the soft-edged shapes of
-:mod:`ctsurv.data.phantom_geometry` (partial-volume edges without supersampling; thin vessels fade
+:mod:`ctsurv.synthetic.geometry` (partial-volume edges without supersampling; thin vessels fade
 as on a real thick-slice CT, nodules are round and dense). A mild blur and slightly correlated
 Gaussian noise finish the image.
 
@@ -25,8 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage, special
 
-from ctsurv.data.findings import Findings
-from ctsurv.data.phantom_geometry import (
+from ctsurv.synthetic.geometry import (
     Grid,
     affine_for,
     ellipsoid_sd,
@@ -42,6 +41,7 @@ from ctsurv.data.phantom_geometry import (
     tube,
     union,
 )
+from ctsurv.text.findings import Findings
 
 HU: dict[str, float] = {  # typical values; lung and liver vary per patient (Anatomy)
     "air": -1000, "fat": -100, "muscle": 45, "lung": -850, "emphysema": -960, "bulla": -995, "vessel": 40,

@@ -1,6 +1,6 @@
 """World-millimetre geometry for the chest phantom: the voxel grid, soft-edged shapes, random points.
 
-Nothing here knows any anatomy. These are the primitives :mod:`ctsurv.data.phantom` draws a chest
+Nothing here knows any anatomy. These are the primitives :mod:`ctsurv.synthetic.phantom` draws a chest
 with, kept in their own module so that the phantom reads as anatomy and findings only.
 
 Coordinates are RAS+ millimetres (+x toward the patient's right, +y anterior, +z superior) with the
