@@ -10,7 +10,8 @@ Also a linear readout of the final model's frozen vision encoder: a logistic reg
 the mean- and max-pooled grid of the training studies (against their report labels), scored on the test
 scans. When it reads a finding that the answers miss, the language model is what loses it.
 Writes benchmarks/pretrain.md and benchmarks/pretrain.json; another --n-train or config overrides add them to
-the name (pretrain_n1800.md, pretrain_pretrain.vision_augment-true.md), so the shipped run's record stays.
+the name (pretrain_n1800.md; pretrain_pretrain.vision_augment-true.md, run J's record, now in research/), so the
+shipped run's record stays.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ from ctsurv.evaluation.vlm_eval import answer_questions
 from ctsurv.features import encode_all, preprocess_all
 from ctsurv.io.cohort import load_cohort
 from ctsurv.synthetic.simulate import simulate
-from ctsurv.text.answers import QUESTIONS, instruction_pairs, parse_answer
+from ctsurv.text.answers import instruction_pairs, parse_answer
+from ctsurv.text.questions import QUESTIONS
 from ctsurv.training.checkpoint import load_checkpoint
 from ctsurv.training.datasets import presence_labels, study_collate
 from ctsurv.training.pretrain import pretrain

@@ -34,8 +34,9 @@ import numpy as np
 import pandas as pd
 
 from ctsurv.config import load_config
+from ctsurv.evaluation.formatting import fmt_p
 from ctsurv.evaluation.metrics import corrected_fold_t_test, harrell_c
-from ctsurv.evaluation.report import fmt_p, results_markdown
+from ctsurv.evaluation.report import results_markdown
 from ctsurv.io.cohort import load_cohort
 from ctsurv.synthetic.simulate import resample_outcomes, simulate
 from ctsurv.training.pretrain import pretrain

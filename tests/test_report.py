@@ -15,7 +15,7 @@ from matplotlib.image import imread
 from rich.console import Console
 from rich.table import Table
 
-from ctsurv.evaluation import report
+from ctsurv.evaluation import figures, formatting, report
 
 DASH = "–"
 
@@ -81,7 +81,7 @@ def test_write_results_files_parse_back(results: dict, tmp_path: Path) -> None:
 def test_json_round_trip_rounding_and_null(results: dict, tmp_path: Path) -> None:
     path = report.write_results(results, tmp_path)[0]
     data = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in results.json"))
-    assert data == report.clean(results)
+    assert data == formatting.clean(results)
     assert list(data["methods"]) == list(results["methods"])  # keys as given, order kept
     model = data["methods"]["model"]
     assert model["harrell_c"] == 0.7123 and model["ibs"] == 0.1535
@@ -212,7 +212,7 @@ def test_a_step_needs_both_tests_and_tables_show_both_ps(ladder_results: dict) -
            "fold t-test p = 0.03)" in report.ladder_sentence(ladder_results)
     row = next(line for line in report.results_markdown(ladder_results).splitlines()
                if line.startswith(f"| {report.label('model_image_only')} |"))
-    assert f"| {report.fmt_p(step['p_vs_clinical'])}; 0.03 |" in row and "| 0.04; 0.03 |" in row
+    assert f"| {formatting.fmt_p(step['p_vs_clinical'])}; 0.03 |" in row and "| 0.04; 0.03 |" in row
 
 
 def test_ladder_order_from_results_then_method_order(ladder_results: dict) -> None:
@@ -238,7 +238,7 @@ def test_cohort_line_units_and_missing() -> None:
      (0.0042, "0.004"), (0.0312, "0.03"), (0.0496, "0.050"), (0.054, "0.054"), (0.18, "0.18"), (0.999, ">0.99")],
 )
 def test_fmt_p(p: float | None, text: str) -> None:
-    assert report.fmt_p(p) == text
+    assert formatting.fmt_p(p) == text
 
 
 @pytest.mark.parametrize(
@@ -249,13 +249,13 @@ def test_fmt_p(p: float | None, text: str) -> None:
      (0.31, 2 / 1001, "0.31"), (None, 2 / 1001, DASH), (1e-6, None, "<0.001"), (1e-6, float("nan"), "<0.001")],
 )
 def test_fmt_p_at_the_bootstrap_floor(p: float | None, floor: float | None, text: str) -> None:
-    assert report.fmt_p(p, floor) == text
+    assert formatting.fmt_p(p, floor) == text
 
 
 def test_floor_text_is_a_tight_upper_bound() -> None:
     for b in range(100, 30000, 37):
         floor = 2 / (b + 1)
-        text = report.fmt_p(floor, floor=floor)
+        text = formatting.fmt_p(floor, floor=floor)
         assert text.startswith("≤ ")
         digits = len(text.split(".")[1])
         assert float(text[2:]) >= floor and float(text[2:]) - floor < 10.0**-digits, b
@@ -263,20 +263,20 @@ def test_floor_text_is_a_tight_upper_bound() -> None:
 
 
 def test_p_phrase() -> None:
-    assert report.p_phrase(2 / 1001, floor=2 / 1001) == "p ≤ 0.002"
-    assert report.p_phrase(0.03, floor=2 / 1001) == "p = 0.03"
-    assert report.p_phrase(1e-5) == "p < 0.001" and report.p_phrase(0.999) == "p > 0.99"
+    assert formatting.p_phrase(2 / 1001, floor=2 / 1001) == "p ≤ 0.002"
+    assert formatting.p_phrase(0.03, floor=2 / 1001) == "p = 0.03"
+    assert formatting.p_phrase(1e-5) == "p < 0.001" and formatting.p_phrase(0.999) == "p > 0.99"
     assert report.p_floor({"cohort": {"bootstrap": {"p_floor": 0.002}}}) == 0.002
     assert report.p_floor({"cohort": {}}) is None and report.p_floor({}) is None
 
 
 def test_clean_plain_json() -> None:
-    out = report.clean({"a": np.float64(0.123456), "p_x": 0.00001234567, "logrank_p": 2e-30, "b": [np.int32(2), None],
+    out = formatting.clean({"a": np.float64(0.123456), "p_x": 0.00001234567, "logrank_p": 2e-30, "b": [np.int32(2), None],
                         "c": float("-inf"), 2.0: True, 0.5: np.bool_(False), "s": "x"})
     assert out == {"a": 0.1235, "p_x": 1.235e-5, "logrank_p": 2e-30, "b": [2, None], "c": None, "2": True,
                    "0.5": False, "s": "x"}
     with pytest.raises(TypeError, match="results.json"):
-        report.clean({"bad": object()})
+        formatting.clean({"bad": object()})
 
 
 def test_more_td_auc_times_than_columns_keep_the_horizon(results: dict) -> None:
@@ -313,7 +313,7 @@ def test_atomic_write_keeps_old_file_and_leaves_no_tmp(tmp_path: Path) -> None:
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError):
-        report._write_atomic(path, crash)
+        report.write_atomic(path, crash)
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
 
@@ -324,7 +324,7 @@ def test_atomic_write_keeps_old_file_and_leaves_no_tmp(tmp_path: Path) -> None:
 
 
 def test_km_by_risk_group_matches_lifelines(oof: pd.DataFrame, tmp_path: Path) -> None:
-    out = report.km_by_risk_group(oof, tmp_path / "km.png")
+    out = figures.km_by_risk_group(oof, tmp_path / "km.png")
     _png_ok(tmp_path / "km.png")
     groups = pd.qcut(oof["risk"], 3, labels=False)  # continuous risk: no ties, so qcut groups are the tertiles
     direct = multivariate_logrank_test(oof["time"], groups, oof["event"])
@@ -336,26 +336,26 @@ def test_km_by_risk_group_matches_lifelines(oof: pd.DataFrame, tmp_path: Path) -
 
 def test_km_groups_with_ties_and_other_group_counts(oof: pd.DataFrame, tmp_path: Path) -> None:
     tied = oof.assign(risk=np.round(oof["risk"]))  # a handful of distinct scores
-    out = report.km_by_risk_group(tied.iloc[:97], tmp_path / "km5.png", groups=5, time_label="Years")
+    out = figures.km_by_risk_group(tied.iloc[:97], tmp_path / "km5.png", groups=5, time_label="Years")
     _png_ok(tmp_path / "km5.png")
     assert sum(out["group_sizes"]) == 97 and max(out["group_sizes"]) - min(out["group_sizes"]) <= 1
     assert 0 <= out["logrank_p"] <= 1
     with pytest.raises(ValueError, match="column"):
-        report.km_by_risk_group(oof.drop(columns="event"), tmp_path / "x.png")
+        figures.km_by_risk_group(oof.drop(columns="event"), tmp_path / "x.png")
     with pytest.raises(ValueError, match="missing or infinite"):
-        report.km_by_risk_group(oof.assign(risk=np.nan), tmp_path / "x.png")
+        figures.km_by_risk_group(oof.assign(risk=np.nan), tmp_path / "x.png")
 
 
 def test_cindex_forest(results: dict, tmp_path: Path) -> None:
-    assert report.cindex_forest(results, tmp_path / "forest.png") == tmp_path / "forest.png"
+    assert figures.cindex_forest(results, tmp_path / "forest.png") == tmp_path / "forest.png"
     _png_ok(tmp_path / "forest.png")
     no_oracle = {"cohort": results["cohort"], "methods": {"model": results["methods"]["model"]}}
-    report.cindex_forest(no_oracle, tmp_path / "forest1.png")
+    figures.cindex_forest(no_oracle, tmp_path / "forest1.png")
     _png_ok(tmp_path / "forest1.png")
 
 
 def test_calibration_plot_uses_km_per_bin(oof: pd.DataFrame, tmp_path: Path) -> None:
-    out = report.calibration_plot(oof, 3.0, tmp_path / "cal.png")
+    out = figures.calibration_plot(oof, 3.0, tmp_path / "cal.png")
     _png_ok(tmp_path / "cal.png")
     assert [b["n"] for b in out["bins"]] == [60] * 5
     lowest = oof[oof["risk"] <= np.sort(oof["risk"])[59]]
@@ -367,12 +367,12 @@ def test_calibration_plot_uses_km_per_bin(oof: pd.DataFrame, tmp_path: Path) -> 
     predicted = [b["predicted"] for b in out["bins"]]
     assert predicted == sorted(predicted, reverse=True)  # bin 1 = lowest risk = highest survival
     with pytest.raises(ValueError, match="surv_at_horizon"):
-        report.calibration_plot(oof.drop(columns="surv_at_horizon"), 3.0, tmp_path / "x.png")
+        figures.calibration_plot(oof.drop(columns="surv_at_horizon"), 3.0, tmp_path / "x.png")
 
 
 def test_calibration_bin_censored_before_horizon_has_no_observed(oof: pd.DataFrame, tmp_path: Path) -> None:
     short = oof.assign(time=np.minimum(oof["time"], 2.0), event=np.where(oof["time"] > 2.0, 0, oof["event"]))
-    out = report.calibration_plot(short, 3.0, tmp_path / "cal.png")
+    out = figures.calibration_plot(short, 3.0, tmp_path / "cal.png")
     assert all(b["observed"] is None for b in out["bins"])
     _png_ok(tmp_path / "cal.png")
 
@@ -381,18 +381,18 @@ def test_signal_sweep_plot(tmp_path: Path) -> None:
     sweep = [{"clinical_signal": s, "delta_c": 0.08 - 0.09 * s, "delta_ci": [0.05 - 0.09 * s, 0.11 - 0.09 * s],
               "oracle_delta_c": 0.12 - 0.08 * s} for s in (1.0, 0.0, 0.5)]
     sweep.append({"clinical_signal": 1.5, "delta_c": None, "delta_ci": None, "oracle_delta_c": None})
-    assert report.signal_sweep_plot(sweep, tmp_path / "sweep.png") == tmp_path / "sweep.png"
+    assert figures.signal_sweep_plot(sweep, tmp_path / "sweep.png") == tmp_path / "sweep.png"
     _png_ok(tmp_path / "sweep.png")
-    report.signal_sweep_plot([{"clinical_signal": 0.3, "delta_c": 0.01}], tmp_path / "one.png")
+    figures.signal_sweep_plot([{"clinical_signal": 0.3, "delta_c": 0.01}], tmp_path / "one.png")
     _png_ok(tmp_path / "one.png")
     with pytest.raises(ValueError):
-        report.signal_sweep_plot([], tmp_path / "none.png")
+        figures.signal_sweep_plot([], tmp_path / "none.png")
 
 
 def test_figures_do_not_touch_pyplot_state(oof: pd.DataFrame, results: dict, tmp_path: Path) -> None:
     import matplotlib.pyplot as plt
 
     before = plt.get_fignums()
-    report.km_by_risk_group(oof, tmp_path / "km.png")
-    report.cindex_forest(results, tmp_path / "f.png")
+    figures.km_by_risk_group(oof, tmp_path / "km.png")
+    figures.cindex_forest(results, tmp_path / "f.png")
     assert plt.get_fignums() == before

@@ -22,7 +22,7 @@ from rich.console import Console
 
 from ctsurv.config import ExperimentConfig, load_config
 from ctsurv.errors import CtsurvError
-from ctsurv.evaluation import report
+from ctsurv.evaluation import figures, formatting, report
 from ctsurv.io.cohort import load_cohort
 from ctsurv.synthetic.simulate import check_simulation_args, resample_outcomes, simulate
 from ctsurv.training.pretrain import pretrain
@@ -88,7 +88,7 @@ def run_demo(out_dir: str | Path, settings: DemoSettings = DemoSettings(), conso
                 cfg_s, sweep_cohort, features, folder, progress=False, final_model=False, only=SWEEP_METHODS
             ).results
         sweep.append(_sweep_point(signal, results))
-    report.signal_sweep_plot(sweep, out / "sweep.png")
+    figures.signal_sweep_plot(sweep, out / "sweep.png")
     (out / "sweep.json").write_text(json.dumps(sweep, indent=2))
     step("sweep", t0)
 
@@ -139,7 +139,7 @@ def _report(summary: dict, out: Path) -> str:
         ci = p["delta_ci"] or [None, None]
         lines.append(
             f"| {p['clinical_signal']:g} | {_f(p['model_c'])} | {_f(p['clinical_c'])} | {_f(p['delta_c'], True)} "
-            f"({_f(ci[0], True)} to {_f(ci[1], True)}) | {report.fmt_p(p['p'], floor=floor)} | {_f(p['oracle_delta_c'], True)} |"
+            f"({_f(ci[0], True)} to {_f(ci[1], True)}) | {formatting.fmt_p(p['p'], floor=floor)} | {_f(p['oracle_delta_c'], True)} |"
         )
     lines += ["", "Figures: survival/km_risk_groups.png, survival/cindex.png, survival/calibration.png, sweep.png.", ""]
     return "\n".join(lines)

@@ -12,11 +12,11 @@ The pipeline (MONAI array transforms on a ``MetaTensor`` that carries the volume
 
 C is 1 (``data.hu_window``) plus one channel per ``data.extra_hu_windows``: a CNN sees a 40 HU
 lymph node in -100 HU fat, or a lytic hole in 260 HU bone, far better in a narrow window of its
-own than in the lung window where both sit near the top (benchmarks/encoder_probe.md). Then one
+own than in the lung window where both sit near the top (benchmarks/research/encoder_probe.md). Then one
 channel per ``data.blob_sigmas_mm`` and window of ``data.blob_windows``: the :func:`blobness` of that
 window's image, a classical enhancement filter (round bright objects light up, tubular vessels and flat
 walls do not) that a small CNN trained on a few hundred weakly labelled scans does not learn reliably:
-in the lung window it lights up nodules, in the bone window calcified plaques (benchmarks/visibility.md).
+in the lung window it lights up nodules, in the bone window calcified plaques (benchmarks/research/visibility.md).
 
 Config tuples are (Z, Y, X), slice axis first, like the command line; tensors are (X, Y, Z)
 in RAS like MONAI and nibabel. :func:`zyx_to_xyz` is the one place that converts.

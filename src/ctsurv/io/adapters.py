@@ -34,7 +34,8 @@ import pandas as pd
 
 from ctsurv.config import DataConfig
 from ctsurv.errors import CohortError
-from ctsurv.io.cohort import MAX_LISTED, PATIENT_COLUMN, RESCALE_COLUMNS, did_you_mean, save_cohort
+from ctsurv.io.cohort import PATIENT_COLUMN, RESCALE_COLUMNS, save_cohort
+from ctsurv.io.tables import MAX_LISTED, did_you_mean
 
 CTRATE_NAME = re.compile(r"^(?P<split>[A-Za-z]+)_(?P<patient>\d+)_(?P<scan>[A-Za-z0-9]+)_(?P<recon>\d+)\.nii(?:\.gz)?$")
 MINUTES_PER: dict[str, float] = {"days": 1440.0, "hours": 60.0, "minutes": 1.0, "seconds": 1 / 60}

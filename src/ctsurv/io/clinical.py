@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ctsurv.errors import CohortError
-from ctsurv.io.cohort import MAX_LISTED, _as_text
+from ctsurv.io.tables import MAX_LISTED, as_text
 
 MISSING_LEVEL = "<missing>"
 
@@ -61,7 +61,7 @@ class ClinicalSchema:
                 indicators.append(col)
         levels, missing_levels = [], []
         for col in categorical:
-            x = df[col].map(_as_text)
+            x = df[col].map(as_text)
             counts = x.value_counts(dropna=True)
             if counts.empty:
                 raise CohortError(f"clinical column {col!r} has no values in the training rows; "
@@ -88,7 +88,7 @@ class ClinicalSchema:
             _numeric(df, col)
         problems = []
         for col, levels in zip(self.categorical, self.levels, strict=True):
-            x = df[col].map(_as_text)
+            x = df[col].map(as_text)
             unseen = np.flatnonzero((x.notna() & ~x.isin(levels)).to_numpy(bool))
             if len(unseen):
                 where = ", ".join(f"{x.iloc[p]!r} at row {df.index[p]!r}" for p in unseen[:MAX_LISTED])
@@ -108,7 +108,7 @@ class ClinicalSchema:
             blocks.append(np.nan_to_num(z, nan=0.0))
         blocks += [_numeric(df, col).isna().to_numpy(np.float64) for col in self.missing_indicators]
         for col, levels in zip(self.categorical, self.levels, strict=True):
-            x = df[col].map(_as_text)
+            x = df[col].map(as_text)
             blocks += [(x == level).to_numpy(np.float64) for level in levels[1:]]
             if col in self.missing_levels:
                 blocks.append(x.isna().to_numpy(np.float64))

@@ -25,7 +25,6 @@ rows (numbered from 1, header excluded, with their ids) and the fix, so a bad ta
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,12 +36,12 @@ import pandas as pd
 
 from ctsurv.config import DataConfig
 from ctsurv.errors import CohortError
+from ctsurv.io.tables import as_text, describe_rows, did_you_mean
 
 PATIENT_COLUMN = "patient_id"
 RESCALE_COLUMNS: tuple[str, str] = ("rescale_slope", "rescale_intercept")
 ARRAY_SUFFIXES = (".npy", ".npz")
 SEPARATORS: dict[str, str | None] = {".csv": ",", ".tsv": "\t", ".parquet": None}  # None: Parquet
-MAX_LISTED = 5  # rows named in one message; the rest are counted
 
 
 # --------------------------------------------------------------------------- the validated cohort
@@ -259,11 +258,11 @@ def _validate(
     """Type every known column and collect one message per problem."""
     t = raw.reset_index(drop=True).copy()
     problems: list[str] = []
-    ids = t[c.id_column].map(_as_text)
+    ids = t[c.id_column].map(as_text)
     t[c.id_column] = ids.astype(object)
 
     def rows(mask: pd.Series | np.ndarray, values: pd.Series | None = None) -> str:
-        return _describe_rows(ids, np.flatnonzero(np.asarray(mask, dtype=bool)), values)
+        return describe_rows(ids, np.flatnonzero(np.asarray(mask, dtype=bool)), values)
 
     if ids.isna().any():
         problems.append(f"column {c.id_column!r} is empty in {rows(ids.isna())}; give every study an id")
@@ -272,7 +271,7 @@ def _validate(
         problems.append(f"column {c.id_column!r} has duplicate ids in {rows(dup)}; "
                         f"ids must be unique (one row per study)")
 
-    volumes = t[c.volume_column].map(_as_text)
+    volumes = t[c.volume_column].map(as_text)
     t[c.volume_column] = volumes.astype(object)
     if volumes.isna().any():
         problems.append(f"column {c.volume_column!r} is empty in {rows(volumes.isna())}; "
@@ -296,7 +295,7 @@ def _validate(
 
     reports = [col for col in (c.findings_column, c.impression_column) if col in t.columns]
     for col in reports:
-        t[col] = t[col].map(_as_text).astype("string")
+        t[col] = t[col].map(as_text).astype("string")
     if require_reports and reports:
         empty = t[reports].isna().all(axis=1)
         if empty.any():
@@ -312,7 +311,7 @@ def _validate(
                             f"data.categorical_columns if it is a category")
         t[col] = num
     for col in c.categorical_columns:
-        t[col] = t[col].map(_as_text).astype("string")
+        t[col] = t[col].map(as_text).astype("string")
 
     filled = pd.Series(False, index=t.index)
     if set(c.spacing_columns) <= set(t.columns):
@@ -339,7 +338,7 @@ def _validate(
         t[RESCALE_COLUMNS[0]], t[RESCALE_COLUMNS[1]] = slope, intercept
 
     if PATIENT_COLUMN in t.columns:
-        patients = t[PATIENT_COLUMN].map(_as_text)
+        patients = t[PATIENT_COLUMN].map(as_text)
         if patients.isna().any():
             problems.append(f"column {PATIENT_COLUMN!r} is empty in {rows(patients.isna())}; fill it, or drop the "
                             f"column to treat every study as its own patient")
@@ -361,39 +360,10 @@ def _validate(
     return t, problems
 
 
-def did_you_mean(name: str, candidates: Sequence[str]) -> str | None:
-    """The candidate most likely meant by ``name``: a close spelling ignoring case, else the one name containing it."""
-    lower = {str(c).lower(): str(c) for c in candidates}
-    close = difflib.get_close_matches(name.lower(), list(lower), n=1, cutoff=0.6)
-    if close:
-        return lower[close[0]]
-    containing = [c for low, c in lower.items() if name.lower() in low]
-    return containing[0] if len(containing) == 1 else None
 
 
-def _describe_rows(ids: pd.Series, positions: np.ndarray, values: pd.Series | None = None) -> str:
-    """'2 rows: row 3 (id 'p3') = -1.0, row 7 (id 'p7') = 0.0' with at most MAX_LISTED shown."""
-    shown = []
-    for p in positions[:MAX_LISTED]:
-        text = f"row {p + 1}"
-        if isinstance(ids.iloc[p], str):
-            text += f" (id {ids.iloc[p]!r})"
-        if values is not None:
-            value = values.iloc[p]
-            text += f" = {value.item() if isinstance(value, np.generic) else value!r}"
-        shown.append(text)
-    more = f" and {len(positions) - MAX_LISTED} more" if len(positions) > MAX_LISTED else ""
-    return f"{len(positions)} row{'s' if len(positions) != 1 else ''}: {', '.join(shown)}{more}"
 
 
-def _as_text(value: Any) -> str | None:
-    """Cell -> stripped text, None when missing or blank; integral floats lose their '.0' (Parquet ids)."""
-    if value is None or (not isinstance(value, str) and pd.isna(value)):
-        return None
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        value = int(value)
-    text = str(value).strip()
-    return text or None
 
 
 def _parse_event(value: Any) -> int | None:
@@ -413,6 +383,3 @@ def _is_array(volume: str) -> bool:
 
 def _resolve(root: Path, volume: str) -> Path:
     return Path(os.path.normpath(root / Path(volume).expanduser()))
-
-
-# --------------------------------------------------------------------------- clinical design matrix

@@ -13,14 +13,14 @@ With ``findings_token`` one more token carries what a linear presence classifier
 (:class:`FindingsHead`, fitted between stage 0 and stage 1; the classifier-guided prompts of PromptMRG
 and RaDialog, as a token). A language model trained from scratch reads a finding that lives in one channel
 of one token poorly: its normalisations keep a token's direction, not one coordinate's size, and it
-prefers channels that the encoder learnt by heart on the training scans (benchmarks/readout_gap.md).
+prefers channels that the encoder learnt by heart on the training scans (benchmarks/research/readout_gap.md).
 The token gives each finding its own direction, scaled by 2p - 1.
 
 With ``findings_cells_channel`` the classifier may also read where tissue lies: that input channel of the
 volume averaged to coarse cells of the central field (:func:`central_cells`). The mean and max pooled grid
 keeps what a feature is, not where it is; an enlarged lymph node differs from normal anatomy mainly by where
 it is (soft tissue at a nodal station, where there is otherwise fat), and is read from the mediastinal
-window's cells (benchmarks/node_readout.md). Each finding keeps the cells only where they lower its
+window's cells (benchmarks/research/node_readout.md). Each finding keeps the cells only where they lower its
 log-loss on held-out studies (:func:`ctsurv.training.findings.fit_findings_head`).
 """
 

@@ -13,7 +13,7 @@ Both expose ``features(x) -> (B, D, gx, gy, gz)`` (the grid the projector pools)
 max-pooled to the grid and batch-normalised, to an encoder's feature grid. A small, sparse
 enhancement map is hard for a CNN trained from scratch to pass through its early layers (given the
 blob channel as input only, it still read nodules at chance after 8 epochs), while the volume's
-largest blobness alone reads them with AUC 0.955 (benchmarks/visibility.md, encoder_probe.md).
+largest blobness alone reads them with AUC 0.955 (benchmarks/research/visibility.md, encoder_probe.md).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """World-millimetre geometry for the chest phantom: the voxel grid, soft-edged shapes, random points.
 
-Nothing here knows any anatomy. These are the primitives :mod:`ctsurv.synthetic.phantom` draws a chest
-with, kept in their own module so that the phantom reads as anatomy and findings only.
+Nothing here knows any anatomy. These are the primitives :mod:`ctsurv.synthetic.anatomy` and
+:mod:`ctsurv.synthetic.phantom` draw a chest with, kept in their own module so that those read as
+anatomy and findings only.
 
 Coordinates are RAS+ millimetres (+x toward the patient's right, +y anterior, +z superior) with the
 origin at the centre of the field of view (:func:`affine_for`, :class:`Grid`). A shape is painted over

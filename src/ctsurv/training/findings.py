@@ -6,7 +6,7 @@ studies' report-derived labels) and stored in :class:`ctsurv.models.projector.Fi
 
 Why out-of-fold logits in training: a scratch encoder learns its few hundred training scans by heart.
 On them a classifier is right far more often than on new scans (nodules: AUC 0.99 on the training
-studies, 0.94 on an unseen cohort; benchmarks/readout_gap.md), and a language model trained on such
+studies, 0.94 on an unseen cohort; benchmarks/research/readout_gap.md), and a language model trained on such
 logits would trust them more than it should. Each training study's logits therefore come from the
 classifier fitted on the other folds (AUC 0.955 for nodules, close to the unseen cohort's); the model
 saved, and used on every other scan, is the one fitted on all training studies. The folds are of patients
@@ -16,7 +16,7 @@ rows would hand a study's own scan to the classifier that scores it.
 With cells (``projector.findings_cells_channel``) every finding has two candidate inputs: the pooled
 features alone, or with the cells appended. The cells carry where tissue lies (lymph nodes: AUC 0.62 ->
 0.88 on an unseen cohort) but, 3072 of them, drown a finding the pooled features read well (nodules:
-0.95 -> 0.78; benchmarks/findings_cells.md). Which one a finding gets is decided on held-out studies that
+0.95 -> 0.78; benchmarks/research/findings_cells.md). Which one a finding gets is decided on held-out studies that
 stage 0 never trained on (the run's validation split, kept apart from the test split that the run's evaluation
 scores, so that the choice does not flatter it): on the training studies themselves the memorised
 pooled features look better than they are and win even for lymph nodes. The cells must earn their place:
@@ -39,7 +39,7 @@ from sklearn.preprocessing import StandardScaler
 from ctsurv.models.projector import FindingsHead
 
 FOLDS = 5
-C = 0.1  # inverse L2 strength on standardised features (benchmarks/readout_gap.md used the same)
+C = 0.1  # inverse L2 strength on standardised features (benchmarks/research/readout_gap.md used the same)
 
 
 @dataclass(frozen=True)

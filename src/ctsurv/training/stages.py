@@ -137,7 +137,7 @@ class FindingLoss(nn.Module):
     The labels are the "Yes."/"No." answers to the presence questions, extracted from the report
     text (never the generator's truth). The head is not part of the CTVLM and is not saved.
     With ``augment`` every training volume is jittered by :func:`random_affine`, so that the encoder
-    cannot learn its few hundred training scans by heart (see benchmarks/encoder_probe.md).
+    cannot learn its few hundred training scans by heart (see benchmarks/research/encoder_probe.md).
     (Mirroring half the studies left-right did not help: mean probe AUC 0.814 after 16 epochs with it,
     0.829 after 12 without.)
     """

@@ -54,7 +54,8 @@ from sklearn.decomposition import PCA
 from ctsurv.config import ExperimentConfig
 from ctsurv.evaluation.crossval import Fold, FoldPrediction
 from ctsurv.io.clinical import ClinicalSchema
-from ctsurv.io.cohort import Cohort, _as_text
+from ctsurv.io.cohort import Cohort
+from ctsurv.io.tables import as_text
 from ctsurv.models.projector import Projector
 from ctsurv.models.representation import answer_features, visual_states
 from ctsurv.models.survival import BreslowBaseline, RiskQueryHead, SurvivalHead, fit_survival_head
@@ -150,7 +151,7 @@ class FoldData:
         fold's model knows nothing of it, and the schema refuses unseen levels (right for `ctsurv predict`)."""
         frame = self.cohort.clinical().iloc[idx]
         for col, levels in zip(schema.categorical, schema.levels, strict=True):
-            text = frame[col].map(_as_text)
+            text = frame[col].map(as_text)
             unseen = text.notna() & ~text.isin(levels)
             if unseen.any():
                 frame = frame.assign(**{col: frame[col].mask(unseen)})

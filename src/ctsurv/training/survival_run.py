@@ -31,7 +31,7 @@ from safetensors.torch import save_file
 
 from ctsurv.config import ExperimentConfig, save_config
 from ctsurv.errors import CtsurvError
-from ctsurv.evaluation import report
+from ctsurv.evaluation import figures, report
 from ctsurv.evaluation.crossval import Fold, OutOfFold, compare_methods, cross_validate, make_folds
 from ctsurv.evaluation.metrics import choose_horizons, p_floor
 from ctsurv.features import encode_all, preprocess_all
@@ -300,15 +300,15 @@ def evaluate(
     oof.to_csv(out_dir / "oof.csv", index=False)
     first = oof[oof["repeat"] == 0]
     results["figures"] = {
-        "km": report.km_by_risk_group(first, out_dir / "km_risk_groups.png"),
-        "calibration": report.calibration_plot(first, horizon, out_dir / "calibration.png"),
+        "km": figures.km_by_risk_group(first, out_dir / "km_risk_groups.png"),
+        "calibration": figures.calibration_plot(first, horizon, out_dir / "calibration.png"),
     }
     if repeats > 1:  # one calibration figure per repeat (repeat 0's is calibration.png)
         results["figures"]["calibration_by_repeat"] = [results["figures"]["calibration"]] + [
-            report.calibration_plot(oof[oof["repeat"] == r], horizon, out_dir / f"calibration_repeat{r}.png")
+            figures.calibration_plot(oof[oof["repeat"] == r], horizon, out_dir / f"calibration_repeat{r}.png")
             for r in range(1, repeats)
         ]
-    report.cindex_forest(results, out_dir / "cindex.png")
+    figures.cindex_forest(results, out_dir / "cindex.png")
     report.write_results(results, out_dir)
     model_dir = None
     if final_model and features.answers is not None and features.checkpoint is not None:

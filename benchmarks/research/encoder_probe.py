@@ -1,6 +1,6 @@
 """Can a vision encoder trained from scratch see the synthetic findings? A direct probe, no LM.
 
-    python benchmarks/encoder_probe.py --train DIR --test DIR [--epochs 12] [--encoder cnn3d]
+    python benchmarks/research/encoder_probe.py --train DIR --test DIR [--epochs 12] [--encoder cnn3d]
                                        [--single-window] [--mirror] [--augment] [--threads N]
                                        [--save FILE] [key=value ...]
 
@@ -10,7 +10,7 @@ presence labels extracted from the training reports: what stage 0 of `ctsurv pre
 a one-cycle schedule and an AUC check every 4 epochs. ``--mirror`` flips every other training study
 left-right; ``--augment`` jitters each training study with MONAI's RandAffine (``ctsurv pretrain``'s own
 ``pretrain.vision_augment`` uses a batched equivalent, ``training.stages.random_affine``). Scored by AUC against the generator's truth on a cohort from another seed. Prints one line
-per check and appends the last to benchmarks/encoder_probe.md.
+per check and appends the last to benchmarks/research/encoder_probe.md.
 """
 
 from __future__ import annotations
@@ -31,11 +31,13 @@ from ctsurv.config import load_config
 from ctsurv.features import preprocess_all
 from ctsurv.io.cohort import load_cohort
 from ctsurv.models.vision import build_vision_encoder
-from ctsurv.text.answers import QUESTIONS, instruction_pairs
+from ctsurv.text.answers import instruction_pairs
+from ctsurv.text.questions import QUESTIONS
 from ctsurv.training.datasets import presence_labels
 from ctsurv.training.stages import pooled_grid
 
 HERE = Path(__file__).parent
+ROOT = HERE.resolve().parents[1]  # the repository root
 LABELS = [str(q.label) for q in QUESTIONS if q.kind == "presence"]
 
 
@@ -56,7 +58,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     single = ["data.extra_hu_windows=[]", "data.blob_windows=[0]"]
     overrides = [*(single if args.single_window else []), *args.overrides]
-    cfg = load_config(HERE.parent / "configs" / "demo.yaml", overrides)
+    cfg = load_config(ROOT / "configs" / "demo.yaml", overrides)
     train = load_cohort(args.train / "cohort.csv", cfg.data, require_reports=True)
     test = load_cohort(args.test / "cohort.csv", cfg.data)
     x_train = preprocess_all(train, cfg, progress=False).float()

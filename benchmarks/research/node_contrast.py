@@ -1,12 +1,12 @@
 """How visible is an enlarged lymph node in the phantom? Paired renders, with and without the node.
 
-    python benchmarks/node_contrast.py [--patients 5] [--node-mm 16]
+    python benchmarks/research/node_contrast.py [--patients 5] [--node-mm 16]
 
 Renders each patient (one seed each) with no finding, then with one node at each of the generator's six
 stations, on the demo grid (48×64×64 voxels of 6×5×5 mm), and compares each pair inside the node's sphere:
 mean HU difference, and voxels whose difference exceeds 3 SD of the pair's difference elsewhere (the
 renders' noise, which differs between the two because the node draws from the generator). Appends a table
-to benchmarks/visibility.md.
+to benchmarks/research/visibility.md.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def main() -> None:
             rows[station].append((int(inside.sum()), float(diff[inside].mean()), int((diff[inside] > 3 * noise).sum()), noise))
     lines = [
         f"\n## Lymph node contrast: paired renders of {args.patients} patients, a {args.node_mm:g} mm node, demo grid\n",
-        "Reproduce: `python benchmarks/node_contrast.py`. Means over the patients.\n",
+        "Reproduce: `python benchmarks/research/node_contrast.py`. Means over the patients.\n",
         "| station | voxels in the node | mean HU difference | voxels above 3 SD of the noise | noise SD (HU) |",
         "|---|---|---|---|---|",
     ]

@@ -1,6 +1,6 @@
 """Would the findings classifier read lymph nodes if it also saw where soft tissue lies? Offline, on a pretrained model.
 
-    python benchmarks/findings_cells.py --work DIR [--C 0.1]
+    python benchmarks/research/findings_cells.py --work DIR [--C 0.1]
 
 DIR is a `benchmarks/pretrain.py --work DIR` folder (train/, test/, pretrain/). For every presence finding
 the generator labels, two logistic regressions like the findings token's (``fit_findings_head``: standardised,
@@ -12,7 +12,7 @@ L2) are fitted on the training studies of the run's split against the truth:
 Each is scored three ways: 5-fold out-of-fold log-loss on the training studies, log-loss on the run's held-out
 studies (which stage 0 never trained on), and AUC and accuracy on the test cohort (an unseen seed). The
 question is which of the first two picks, per finding, the block that is better on the test cohort.
-Writes benchmarks/findings_cells.md.
+Writes benchmarks/research/findings_cells.md.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def main() -> None:
         "# Findings classifier with and without the mediastinal cells (offline)",
         "",
         (
-            f"Reproduce: `python benchmarks/findings_cells.py --work {args.work} --C {args.C}`. "
+            f"Reproduce: `python benchmarks/research/findings_cells.py --work {args.work} --C {args.C}`. "
             f"{int(is_train.sum())} training studies, {int((~is_train).sum())} held out, {len(test_ids)} test studies."
         ),
         "",

@@ -1,13 +1,13 @@
 """Is a finding visible in the phantom at the demo's resolution? A classical detector, no training.
 
-    python benchmarks/visibility.py --test DIR [--sigma 4.0] [key=value ...]
-    python benchmarks/visibility.py --test DIR data.hu_window=[-200,1300]   # blobness of the bone window
+    python benchmarks/research/visibility.py --test DIR [--sigma 4.0] [key=value ...]
+    python benchmarks/research/visibility.py --test DIR data.hu_window=[-200,1300]   # blobness of the bone window
 
 For every study of a simulated cohort (``ctsurv simulate``), preprocessed as configs/demo.yaml says,
 the score is the largest blobness (:func:`ctsurv.features.preprocess.blobness`, ITK's Hessian objectness
 for bright round objects) of the lung-window image (``data.hu_window``) anywhere in the volume. Its AUC and its best
 accuracy over all thresholds (an optimistic bound: the threshold is chosen on the same studies) are
-reported against the generator's truth for each finding, and written to benchmarks/visibility.md.
+reported against the generator's truth for each finding, and written to benchmarks/research/visibility.md.
 A high AUC says the finding is there to be seen; it says nothing about what a model learns.
 """
 
@@ -26,6 +26,7 @@ from ctsurv.features.preprocess import Preprocessor
 from ctsurv.io.cohort import load_cohort
 
 HERE = Path(__file__).parent
+ROOT = HERE.resolve().parents[1]  # the repository root
 FINDINGS = ["Lung nodule", "Lung mass", "Lymphadenopathy", "Consolidation", "Emphysema", "Pleural effusion",
             "Arterial wall calcification", "Lytic bone lesion"]
 
@@ -36,8 +37,9 @@ def main() -> None:
     parser.add_argument("--sigma", type=float, default=4.0, help="Gaussian scale of the blobness, mm")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. data.target_spacing_zyx=[4.5,3.333,3.333]")
     args = parser.parse_args()
-    cfg = load_config(HERE.parent / "configs" / "demo.yaml", [*args.overrides, "data.extra_hu_windows=[]", "data.blob_windows=[0]",
-                                                              f"data.blob_sigmas_mm=[{args.sigma}]"])
+    overrides = [*args.overrides, "data.extra_hu_windows=[]", "data.blob_windows=[0]",
+                 f"data.blob_sigmas_mm=[{args.sigma}]"]
+    cfg = load_config(ROOT / "configs" / "demo.yaml", overrides)
     cohort = load_cohort(args.test / "cohort.csv", cfg.data)
     pre = Preprocessor(cfg.data)
     t0 = time.perf_counter()

@@ -1,6 +1,6 @@
 """Where does a pretrained model lose a finding: in the frozen encoder, or in the language model?
 
-    python benchmarks/readout_gap.py --work DIR [--finding "Lung nodule" ...]
+    python benchmarks/research/readout_gap.py --work DIR [--finding "Lung nodule" ...]
 
 DIR is a `benchmarks/pretrain.py` work folder (DIR/train, DIR/test with truth.csv, DIR/pretrain). For each
 finding, AUCs against the generator's truth on the training studies (the split's "train" rows) and on the
@@ -13,7 +13,7 @@ test cohort, of:
   channels (what stage 0's head reads), and the LM's hidden states at the answer and at the visual tokens.
 
 A feature set that reads the finding on the training studies but not on the test cohort has been learnt by
-heart. Appends a table to benchmarks/readout_gap.md.
+heart. Appends a table to benchmarks/research/readout_gap.md.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from sklearn.preprocessing import StandardScaler
 
 from ctsurv.features import encode_all, preprocess_all
 from ctsurv.io.cohort import load_cohort
-from ctsurv.text.answers import QUESTIONS
+from ctsurv.text.questions import QUESTIONS
 from ctsurv.training.checkpoint import load_checkpoint
 from ctsurv.training.survival import vlm_features
 
@@ -90,7 +90,8 @@ def main() -> None:
     out = HERE / "readout_gap.md"
     if not out.exists():
         out.write_text("# Readout gap: encoder features against the model's answers\n\n"
-                       "Reproduce: `python benchmarks/readout_gap.py --work DIR` (see the script's docstring).\n")
+                       "Reproduce: `python benchmarks/research/readout_gap.py --work DIR` "
+                       "(see the script's docstring).\n")
     with out.open("a") as f:
         f.write(text)
 

@@ -1,6 +1,6 @@
 """Lymph nodes: are they in the image, and how many training studies does a reader need to find them?
 
-    python benchmarks/node_readout.py [--work /tmp/ctsurv-nodes] [--seeds 0 7 11] [--n 600] [--sizes 510 1020 1800]
+    python benchmarks/research/node_readout.py [--work DIR] [--seeds 0 7 11] [--n 600] [--sizes 510 1020 1800]
 
 Simulates (or reuses) one cohort of --n studies per training seed and a test cohort (seed 1000, 200
 studies) under --work, preprocesses them as configs/demo.yaml says, and reads lymphadenopathy with the
@@ -9,7 +9,7 @@ window (the first of ``data.extra_hu_windows``) averaged to 16 × 16 × 12 cells
 or of its central part (half the width in x and y, two thirds of the height in z: the mediastinum and the
 hila on the demo's 320 × 320 × 288 mm field; cells of 10 × 10 × 16 mm). It is fitted on the first N
 training studies (seeds in order) against the generator's truth and scored on the test cohort: AUC, and
-accuracy at P = 0.5. Writes benchmarks/node_readout.md.
+accuracy at P = 0.5. Writes benchmarks/research/node_readout.md.
 
 Why: stage 0's CNN pools its grid by mean and maximum, which forgets where a feature was. An enlarged node
 differs from normal anatomy mainly by where it is (soft tissue at a nodal station, where there is
@@ -38,6 +38,7 @@ from ctsurv.models.projector import CELLS_XYZ, central_cells
 from ctsurv.synthetic.simulate import simulate
 
 HERE = Path(__file__).parent
+ROOT = HERE.resolve().parents[1]  # the repository root
 FINDING = "Lymphadenopathy"
 
 
@@ -74,7 +75,7 @@ def main() -> None:
         parser.error("seed 1000 is the test cohort's")
     if max(args.sizes) > args.n * len(args.seeds):
         parser.error(f"--sizes go up to {max(args.sizes)}, but the seeds give {args.n * len(args.seeds)} studies")
-    cfg = load_config(HERE.parent / "configs" / "demo.yaml", [])
+    cfg = load_config(ROOT / "configs" / "demo.yaml", [])
     pre = Preprocessor(cfg.data)
     dirs = [(args.work / f"seed{s}", args.n, s) for s in args.seeds] + [(args.work / "test", 200, 1000)]
     for d, n, seed in dirs:
@@ -97,8 +98,9 @@ def main() -> None:
         "# Lymph nodes: a linear reader of where soft tissue lies, by training-set size",
         "",
         (
-            f"Reproduce: `python benchmarks/node_readout.py --work DIR --seeds {' '.join(map(str, args.seeds))} "
-            f"--n {args.n} --sizes {' '.join(map(str, args.sizes))} --C {args.C}`. Test cohort: seed 1000, 200 studies, "
+            "Reproduce: `python benchmarks/research/node_readout.py --work DIR "
+            f"--seeds {' '.join(map(str, args.seeds))} --n {args.n} --sizes {' '.join(map(str, args.sizes))} "
+            f"--C {args.C}`. Test cohort: seed 1000, 200 studies, "
             f"lymphadenopathy in {y_test.mean():.2f} of them (accuracy of always answering no: {1 - y_test.mean():.3f})."
         ),
         "",
