@@ -1,2 +1,2 @@
 """Real data in: CT volumes in any common format, cohort tables, clinical covariates, public-dataset adapters
-(CT-RATE, INSPECT, Merlin), and volume inspection."""
+(CT-RATE, INSPECT), and volume inspection."""
