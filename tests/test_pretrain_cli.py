@@ -23,11 +23,14 @@ from typer.testing import Result
 from ctsurv.evaluation.vlm_eval import SHORT_ANSWER_TOKENS
 from ctsurv.features import preprocess_all
 from ctsurv.inference import answer_volume
+from ctsurv.io.cohort import load_cohort
+from ctsurv.models.representation import answer_features
 from ctsurv.models.vlm import CTVLM
 from ctsurv.synthetic.simulate import simulate
 from ctsurv.text.answers import instruction_pairs
 from ctsurv.text.findings import CTRATE_LABELS
-from ctsurv.text.questions import PRESENCE_LABELS, QUESTIONS
+from ctsurv.text.questions import PRESENCE_LABELS, PRESENCE_QUESTIONS, QUESTIONS
+from ctsurv.training.checkpoint import load_checkpoint
 from ctsurv.training.stages import InstructionLoss
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
@@ -190,7 +193,6 @@ def test_the_findings_head_chooses_on_the_validation_studies_and_folds_the_train
     """What ``pretrain`` hands ``fit_findings_head``: the training studies with their patients (its folds), and as
     held-out studies the validation rows of split.csv, never the test rows."""
     from ctsurv.config import load_config
-    from ctsurv.io.cohort import load_cohort
     from ctsurv.models.projector import central_cells
     from ctsurv.training import pretrain as module
     from ctsurv.training.datasets import presence_labels
@@ -230,7 +232,7 @@ def test_ask_answers_the_predefined_questions(run: Path, cohort: Path, monkeypat
     generate = CTVLM.generate
 
     def recorded(self: CTVLM, image_tokens: object, questions: list[str], max_new_tokens: int = 64) -> list[str]:
-        limits[questions[0]] = max_new_tokens
+        limits.update(dict.fromkeys(questions, max_new_tokens))
         return generate(self, image_tokens, questions, max_new_tokens=max_new_tokens)
 
     monkeypatch.setattr(CTVLM, "generate", recorded)
@@ -241,6 +243,33 @@ def test_ask_answers_the_predefined_questions(run: Path, cohort: Path, monkeypat
     assert table_rows(result.stdout) == [(q, " ".join(a.split())) for q, a in expected.items()]
     # impression and report are as long as the checkpoint's pretrain.max_new_tokens allows (8 here)
     assert limits == {q.text: 8 if q.kind in ("impression", "report") else SHORT_ANSWER_TOKENS for q in QUESTIONS}
+
+
+def test_ask_a_cohort_as_json(run: Path, cohort: Path) -> None:
+    """`ask COHORT --json`: one entry per study in table order, every question answered as if asked alone (the
+    short ones are generated together), and P(yes) per finding as the survival stage reads it."""
+    result = cli("ask", run, cohort, "--json")
+    assert result.exit_code == 0, result.output
+    studies = json.loads(result.stdout)
+    assert [s["id"] for s in studies] == pd.read_csv(cohort, dtype={"id": str})["id"].tolist()
+    model, cfg = load_checkpoint(run / "instruct")
+    volumes = preprocess_all(load_cohort(cohort, cfg.data), cfg, progress=False)
+    for i in (0, 5):
+        s = studies[i]
+        assert list(s["answers"]) == [q.text for q in QUESTIONS] and list(s["p_yes"]) == PRESENCE_LABELS
+        tokens = model.encode_image(volumes[i : i + 1].float())
+        alone = {q.text: model.generate(tokens, [q.text], max_new_tokens=8 if q.kind in ("impression", "report")
+                                        else SHORT_ANSWER_TOKENS)[0] for q in QUESTIONS}
+        assert s["answers"] == alone
+        p_yes, _ = answer_features(model, tokens, PRESENCE_QUESTIONS)
+        np.testing.assert_allclose(list(s["p_yes"].values()), p_yes[0].numpy(), rtol=1e-5)
+    assert studies[0]["answers"] == answer_volume(run, cohort.parent / "volumes" / "P0000.nii.gz")
+
+
+def test_ask_a_cohort_without_its_volume_column_says_so(run: Path, cohort: Path, tmp_path: Path) -> None:
+    table = pd.read_csv(cohort).rename(columns={"volume": "volumes"})
+    table.to_csv(tmp_path / "c.csv", index=False)
+    assert_user_error(cli("ask", run, tmp_path / "c.csv", "--json"), "lacks column", "'volume'", "Did you mean 'volumes'")
 
 
 @pytest.mark.parametrize("question", ["Is there a lung nodule?", "Is there a [/b] nodule or a [bold]mass[/bold]?"])
@@ -344,6 +373,13 @@ def test_pretrain_config_typo_says_did_you_mean(cohort: Path, tmp_path: Path) ->
     result = pretrain(cohort, tmp_path / "out", "pretrain.instruct.epoch=1")
     assert_user_error(result, "pretrain.instruct.epoch", "did you mean 'epochs'")
     assert not (tmp_path / "out").exists()
+
+
+def test_packing_questions_needs_a_chat_template(cohort: Path, tmp_path: Path) -> None:
+    """The tiny LM has no chat template to extend turn by turn: refused before any training."""
+    out = tmp_path / "run"
+    assert_user_error(pretrain(cohort, out, "pretrain.pack_questions=true"), "pretrain.pack_questions", "chat template")
+    assert not (out / "vision" / "model.safetensors").exists()
 
 
 def test_pretrain_on_impressions_only(cohort: Path, tmp_path: Path) -> None:

@@ -647,7 +647,8 @@ def test_predict_names_an_unseen_categorical_level(run: Path, cohorts: Cohorts, 
 # ------------------------------------------------------------------------------------------------ demo
 
 
-def demo_config() -> ExperimentConfig:
+def demo_config(language: str = "tiny") -> ExperimentConfig:
+    assert language == "tiny"
     return load_config(CONFIG, [*RUN, "survival.epochs=20", "survival.bootstrap=100"])
 
 
@@ -680,7 +681,8 @@ def test_demo_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert [float(r.split("|")[1]) for r in rows] == list(signals)
 
 
-@pytest.mark.parametrize("option, value", [("--image-signal", "-1"), ("--clinical-signal", "nan"), ("--n-survival", "5")])
+@pytest.mark.parametrize("option, value", [("--image-signal", "-1"), ("--clinical-signal", "nan"), ("--n-survival", "5"),
+                                           ("--language", "mistral")])
 def test_demo_checks_its_options_before_writing_anything(tmp_path: Path, option: str, value: str) -> None:
     out = tmp_path / "demo"
     assert_user_error(cli("demo", "--out", out, option, value), option)

@@ -198,22 +198,30 @@ def pretrain(
 @_user_errors
 def ask(
     checkpoint: Path = typer.Argument(..., help="A checkpoint folder from `ctsurv pretrain` (or its run folder)."),
-    volume: Path = typer.Argument(..., help="A CT volume (any format `ctsurv inspect` reads)."),
+    target: Path = typer.Argument(..., metavar="VOLUME_OR_COHORT", help="A CT volume (any format `ctsurv inspect` reads), or a cohort table (.csv/.tsv/.parquet) with id and volume columns."),
     question: str | None = typer.Option(None, "--question", help="Ask this instead of the predefined questions."),
     spacing: tuple[float, float, float] | None = typer.Option(None, "--spacing", help="Spacing Z Y X (mm) for .npy/.npz."),
+    as_json: bool = typer.Option(False, "--json", help='Print [{"id", "answers": {question: answer}, "p_yes": {finding: p}}] to stdout.'),
 ) -> None:
-    """Answer the predefined clinical questions (or one free question) about a CT volume."""
+    """Answer the predefined clinical questions (or one free question) about a CT volume or every study of a cohort."""
+    import json
+
     from rich.table import Table
 
-    from ctsurv.inference import answer_volume
+    from ctsurv.inference import ask as ask_studies
+    from ctsurv.io.cohort import TABLE_SUFFIXES
 
-    answers = answer_volume(checkpoint, volume, [question] if question else None, spacing_zyx=spacing)
-    table = Table(title=escape(str(volume)))
-    table.add_column("question")
-    table.add_column("answer")
-    for q, a in answers.items():  # generated text and the user's question are not rich markup
-        table.add_row(escape(q), escape(a))
-    console.print(table)
+    results = ask_studies(checkpoint, target, [question] if question else None, spacing_zyx=spacing)
+    if as_json:
+        typer.echo(json.dumps([r.to_dict() for r in results], indent=2))
+        return
+    for study in results:
+        table = Table(title=escape(study.id if target.suffix.lower() in TABLE_SUFFIXES else str(target)))
+        table.add_column("question")
+        table.add_column("answer")
+        for q, a in study.answers.items():  # generated text and the user's question are not rich markup
+            table.add_row(escape(q), escape(a))
+        console.print(table)
 
 
 @app.command()
@@ -271,12 +279,16 @@ def demo(
         0.3, "--clinical-signal", help="SD of the clinical part of the true log-hazard (the main cohort's)."
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic cohorts."),
+    language: str = typer.Option(
+        "tiny", "--language", help="tiny (trained from scratch, configs/demo.yaml) or smollm2-135m (pretrained, "
+        'LoRA, configs/smol.yaml; pip install -e ".[smol]"; hours on a laptop CPU).'
+    ),
 ) -> None:
     """Simulate, pretrain, cross-validate survival against baselines, sweep the clinical signal: one command."""
     from ctsurv.demo import DemoSettings, run_demo
 
     settings = DemoSettings(n_pretrain=n_pretrain, n_survival=n_survival, image_signal=image_signal,
-                            clinical_signal=clinical_signal, seed=seed)
+                            clinical_signal=clinical_signal, seed=seed, language=language)
     with staged_output(out) as folder:
         run_demo(folder, settings, console=console)
     console.print(f"report: [bold]{escape(str(out / 'REPORT.md'))}[/]  sweep figure: {escape(str(out / 'sweep.png'))}")

@@ -157,9 +157,9 @@ class ProjectorConfig:
 
 @dataclass(frozen=True)
 class LanguageConfig:
-    """The causal language model: a tiny LLaMA built from this config, or a local Hugging Face model."""
+    """The causal language model: a tiny LLaMA built from this config, a packaged pretrained one, or a local model."""
 
-    model: str = "tiny"  # "tiny", or the path of a local Hugging Face causal-LM folder (never a hub id)
+    model: str = "tiny"  # "tiny", "smollm2-135m" (pip extra smol), a local Hugging Face folder or .gguf file
     # tiny model and its BPE tokenizer (trained on the pretraining reports)
     vocab_size: int = 2000
     hidden_size: int = 128
@@ -223,6 +223,8 @@ class PretrainConfig:
     instruct: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=12, batch_size=8, lr=1e-3))
     finetune_vision: bool = False  # also train a pretrained (or stage-0-trained) vision encoder in stage 2
     loss_weighting: Literal["sequence", "token"] = "sequence"  # see training.stages.InstructionLoss
+    # stage 2 with a chat LM: a study's questions as the turns of one conversation (image read once per study)
+    pack_questions: bool = False
     finding_loss_weight: float = 1.0  # auxiliary presence loss on a vision encoder that trains in stage 2 (0 = off)
     max_new_tokens: int = 160  # for generating impressions/reports at evaluation
 

@@ -24,6 +24,7 @@ from ctsurv.config import ExperimentConfig, load_config
 from ctsurv.errors import CtsurvError
 from ctsurv.evaluation import figures, formatting, report
 from ctsurv.io.cohort import load_cohort
+from ctsurv.models.language import PACKAGED, packaged_gguf
 from ctsurv.synthetic.simulate import check_simulation_args, resample_outcomes, simulate
 from ctsurv.training.pretrain import pretrain
 from ctsurv.training.survival_run import evaluate, prepare
@@ -39,11 +40,16 @@ class DemoSettings:
     image_signal: float = 1.0
     clinical_signal: float = 0.3
     seed: int = 0
+    language: str = "tiny"  # a key of LANGUAGE_CONFIGS
 
 
-def demo_config() -> ExperimentConfig:
-    """The laptop-CPU config shipped with the package (configs/demo.yaml)."""
-    return load_config(Path(str(files("ctsurv") / "configs" / "demo.yaml")))
+LANGUAGE_CONFIGS = {"tiny": "demo.yaml", "smollm2-135m": "smol.yaml"}  # --language -> the config shipped for it
+
+
+def demo_config(language: str = "tiny") -> ExperimentConfig:
+    """The laptop-CPU config shipped with the package for ``language``: configs/demo.yaml (the tiny LM trained
+    from scratch) or configs/smol.yaml (SmolLM2-135M-Instruct with LoRA)."""
+    return load_config(Path(str(files("ctsurv") / "configs" / LANGUAGE_CONFIGS[language])))
 
 
 def run_demo(out_dir: str | Path, settings: DemoSettings = DemoSettings(), console: Console | None = None) -> dict:
@@ -53,7 +59,11 @@ def run_demo(out_dir: str | Path, settings: DemoSettings = DemoSettings(), conso
         raise CtsurvError(f"{out} already exists and is not empty; choose a new --out folder (or delete it)")
     for option, n in (("--n-pretrain", settings.n_pretrain), ("--n-survival", settings.n_survival)):  # before any writing
         check_simulation_args(n, settings.seed, settings.image_signal, settings.clinical_signal, n_option=option)
-    cfg = demo_config()
+    if settings.language not in LANGUAGE_CONFIGS:
+        raise CtsurvError(f"--language must be one of {', '.join(LANGUAGE_CONFIGS)}, got {settings.language!r}")
+    if settings.language in PACKAGED:
+        packaged_gguf(settings.language)  # a missing package is named before anything is written
+    cfg = demo_config(settings.language)
     seconds: dict[str, float] = {}
 
     def step(name: str, t0: float) -> None:

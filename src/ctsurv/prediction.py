@@ -27,13 +27,11 @@ from ctsurv.errors import CtsurvError
 from ctsurv.evaluation.vlm_eval import SHORT_ANSWER_TOKENS, answer_questions
 from ctsurv.features import encode_all, preprocess_all
 from ctsurv.io.clinical import ClinicalSchema
-from ctsurv.io.cohort import load_cohort
+from ctsurv.io.cohort import TABLE_SUFFIXES, load_cohort
 from ctsurv.models.survival import BreslowBaseline, SurvivalHead
 from ctsurv.text.questions import PRESENCE_LABELS, QUESTIONS
 from ctsurv.training.checkpoint import load_checkpoint, refuse_untrained_language
 from ctsurv.training.survival import vlm_features
-
-TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ PATIENT_COLUMN = "patient_id"
 RESCALE_COLUMNS: tuple[str, str] = ("rescale_slope", "rescale_intercept")
 ARRAY_SUFFIXES = (".npy", ".npz")
 SEPARATORS: dict[str, str | None] = {".csv": ",", ".tsv": "\t", ".parquet": None}  # None: Parquet
+TABLE_SUFFIXES: tuple[str, ...] = tuple(SEPARATORS)  # what a cohort table may be
 
 
 # --------------------------------------------------------------------------- the validated cohort

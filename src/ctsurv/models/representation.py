@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ctsurv.models.vlm import CTVLM, IGNORE_INDEX, format_prompt
+from ctsurv.models.vlm import CTVLM, IGNORE_INDEX
 from ctsurv.text.questions import REPORT_QUESTION
 
 
@@ -56,7 +56,7 @@ def answer_scores(vlm: CTVLM, image_tokens: torch.Tensor, questions: list[str]) 
     go through the LM together (study-major order).
     """
     b, q = len(image_tokens), len(questions)
-    prompts = [format_prompt(text) for _ in range(b) for text in questions]
+    prompts = [vlm.prompt(text) for _ in range(b) for text in questions]
     tokens = image_tokens.repeat_interleave(q, dim=0)  # (B*Q, N, D)
     yes, h = score_answer(vlm, tokens, prompts, "Yes.")
     no, _ = score_answer(vlm, tokens, prompts, "No.")
@@ -70,7 +70,7 @@ def visual_states(vlm: CTVLM, image_tokens: torch.Tensor) -> torch.Tensor:
     the question that follows.
     """
     b = len(image_tokens)
-    batch = vlm.tokenize([format_prompt(REPORT_QUESTION)] * b)
+    batch = vlm.tokenize([vlm.prompt(REPORT_QUESTION)] * b)
     batch = {k: v.to(image_tokens.device) for k, v in batch.items()}
     hidden = vlm.hidden_states(batch["input_ids"], batch["attention_mask"], image_tokens)  # (B, L, D)
     at_image = batch["input_ids"] == vlm.image_token_id  # (B, L), N per row

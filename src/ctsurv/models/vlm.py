@@ -6,8 +6,10 @@
                            -> language_model  -> next-token loss / generated text / hidden states
 
 The three parts are named attributes composed here, never mixed into the LM class. A prompt
-is ``"<image>\\nQuestion: ...\\nAnswer:"`` and the target is the answer followed by EOS; the loss
-is computed on the answer tokens only.
+is ``"<image>\\nQuestion: ...\\nAnswer:"`` and the target is the answer followed by EOS; an instruct LM
+whose tokenizer has a chat template is asked in its own template instead (a system turn, then a user turn
+``"<image>\\nQuestion"``; the target is the assistant's answer and its end-of-turn token). The loss is
+computed on the answer tokens only.
 """
 
 from __future__ import annotations
@@ -26,8 +28,12 @@ from ctsurv.text.questions import PRESENCE_LABELS
 IGNORE_INDEX = -100
 
 
+SYSTEM_PROMPT = "You are a radiologist. Answer questions about the chest CT scan briefly."
+
+
 def format_prompt(question: str) -> str:
-    """The text a question is asked with; ``<image>`` marks where the visual tokens go."""
+    """The text a question is asked with (LMs without a chat template); ``<image>`` marks where the visual
+    tokens go."""
     return f"{IMAGE_TOKEN}\nQuestion: {question}\nAnswer:"
 
 
@@ -48,6 +54,7 @@ class CTVLM(nn.Module):
         self.max_length = max_length
         self.image_token_id: int = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         self.num_image_tokens: int = projector.num_tokens
+        self.chat: bool = getattr(tokenizer, "chat_template", None) is not None  # an instruct LM's own template
 
     # ------------------------------------------------------------------ image side
 
@@ -65,6 +72,14 @@ class CTVLM(nn.Module):
 
     # ------------------------------------------------------------------ text side
 
+    def prompt(self, question: str) -> str:
+        """The text ``question`` is asked with: the LM's chat template when it has one, else
+        :func:`format_prompt`."""
+        if not self.chat:
+            return format_prompt(question)
+        turns = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": f"{IMAGE_TOKEN}\n{question}"}]
+        return self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+
     def tokenize(
         self, prompts: list[str], answers: list[str] | None = None, padding_side: str = "right"
     ) -> dict[str, torch.Tensor]:
@@ -78,10 +93,12 @@ class CTVLM(nn.Module):
             if ids.count(self.image_token_id) != 1:
                 raise ValueError(f"prompt {i} must contain exactly one {IMAGE_TOKEN}, got {ids.count(self.image_token_id)}")
             at = ids.index(self.image_token_id)
-            ids = [self.tokenizer.bos_token_id] + ids[:at] + [self.image_token_id] * self.num_image_tokens + ids[at + 1 :]
+            start = [] if self.chat else [self.tokenizer.bos_token_id]  # a chat template opens the text itself
+            ids = start + ids[:at] + [self.image_token_id] * self.num_image_tokens + ids[at + 1 :]
             target = [IGNORE_INDEX] * len(ids)
             if answers is not None:
-                answer = self.tokenizer(" " + answers[i], add_special_tokens=False).input_ids + [self.tokenizer.eos_token_id]
+                text = answers[i] if self.chat else " " + answers[i]  # a chat answer opens its own turn
+                answer = self.tokenizer(text, add_special_tokens=False).input_ids + [self.tokenizer.eos_token_id]
                 ids, target = ids + answer, target + answer
             rows.append(ids[: self.max_length])
             labels.append(target[: self.max_length])
@@ -99,6 +116,56 @@ class CTVLM(nn.Module):
         if answers is not None:
             out["labels"] = target_t
         return out
+
+    def tokenize_conversations(self, conversations: list[list[tuple[str, str]]]) -> dict[str, torch.Tensor]:
+        """One sequence per study for a chat LM: its (question, answer) pairs as the turns of one conversation,
+        the image in the first user turn, so that the image and the system turn are read once per study, not
+        once per question (``pretrain.pack_questions``).
+
+        Like :meth:`tokenize`, labels keep the answers (each with its end-of-turn token) only; ``answer_index``
+        (B, L) numbers the answers of the batch 0, 1, ... at their label positions (-1 elsewhere), so that a
+        loss may weigh every answer alike. Sequences longer than ``max_length`` lose their last turns.
+        """
+        if not self.chat:
+            raise ValueError("packing questions into one conversation needs a language model with a chat template")
+        eos = self.tokenizer.eos_token
+        rows, labels, answers = [], [], []
+        n_answers = 0
+        for pairs in conversations:
+            turns: list[dict[str, str]] = [{"role": "system", "content": SYSTEM_PROMPT}]
+            ids: list[int] = []
+            target: list[int] = []
+            index: list[int] = []
+            text = ""
+            for k, (question, answer) in enumerate(pairs):
+                turns.append({"role": "user", "content": f"{IMAGE_TOKEN}\n{question}" if k == 0 else question})
+                prompt = self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+                if not prompt.startswith(text):
+                    raise ValueError("this chat template does not extend a conversation turn by turn; "
+                                     "set pretrain.pack_questions=false")
+                prompt_ids = self.tokenizer(prompt[len(text) :], add_special_tokens=False).input_ids
+                if k == 0:
+                    at = prompt_ids.index(self.image_token_id)
+                    prompt_ids = prompt_ids[:at] + [self.image_token_id] * self.num_image_tokens + prompt_ids[at + 1 :]
+                answer_ids = self.tokenizer(answer, add_special_tokens=False).input_ids + [self.tokenizer.eos_token_id]
+                ids += prompt_ids + answer_ids
+                target += [IGNORE_INDEX] * len(prompt_ids) + answer_ids
+                index += [-1] * len(prompt_ids) + [n_answers] * len(answer_ids)
+                n_answers += 1
+                turns.append({"role": "assistant", "content": answer})
+                text = prompt + answer + eos
+            rows.append(ids[: self.max_length])
+            labels.append(target[: self.max_length])
+            answers.append(index[: self.max_length])
+        width = max(len(r) for r in rows)
+        batch = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        target_t = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        index_t = torch.full((len(rows), width), -1, dtype=torch.long)
+        for i, (ids, tgt, idx) in enumerate(zip(rows, labels, answers)):
+            batch[i, : len(ids)], mask[i, : len(ids)] = torch.tensor(ids), 1
+            target_t[i, : len(ids)], index_t[i, : len(ids)] = torch.tensor(tgt), torch.tensor(idx)
+        return {"input_ids": batch, "attention_mask": mask, "labels": target_t, "answer_index": index_t}
 
     def embed(self, input_ids: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
         """LM input embeddings with the visual tokens scattered into the image-token positions."""
@@ -154,7 +221,7 @@ class CTVLM(nn.Module):
     @torch.no_grad()
     def generate(self, image_tokens: torch.Tensor, questions: list[str], max_new_tokens: int = 64) -> list[str]:
         """Greedy answers to ``questions``, one per visual-token set in ``image_tokens`` (B, N, D)."""
-        batch = self.tokenize([format_prompt(q) for q in questions], padding_side="left")
+        batch = self.tokenize([self.prompt(q) for q in questions], padding_side="left")
         batch = {k: v.to(image_tokens.device) for k, v in batch.items()}
         embeds = self.embed(batch["input_ids"], image_tokens)
         out = self.language_model.generate(

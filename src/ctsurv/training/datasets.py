@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch.utils.data import Dataset
 
-from ctsurv.models.vlm import CTVLM, format_prompt
+from ctsurv.models.vlm import CTVLM
 from ctsurv.text.questions import PRESENCE_QUESTIONS, REPORT_QUESTION
 
 Pairs = list[tuple[str, str]]  # (question, answer)
@@ -62,18 +62,28 @@ def finding_collate(rows: list[tuple[torch.Tensor, Pairs]]) -> dict[str, torch.T
     }
 
 
-def study_collate(vlm: CTVLM, kind: str) -> Callable[[list[tuple[torch.Tensor, Pairs]]], dict[str, torch.Tensor]]:
-    """Collate studies into one batch: stacked inputs, all their sequences, and ``image_index``."""
+def study_collate(
+    vlm: CTVLM, kind: str, packed: bool = False
+) -> Callable[[list[tuple[torch.Tensor, Pairs]]], dict[str, torch.Tensor]]:
+    """Collate studies into one batch: stacked inputs, all their sequences, and ``image_index``; with ``packed``
+    one conversation per study (``CTVLM.tokenize_conversations``) in place of one sequence per pair, its questions
+    in a random order (torch's generator) so that each is asked next to the image as often as the others, the
+    long last answer (the report) kept last."""
 
     def collate(rows: list[tuple]) -> dict[str, torch.Tensor]:
-        questions, answers, index = [], [], []
-        for i, (_, pairs, *_) in enumerate(rows):
-            for q, a in pairs:
-                questions.append(format_prompt(q))
-                answers.append(a)
-                index.append(i)
-        batch = vlm.tokenize(questions, answers)
-        batch["image_index"] = torch.tensor(index, dtype=torch.long)
+        if packed:
+            shuffled = [[pairs[j] for j in torch.randperm(len(pairs) - 1).tolist()] + [pairs[-1]] for _, pairs, *_ in rows]
+            batch = vlm.tokenize_conversations(shuffled)
+            batch["image_index"] = torch.arange(len(rows))
+        else:
+            questions, answers, index = [], [], []
+            for i, (_, pairs, *_) in enumerate(rows):
+                for q, a in pairs:
+                    questions.append(vlm.prompt(q))
+                    answers.append(a)
+                    index.append(i)
+            batch = vlm.tokenize(questions, answers)
+            batch["image_index"] = torch.tensor(index, dtype=torch.long)
         batch["finding_labels"] = torch.tensor([presence_labels(r[1]) for r in rows], dtype=torch.long)
         batch[kind] = torch.stack([r[0] for r in rows]).float()
         if len(rows[0]) == 3:  # the findings token's out-of-fold logits

@@ -89,8 +89,8 @@ def split_patients(patient_ids: Sequence[str], val_fraction: float, test_fractio
 # settings a finished stage does not depend on: --resume may change them (those of the stages still to run)
 _LATER_SETTINGS: dict[str, tuple[str, ...]] = {
     "vision": ("pretrain.align.", "pretrain.instruct.", "pretrain.finetune_vision", "pretrain.loss_weighting",
-               "pretrain.finding_loss_weight"),
-    "align": ("pretrain.instruct.", "pretrain.finetune_vision", "pretrain.finding_loss_weight"),
+               "pretrain.finding_loss_weight", "pretrain.pack_questions"),
+    "align": ("pretrain.instruct.", "pretrain.finetune_vision", "pretrain.finding_loss_weight", "pretrain.pack_questions"),
     "instruct": (),
 }
 
@@ -181,6 +181,11 @@ def pretrain(
             tokenizer.save_pretrained(tokenizer_dir)
     torch.manual_seed(cfg.seed)
     vlm = build_vlm(cfg, tokenizer=tokenizer)
+    if cfg.pretrain.pack_questions and not vlm.chat:
+        raise ConfigError(
+            f"pretrain.pack_questions needs a language model with a chat template; {cfg.language.model!r} has none "
+            "(set pretrain.pack_questions=false)"
+        )
 
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -226,7 +231,7 @@ def pretrain(
                 finding_weight=cfg.pretrain.finding_loss_weight if stage == "instruct" else 0.0,
                 n_findings=len(PRESENCE_QUESTIONS),
             )
-            collate = study_collate(vlm, kind)
+            collate = study_collate(vlm, kind, packed=cfg.pretrain.pack_questions and stage == "instruct")
         history = train(
             loss, dataset, collate, getattr(cfg.pretrain, stage), seed=cfg.seed,
             out_dir=out_dir / f"{stage}_run", resume=resume, description=stage, progress=progress,

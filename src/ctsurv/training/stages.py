@@ -158,7 +158,9 @@ class InstructionLoss(nn.Module):
     """Loss module for stages 1–2: next-token loss of the answers given the visual tokens.
 
     A batch holds a few studies and several (prompt, answer) sequences per study; ``image_index``
-    maps each sequence to its study so that each volume is encoded once per batch. Give either
+    maps each sequence to its study so that each volume is encoded once per batch. A packed batch
+    (``CTVLM.tokenize_conversations``) holds one sequence per study and ``answer_index`` says which answer
+    each label belongs to. Give either
     ``images`` (B, C, X, Y, Z) or cached encoder ``features`` (B, Dv, gx, gy, gz).
 
     ``weighting="sequence"`` averages the loss per (question, answer) pair and then over pairs, so a
@@ -205,6 +207,7 @@ class InstructionLoss(nn.Module):
         features: torch.Tensor | None = None,
         finding_labels: torch.Tensor | None = None,
         finding_logits: torch.Tensor | None = None,
+        answer_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if features is None:
             features = self.vlm.vision_encoder.features(images)  # (B, Dv, gx, gy, gz)
@@ -214,22 +217,27 @@ class InstructionLoss(nn.Module):
         # Short answers and long reports share a batch: run the LM per length bucket, each cut to its
         # own longest sequence, instead of padding every yes/no answer to the report's length.
         lengths = attention_mask.sum(1)  # (S,) right-padded
-        n_targets = (labels[:, 1:] != IGNORE_INDEX).sum(1)  # (S,) predicted tokens (labels shift by one)
-        per_sequence = torch.zeros(len(input_ids), device=input_ids.device)  # summed token losses
+        if answer_index is None:  # one (question, answer) pair per sequence
+            rows = torch.arange(len(input_ids), device=input_ids.device)[:, None].expand_as(labels)
+            answer_index = torch.where(labels != IGNORE_INDEX, rows, -1)
+        target_answer = answer_index[:, 1:]  # (S, L-1): the answer of each predicted token (labels shift by one)
+        n_targets = torch.bincount(target_answer[target_answer >= 0], minlength=int(answer_index.max()) + 1)
+        per_answer = torch.zeros(len(n_targets), device=input_ids.device)  # summed token losses
         for lo, hi in zip((0, *LENGTH_BUCKETS), (*LENGTH_BUCKETS, None)):
             sel = (lengths > lo) if hi is None else (lengths > lo) & (lengths <= hi)
-            if int(n_targets[sel].sum()) == 0:  # nothing to predict here (answers cut by max_length)
+            if int((labels[sel, 1:] != IGNORE_INDEX).sum()) == 0:  # nothing to predict here (answers cut by max_length)
                 continue
             width = int(lengths[sel].max())
             idx = sel.nonzero().squeeze(1)
-            losses, rows = self.vlm.answer_token_losses(
+            losses, _ = self.vlm.answer_token_losses(
                 input_ids[idx, :width], attention_mask[idx, :width], labels[idx, :width], image_tokens=tokens[idx]
             )
-            per_sequence = per_sequence.index_add(0, idx[rows], losses)
+            answers = target_answer[idx, : width - 1][labels[idx, 1:width] != IGNORE_INDEX]  # in the order of losses
+            per_answer = per_answer.index_add(0, answers, losses)
         if self.weighting == "token":  # every answer token counts the same: long reports dominate
-            return per_sequence.sum() / n_targets.sum().clamp(min=1) + auxiliary
+            return per_answer.sum() / n_targets.sum().clamp(min=1) + auxiliary
         answered = n_targets > 0  # every (question, answer) pair counts the same: a yes/no answer as much as a report
-        return (per_sequence[answered] / n_targets[answered]).mean() + auxiliary
+        return (per_answer[answered] / n_targets[answered]).mean() + auxiliary
 
     def _finding_loss(self, grid: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         if self.finding_head is None or labels is None:
