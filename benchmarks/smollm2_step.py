@@ -78,6 +78,29 @@ def main() -> None:
     print(json.dumps(result, indent=2))
     with (HERE / "smollm2_step.jsonl").open("a") as f:
         f.write(json.dumps(result) + "\n")
+    _write_markdown([json.loads(line) for line in (HERE / "smollm2_step.jsonl").read_text().splitlines()])
+
+
+def _write_markdown(rows: list[dict]) -> None:
+    """smollm2_step.md: every measurement of smollm2_step.jsonl, newest last, above the notes kept after ``## Notes``."""
+    md = HERE / "smollm2_step.md"
+    notes = md.read_text().split("## Notes", 1)[1] if md.is_file() and "## Notes" in md.read_text() else "\n"
+    lines = [
+        "# SmolLM2-135M-Instruct + LoRA: one training step on this machine",
+        "",
+        ("`python benchmarks/smollm2_step.py --studies S --steps N [key=value ...]` (configs/smol.yaml; one step = "
+         "forward + backward + AdamW on a batch of S studies from cached encoder features, one warm-up step first)."),
+        "",
+        "| stage | packed | overrides | studies/step | sequences/step | tokens/step | s/step | s/study | tokens/s | threads |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['stage']} | {r.get('packed', False)} | {' '.join(r['overrides']) or '–'} | {r['studies_per_batch']} | "
+            f"{r['sequences_per_step']} | {r['tokens_per_step']} | {r['seconds_per_step']} | {r['seconds_per_study']} | "
+            f"{r['tokens_per_second']} | {r['threads']} |"
+        )
+    md.write_text("\n".join(lines) + "\n\n## Notes" + notes)
 
 
 if __name__ == "__main__":

@@ -102,19 +102,9 @@ class CTVLM(nn.Module):
                 ids, target = ids + answer, target + answer
             rows.append(ids[: self.max_length])
             labels.append(target[: self.max_length])
-        width = max(len(r) for r in rows)
-        pad = self.tokenizer.pad_token_id
-        batch = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        target_t = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-        for i, (ids, tgt) in enumerate(zip(rows, labels)):
-            span = slice(width - len(ids), width) if padding_side == "left" else slice(0, len(ids))
-            batch[i, span] = torch.tensor(ids)
-            mask[i, span] = 1
-            target_t[i, span] = torch.tensor(tgt)
-        out = {"input_ids": batch, "attention_mask": mask}
-        if answers is not None:
-            out["labels"] = target_t
+        out = self._padded({"input_ids": rows, "labels": labels}, padding_side)
+        if answers is None:
+            del out["labels"]
         return out
 
     def tokenize_conversations(self, conversations: list[list[tuple[str, str]]]) -> dict[str, torch.Tensor]:
@@ -157,15 +147,22 @@ class CTVLM(nn.Module):
             rows.append(ids[: self.max_length])
             labels.append(target[: self.max_length])
             answers.append(index[: self.max_length])
-        width = max(len(r) for r in rows)
-        batch = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        target_t = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-        index_t = torch.full((len(rows), width), -1, dtype=torch.long)
-        for i, (ids, tgt, idx) in enumerate(zip(rows, labels, answers)):
-            batch[i, : len(ids)], mask[i, : len(ids)] = torch.tensor(ids), 1
-            target_t[i, : len(ids)], index_t[i, : len(ids)] = torch.tensor(tgt), torch.tensor(idx)
-        return {"input_ids": batch, "attention_mask": mask, "labels": target_t, "answer_index": index_t}
+        return self._padded({"input_ids": rows, "labels": labels, "answer_index": answers})
+
+    def _padded(self, columns: dict[str, list[list[int]]], padding_side: str = "right") -> dict[str, torch.Tensor]:
+        """(B, L) tensors of the token lists in ``columns``, padded on ``padding_side`` (input ids with the pad
+        token, labels with IGNORE_INDEX, answer indices with -1), and the attention mask."""
+        fill = {"input_ids": self.tokenizer.pad_token_id, "labels": IGNORE_INDEX, "answer_index": -1}
+        lengths = [len(r) for r in columns["input_ids"]]
+        width = max(lengths)
+        out = {k: torch.full((len(lengths), width), fill[k], dtype=torch.long) for k in columns}
+        out["attention_mask"] = torch.zeros((len(lengths), width), dtype=torch.long)
+        for i, n in enumerate(lengths):
+            span = slice(width - n, width) if padding_side == "left" else slice(0, n)
+            for k, rows in columns.items():
+                out[k][i, span] = torch.tensor(rows[i])
+            out["attention_mask"][i, span] = 1
+        return out
 
     def embed(self, input_ids: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
         """LM input embeddings with the visual tokens scattered into the image-token positions."""
