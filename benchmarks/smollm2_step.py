@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import time
 from pathlib import Path
 
@@ -73,6 +74,7 @@ def main() -> None:
         "seconds_per_study": round(seconds / args.studies, 2), "tokens_per_step": int(np.mean(tokens)),
         "sequences_per_step": int(np.mean(sequences)), "tokens_per_second": round(float(np.mean(tokens)) / seconds, 1),
         "trainable_parameters": sum(p.numel() for p in vlm.parameters() if p.requires_grad),
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
         "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
     }
     print(json.dumps(result, indent=2))
@@ -91,14 +93,14 @@ def _write_markdown(rows: list[dict]) -> None:
         ("`python benchmarks/smollm2_step.py --studies S --steps N [key=value ...]` (configs/smol.yaml; one step = "
          "forward + backward + AdamW on a batch of S studies from cached encoder features, one warm-up step first)."),
         "",
-        "| stage | packed | overrides | studies/step | sequences/step | tokens/step | s/step | s/study | tokens/s | threads |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| stage | packed | overrides | studies/step | sequences/step | tokens/step | s/step | s/study | tokens/s | peak RSS GB | threads |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['stage']} | {r.get('packed', False)} | {' '.join(r['overrides']) or '–'} | {r['studies_per_batch']} | "
             f"{r['sequences_per_step']} | {r['tokens_per_step']} | {r['seconds_per_step']} | {r['seconds_per_study']} | "
-            f"{r['tokens_per_second']} | {r['threads']} |"
+            f"{r['tokens_per_second']} | {r.get('peak_rss_gb', '–')} | {r['threads']} |"
         )
     md.write_text("\n".join(lines) + "\n\n## Notes" + notes)
 
