@@ -283,3 +283,24 @@ def test_sequence_weighting_averages_each_answer_first() -> None:
     torch.testing.assert_close(loss, torch.stack(per_pair).mean(), rtol=1e-5, atol=1e-5)
     token_mean = vlm(batch["input_ids"], batch["attention_mask"], batch["labels"], image_tokens=tokens)
     assert abs(float(loss - token_mean)) > 1e-3  # the two weightings genuinely differ on this batch
+
+
+def test_gradient_checkpointing_changes_memory_not_the_gradients() -> None:
+    """language.gradient_checkpointing recomputes the LM's activations in the backward pass: same loss, same
+    gradients as without it."""
+    results = []
+    for checkpointing in ("false", "true"):
+        vlm = build(tiny_config(f"language.gradient_checkpointing={checkpointing}"))
+        lm = vlm.language_model  # transformers 5 renamed the flag
+        on = lm.is_activation_checkpointing if hasattr(lm, "activation_checkpointing_enable") else lm.is_gradient_checkpointing
+        assert on is (checkpointing == "true")
+        vlm.train()
+        batch = study_batch(vlm, "instruct", kind="features")
+        loss = InstructionLoss(vlm, frozen_vision=True)(**batch)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in vlm.language_model.named_parameters() if p.grad is not None}))
+    (plain, plain_grads), (checkpointed, checkpointed_grads) = results
+    torch.testing.assert_close(checkpointed, plain)
+    assert plain_grads.keys() == checkpointed_grads.keys() and plain_grads
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(checkpointed_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
