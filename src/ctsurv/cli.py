@@ -197,7 +197,7 @@ def pretrain(
 @app.command()
 @_user_errors
 def ask(
-    checkpoint: Path = typer.Argument(..., help="A checkpoint folder from `ctsurv pretrain` (or its run folder)."),
+    checkpoint: Path = typer.Argument(..., metavar="CHECKPOINT", help="A checkpoint folder from `ctsurv pretrain` (or its run folder)."),
     target: Path = typer.Argument(..., metavar="VOLUME_OR_COHORT", help="A CT volume (any format `ctsurv inspect` reads), or a cohort table (.csv/.tsv/.parquet) with id and volume columns."),
     question: str | None = typer.Option(None, "--question", help="Ask this instead of the predefined questions."),
     spacing: tuple[float, float, float] | None = typer.Option(None, "--spacing", help="Spacing Z Y X (mm) for .npy/.npz."),
