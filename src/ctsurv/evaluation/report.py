@@ -9,7 +9,7 @@ which rung carries the gain, ``ladder_sentence``). ``terminal_table`` is the sam
 ``results["cohort"]["bootstrap"]["p_floor"]`` gives the floor. Numbers are cleaned and formatted by
 ``formatting``; the figures are in ``figures``.
 
-Every file is written to a hidden ``.NAME.tmp`` in the same folder and moved into place with
+Every file is written to a hidden ``.NAME.partial-PID`` in the same folder and moved into place with
 ``os.replace`` (``write_atomic``, which the figures use too), so a crash never leaves half a file.
 """
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from ctsurv.evaluation.formatting import (
     json_key,
     p_phrase,
 )
+from ctsurv.outputs import staged_file
 
 REFERENCE = "clinical_cox"  # the method ΔC and p are computed against
 ORACLE = "oracle"
@@ -295,13 +295,10 @@ def results_markdown(results: Mapping[str, Any]) -> str:
 
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a hidden temporary file next to ``path``, then move it into place."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    """Call ``write(tmp)`` on a hidden temporary file next to ``path``, then move it into place
+    (:func:`ctsurv.outputs.staged_file`)."""
+    with staged_file(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
