@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from ctsurv.config import TrainConfig
-from ctsurv.training.loop import train
+from ctsurv.errors import ConfigError
+from ctsurv.training.loop import parameter_groups, train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from loop_worker import Regression, collate, data
@@ -31,6 +32,35 @@ def test_loss_decreases_and_frozen_parameters_stay() -> None:
     assert last < 0.3 * first
     torch.testing.assert_close(model.net[0].bias, frozen, rtol=0, atol=0)
     assert history[-1]["lr"] < CFG.lr * 0.1  # cosine schedule decays to ~0
+
+
+class WithProjector(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.projector = torch.nn.Linear(4, 16)
+        self.head = torch.nn.Linear(16, 1)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.mse_loss(self.head(torch.tanh(self.projector(x))).squeeze(-1), y)
+
+
+def test_the_projector_learns_at_its_own_rate() -> None:
+    model = WithProjector()
+    cfg = TrainConfig(epochs=1, batch_size=8, lr=0.05, projector_lr=1e-6, warmup_fraction=0.0, weight_decay=0.1)
+    groups = parameter_groups(model, cfg)
+    assert [(len(g["params"]), g["lr"], g["weight_decay"]) for g in groups] == [
+        (1, 0.05, 0.0), (1, 0.05, 0.1), (1, 1e-6, 0.0), (1, 1e-6, 0.1)  # head bias, head weight, projector ...
+    ]
+    assert [len(g["params"]) for g in parameter_groups(model, CFG)] == [1, 1, 1, 1]  # same groups, so resumable
+    assert {g["lr"] for g in parameter_groups(model, CFG)} == {CFG.lr}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train(model, data(), collate, cfg, seed=0, progress=False)
+    moved = {n: float((p - before[n]).abs().max()) for n, p in model.named_parameters()}
+    assert moved["projector.weight"] < 1e-4 and moved["projector.bias"] < 1e-4  # 8 Adam steps of at most ~1e-6
+    assert moved["head.weight"] > 1e-2
+    with pytest.raises(ConfigError, match="projector_lr must be positive"):
+        TrainConfig(projector_lr=0.0)
 
 
 class Crash(Exception):

@@ -17,9 +17,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ctsurv.config import load_config
 from ctsurv.errors import CtsurvError
-from ctsurv.models import language
+from ctsurv.models import language, representation
 from ctsurv.models.language import IMAGE_TOKEN, resolve_language_model
 from ctsurv.models.vlm import CTVLM, IGNORE_INDEX, SYSTEM_PROMPT, build_vlm
+from ctsurv.text.questions import PRESENCE_QUESTIONS
 from ctsurv.training.checkpoint import WEIGHTS, load_checkpoint, save_checkpoint
 from ctsurv.training.stages import InstructionLoss, set_trainable
 
@@ -106,6 +107,23 @@ def test_questions_go_in_the_chat_template_and_only_answers_are_targets(vlm: CTV
     assert vlm.tokenizer.decode(labels[labels != IGNORE_INDEX]) == "Yes.<|im_end|>"
     answer_at = int((labels != IGNORE_INDEX).nonzero()[0])
     assert vlm.tokenizer.decode(ids[:answer_at]).endswith("<|im_start|>assistant\n")
+
+
+@needs_smol
+def test_scoring_in_the_chat_template_reads_the_image_once(vlm: CTVLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shared prefix of the presence prompts is the system turn and the image; P(yes) from its cache
+    equals P(yes) from whole sequences."""
+    questions = list(PRESENCE_QUESTIONS[:3])
+    batch = vlm.tokenize([vlm.prompt(q) for q in questions], ["Yes."] * 3)
+    n = representation.shared_prefix(batch["input_ids"], batch["attention_mask"], batch["labels"])
+    assert vlm.tokenizer.decode(batch["input_ids"][0, :n]).startswith(f"<|im_start|>system\n{SYSTEM_PROMPT}")
+    assert int((batch["input_ids"][0, :n] == vlm.image_token_id).sum()) == vlm.num_image_tokens
+    tokens = torch.randn(2, vlm.num_image_tokens, 576, generator=torch.Generator().manual_seed(0)) * 0.05
+    cached = representation.answer_features(vlm.eval(), tokens, questions)
+    monkeypatch.setattr(representation, "shared_prefix", lambda *_: 0)
+    whole = representation.answer_features(vlm, tokens, questions)
+    for a, w in zip(cached, whole):
+        torch.testing.assert_close(a, w, rtol=1e-4, atol=1e-4)
 
 
 @needs_smol

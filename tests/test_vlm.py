@@ -10,6 +10,7 @@ from tiny_setups import TINY_MODEL
 
 from ctsurv.config import load_config
 from ctsurv.errors import ConfigError, CtsurvError
+from ctsurv.models import representation
 from ctsurv.models.vlm import CTVLM, IGNORE_INDEX, build_vlm, format_prompt
 
 TEXTS = [
@@ -190,3 +191,44 @@ def test_cnn_with_more_than_three_channels_is_one_wide_first_convolution() -> No
     wide = torch.nn.functional.conv3d(x, torch.cat([conv1.weight, extra.weight], dim=1), stride=2, padding=3)
     torch.testing.assert_close(conv1(x[:, :3]) + extra(x[:, 3:]), wide, rtol=1e-4, atol=1e-5)
     assert CNN3D(cfg, in_channels=3).conv1_extra is None
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_scoring_from_the_shared_prefix_equals_whole_sequences(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, training: bool
+) -> None:
+    """P(yes), the answer-position states and their gradients are the same whether the prompts' shared
+    prefix (the image) is read once and cached or every question is one whole sequence; in training with
+    gradient checkpointing the LM keeps no cache and the whole-sequence route is taken."""
+    _, lm_dir = save_local_lm(tmp_path)
+    lora = ("lora.enabled=true", "lora.r=4", "lora.target_modules=[q_proj,v_proj]")
+    checkpointing = ("language.gradient_checkpointing=true",) if training else ()
+    questions = ["Is there a nodule?", "Is there a pleural effusion?", "Is the heart enlarged?"]
+    images = torch.rand(2, 1, 32, 32, 16, generator=torch.Generator().manual_seed(0))
+    b = len(images)
+
+    def scores(whole: bool) -> tuple[torch.Tensor, ...]:
+        model = tiny(f"language.model={lm_dir}", *lora, *checkpointing).train(training)
+        with monkeypatch.context() as mp:
+            if whole:
+                mp.setattr(representation, "shared_prefix", lambda *_: 0)
+            p, h = representation.answer_scores(model, model.encode_image(images), questions)
+        (p.sum() + h.square().mean()).backward()
+        lora_grad = next(p.grad for n, p in model.language_model.named_parameters() if "lora_A" in n)
+        return p, h, model.projector.mlp[0].weight.grad, lora_grad
+
+    cached, whole = scores(False), scores(True)
+    assert cached[0].shape == (b, 3) and cached[1].shape == (b, 3, 32)
+    for a, w in zip(cached, whole):
+        torch.testing.assert_close(a, w, rtol=1e-4, atol=1e-5)
+    assert cached[0].std() > 0  # the questions and scans do not all score alike
+
+
+def test_the_shared_prefix_ends_before_every_answer() -> None:
+    ids = torch.tensor([[1, 2, 3, 4, 9, 0], [1, 2, 3, 5, 9, 9], [1, 2, 3, 4, 8, 0]])
+    mask = (ids > 0).long()
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    labels[0, 4], labels[1, 4:], labels[2, 4] = 9, 9, 8  # answers start at position 4
+    assert representation.shared_prefix(ids, mask, labels) == 3
+    labels[:, 3] = ids[:, 3]  # an answer that starts at 3 must be predicted from position 2
+    assert representation.shared_prefix(ids, mask, labels) == 2

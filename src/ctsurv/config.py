@@ -190,6 +190,7 @@ class TrainConfig:
     batch_size: int = 8  # per process; global batch = batch_size × processes × grad_accum
     grad_accum: int = 1
     lr: float = 1e-3
+    projector_lr: float | None = None  # the projector's own lr (LLaVA's mm_projector_lr); null: lr
     weight_decay: float = 0.01
     warmup_fraction: float = 0.05  # of all optimiser steps; then cosine decay to zero
     max_grad_norm: float = 1.0
@@ -203,6 +204,9 @@ class TrainConfig:
             )
         if not 0 <= self.warmup_fraction < 1:
             raise ConfigError(f"train.warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        if self.lr <= 0 or (self.projector_lr is not None and self.projector_lr <= 0):
+            raise ConfigError(f"train.lr and train.projector_lr must be positive (projector_lr may be null), "
+                              f"got {self.lr} and {self.projector_lr}")
 
 
 @dataclass(frozen=True)

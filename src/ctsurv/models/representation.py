@@ -6,41 +6,90 @@ are interpretable (one per finding); the hidden states carry size and extent.
 
 ``visual_states``: the LM's last hidden states at the N visual-token positions, what a learned risk
 query (:class:`ctsurv.models.survival.RiskQueryHead`) attends over.
+
+Every prompt opens with the same text and the scan's visual tokens (a system turn, ``<image>``), and
+only the question after them differs. That shared prefix goes through the LM once per scan; the
+questions and answers continue from its key/value cache (:func:`answer_loglik`), which reads about a
+third of the tokens that one whole sequence per question and answer would.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ctsurv.models.vlm import CTVLM, IGNORE_INDEX
 from ctsurv.text.questions import REPORT_QUESTION
 
+ANSWERS = ("Yes.", "No.")
+# what a causal LM calls its key/value cache, in its arguments and outputs (transformers 5.2x renamed it)
+CACHE = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
-def score_answer(
-    vlm: CTVLM, image_tokens: torch.Tensor, prompts: list[str], answer: str
+
+def shared_prefix(input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> int:
+    """Length of the token prefix that every row of a right-padded batch shares, cut so that each row's
+    last prompt token (the one that predicts its answer) lies after it."""
+    same = (input_ids == input_ids[:1]).all(0) & attention_mask.bool().all(0)  # (L,)
+    n = int(same.int().cumprod(0).sum())
+    prompt_end = (labels != IGNORE_INDEX).int().argmax(1) - 1  # (R,)
+    return min(n, int(prompt_end.min()))
+
+
+def _answer_loglik(
+    lm: torch.nn.Module, embeds: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, **cached
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-likelihood (B,) of ``answer`` after each prompt, and the hidden state (B, D) at the last
-    prompt position (the one that produces the answer's first token).
-
-    Scoring whole answers works with any tokenizer: " Yes." and " No." need not be single tokens,
-    nor differ in their first token.
-    """
-    batch = vlm.tokenize(prompts, [answer] * len(prompts))  # right-padded
-    batch = {k: v.to(image_tokens.device) for k, v in batch.items()}
-    embeds = vlm.embed(batch["input_ids"], image_tokens)
-    out = vlm.language_model(
-        inputs_embeds=embeds, attention_mask=batch["attention_mask"], output_hidden_states=True, logits_to_keep=1
-    )
-    hidden = out.hidden_states[-1]  # (B, L, D)
-    target = batch["labels"][:, 1:]  # (B, L-1): position t predicts token t+1
+    """Summed log-likelihood of the label tokens (R,) and the last hidden state (R, D) at the position that
+    predicts each row's first label token, for input embeddings (R, S, D)."""
+    out = lm(inputs_embeds=embeds, attention_mask=attention_mask, output_hidden_states=True, logits_to_keep=1, **cached)
+    hidden = out.hidden_states[-1]  # (R, S, D)
+    target = labels[:, 1:]  # (R, S-1): position t predicts token t+1
     keep = target != IGNORE_INDEX
-    logits = vlm.language_model.get_output_embeddings()(hidden[:, :-1][keep]).float()  # (T, vocab)
+    logits = lm.get_output_embeddings()(hidden[:, :-1][keep]).float()  # (T, vocab)
     token_ll = -F.cross_entropy(logits, target[keep], reduction="none")  # (T,)
-    rows = torch.arange(len(prompts), device=hidden.device)[:, None].expand_as(target)[keep]
-    loglik = torch.zeros(len(prompts), device=hidden.device).index_add(0, rows, token_ll)
-    prompt_end = (batch["labels"] != IGNORE_INDEX).int().argmax(1) - 1  # (B,)
-    return loglik, hidden[torch.arange(len(prompts)), prompt_end]
+    rows = torch.arange(len(labels), device=hidden.device)[:, None].expand_as(target)[keep]
+    loglik = torch.zeros(len(labels), device=hidden.device).index_add(0, rows, token_ll)
+    prompt_end = (labels != IGNORE_INDEX).int().argmax(1) - 1  # (R,)
+    return loglik, hidden[torch.arange(len(labels)), prompt_end]
+
+
+def answer_loglik(
+    vlm: CTVLM, image_tokens: torch.Tensor, questions: list[str], answers: tuple[str, ...] = ANSWERS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-likelihood (B, A, Q) of each answer to each question about each scan, and the hidden state
+    (B, Q, D) at the last prompt position (the one that produces the answer's first token).
+
+    Scoring whole answers works with any tokenizer: "Yes." and "No." need not be single tokens, nor
+    differ in their first token. The prefix every prompt shares (see the module docstring) is read once
+    per scan; where there is none, or the LM keeps no cache (gradient checkpointing in training), each
+    question and answer is one whole sequence.
+    """
+    b, a, q = len(image_tokens), len(answers), len(questions)
+    prompts = [vlm.prompt(text) for text in questions] * a
+    batch = vlm.tokenize(prompts, [answer for answer in answers for _ in questions])  # (A*Q, L), right-padded
+    batch = {k: v.to(image_tokens.device) for k, v in batch.items()}
+    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    lm = vlm.language_model
+    n = shared_prefix(ids, mask, labels)
+    cache = None
+    checkpointing = getattr(lm, "is_activation_checkpointing", None)  # transformers 5.2x; before: is_gradient_...
+    if checkpointing is None:
+        checkpointing = getattr(lm, "is_gradient_checkpointing", False)
+    recomputes = lm.training and checkpointing  # then the LM keeps no cache
+    if n > 0 and not recomputes and not (ids[:, n:] == vlm.image_token_id).any():
+        prefix = vlm.embed(ids[:1, :n].expand(b, n), image_tokens)  # (B, n, D)
+        cache = getattr(lm(inputs_embeds=prefix, use_cache=True), CACHE)
+    if cache is not None:
+        cache.batch_repeat_interleave(a * q)  # study-major, like the rows below
+        rest = ids[:, n:].repeat(b, 1)  # (B*A*Q, L-n)
+        full_mask = torch.cat([torch.ones_like(ids[:, :n]), mask[:, n:]], 1).repeat(b, 1)
+        loglik, hidden = _answer_loglik(
+            lm, lm.get_input_embeddings()(rest), full_mask, labels[:, n:].repeat(b, 1), **{CACHE: cache}
+        )
+    else:
+        embeds = vlm.embed(ids.repeat(b, 1), image_tokens.repeat_interleave(a * q, dim=0))
+        loglik, hidden = _answer_loglik(lm, embeds, mask.repeat(b, 1), labels.repeat(b, 1))
+    return loglik.reshape(b, a, q), hidden.reshape(b, a, q, -1)[:, 0]
 
 
 @torch.no_grad()
@@ -52,15 +101,10 @@ def answer_features(vlm: CTVLM, image_tokens: torch.Tensor, questions: list[str]
 def answer_scores(vlm: CTVLM, image_tokens: torch.Tensor, questions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """P(yes) (B, Q) and answer-position hidden states (B, Q, D), differentiable (stage-3 fine-tuning).
 
-    P(yes) compares the likelihoods of the canonical answers " Yes." and " No."; all B×Q prompts
-    go through the LM together (study-major order).
+    P(yes) compares the likelihoods of the canonical answers "Yes." and "No.".
     """
-    b, q = len(image_tokens), len(questions)
-    prompts = [vlm.prompt(text) for _ in range(b) for text in questions]
-    tokens = image_tokens.repeat_interleave(q, dim=0)  # (B*Q, N, D)
-    yes, h = score_answer(vlm, tokens, prompts, "Yes.")
-    no, _ = score_answer(vlm, tokens, prompts, "No.")
-    return torch.sigmoid(yes - no).reshape(b, q), h.float().reshape(b, q, -1)
+    loglik, hidden = answer_loglik(vlm, image_tokens, questions, ANSWERS)
+    return torch.sigmoid(loglik[:, 0] - loglik[:, 1]), hidden.float()
 
 
 def visual_states(vlm: CTVLM, image_tokens: torch.Tensor) -> torch.Tensor:

@@ -41,6 +41,24 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
+def parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """AdamW's parameter groups: matrices decay, biases and norms do not; parameters of a module named
+    ``projector`` learn at ``cfg.projector_lr`` when it is set. The groups depend on the model alone (not on
+    the learning rates), so that a resumed run's optimiser state fits them."""
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups.setdefault(("projector" in name.split("."), p.ndim >= 2), []).append(p)
+    return [
+        {
+            "params": params,
+            "lr": cfg.projector_lr if projector and cfg.projector_lr is not None else cfg.lr,
+            "weight_decay": cfg.weight_decay if decays else 0.0,
+        }
+        for (projector, decays), params in sorted(groups.items())
+    ]
+
+
 def train(
     model: nn.Module,
     dataset: Dataset,
@@ -58,14 +76,10 @@ def train(
     continues from it; every ``cfg.log_every`` steps a line goes to ``out_dir/log.jsonl``. The trained weights stay in ``model`` (unwrapped) at the end.
     """
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+    groups = parameter_groups(model, cfg)
+    if not groups:
         raise ValueError(f"{description}: the model has no trainable parameters")
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]  # biases and norms are not decayed
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
-    )
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
     batches_per_epoch = math.ceil(len(dataset) / (cfg.batch_size * accelerator.num_processes))
     # Accelerate steps a prepared scheduler once per process per optimiser step, so the schedule
     # is laid out in single-process steps: the same learning rates whatever the process count.
