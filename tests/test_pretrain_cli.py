@@ -117,6 +117,8 @@ def test_pretrain_writes_checkpoints_split_and_evaluation(run: Path, cohort: Pat
     for label in presence:
         scores = evaluation["presence"][label]
         assert 0 <= scores["accuracy"] <= 1 and 0 <= scores["f1"] <= 1 and scores["n"] == N_TEST
+        assert (scores["auc"] is None) == (scores["positives"] in (0, N_TEST))  # P(yes)'s AUC where it is defined
+        assert scores["auc"] is None or 0 <= scores["auc"] <= 1
     macro = evaluation["presence"]["macro"]
     positive = [label for label in presence if evaluation["presence"][label]["positives"] > 0]
     assert macro["labels_in_macro"] == positive and positive  # the simulated test reports have findings

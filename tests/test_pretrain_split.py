@@ -98,7 +98,14 @@ def test_eval_json_and_md_state_which_findings_the_macro_leaves_out(tmp_path: Pa
         yes = [0, 2] if questions == [nodule.text] else []
         return [["Yes." if i in yes else "No."] for i in range(len(REPORTS))]
 
+    def p_yes(vlm: object, inputs: object, kind: str, questions: list, **kwargs: object) -> pd.DataFrame:
+        """P(yes): AUC 3/4 for the nodule (studies 0 and 3), 2.5/3 for cardiomegaly (study 1; a tie with study 2)."""
+        p = pd.DataFrame(0.1, index=range(len(REPORTS)), columns=[q.label for q in questions])
+        p["Lung nodule"], p["Cardiomegaly"] = [0.9, 0.3, 0.6, 0.5], [0.2, 0.7, 0.7, 0.1]
+        return p
+
     monkeypatch.setattr(vlm_eval, "answer_questions", answers)
+    monkeypatch.setattr(vlm_eval, "presence_probabilities", p_yes)
     monkeypatch.setattr(vlm_eval, "text_report", lambda generated, refs: {"n": len(refs), "bleu_4": 0.0, "rouge_l": 0.0,
                                                                             "embedding_similarity": 0.0})
     metrics = evaluate_vlm(None, None, "features", REPORTS, [""] * 4, max_new_tokens=4, out_dir=tmp_path, progress=False)
@@ -106,18 +113,22 @@ def test_eval_json_and_md_state_which_findings_the_macro_leaves_out(tmp_path: Pa
     assert saved["presence"] == json.loads(json.dumps(metrics["presence"]))
     scores = saved["presence"]
     assert scores["Lung nodule"] == pytest.approx(
-        {"accuracy": 0.5, "precision": 0.5, "recall": 0.5, "specificity": 0.5, "f1": 0.5, "positives": 2, "n": 4}
+        {"accuracy": 0.5, "precision": 0.5, "recall": 0.5, "specificity": 0.5, "f1": 0.5, "positives": 2, "n": 4,
+         "auc": 0.75}
     )
+    assert scores["Cardiomegaly"]["auc"] == pytest.approx(2.5 / 3)
     assert scores["Cardiomegaly"]["accuracy"] == 0.75 and scores["Cardiomegaly"]["positives"] == 1
     never = [q.label for q in presence if q.label not in ("Lung nodule", "Cardiomegaly")]
     assert all(scores[label]["positives"] == 0 and scores[label]["accuracy"] == 1.0 for label in never)
+    assert all(scores[label]["auc"] is None for label in never)  # no positive: no AUC
     macro = scores["macro"]
     assert macro["labels_in_macro"] == [q.label for q in presence if q.label in ("Lung nodule", "Cardiomegaly")]
     assert macro["accuracy"] == pytest.approx(0.625) and macro["f1"] == pytest.approx(0.25)
+    assert macro["auc"] == pytest.approx((0.75 + 2.5 / 3) / 2)
     assert macro["n"] == 4 and macro["positives"] == 3
     md = (tmp_path / "eval.md").read_text()
-    assert "| macro | 4 | 3 | 0.625 | 0.250 | 0.250 | 0.250 |" in md
-    assert "| Lung nodule | 4 | 2 | 0.500 | 0.500 | 0.500 | 0.500 |" in md
+    assert "| macro | 4 | 3 | 0.625 | 0.250 | 0.250 | 0.250 | 0.792 |" in md
+    assert "| Lung nodule | 4 | 2 | 0.500 | 0.500 | 0.500 | 0.500 | 0.750 |" in md
     assert "mean over the 2 findings with at least one positive report" in md
     assert f"no report here has them (their accuracy is only the share of \"No.\" answers, their F1 0 whatever " \
            f"the model says): {', '.join(never)}." in md

@@ -5,8 +5,10 @@ The references are the answers built from each held-out study's own report by
 model's generated answers are parsed back with ``parse_answer`` and scored:
 
 * presence questions: per finding the studies scored (``n``: every report answers every presence question,
-  a silent one "No."), its ``positives``, accuracy / precision / recall / specificity / F1; and their macro
-  mean over the findings with at least one positive (``labels_in_macro``). A finding no scored report has
+  a silent one "No."), its ``positives``, accuracy / precision / recall / specificity / F1 of the generated
+  answers, and the ROC AUC of the model's P(yes) (the likelihood of "Yes." against "No.", what the survival
+  head reads; defined where the studies hold both answers); and their macro mean over the findings with at
+  least one positive (``labels_in_macro``). A finding no scored report has
   would count with accuracy = specificity and F1 = 0 whatever the model says: it is listed, not averaged;
 * size questions: mean absolute error in mm where both the model and the report give a size;
 * location / side / grade questions: exact-match accuracy where the report states one;
@@ -23,8 +25,10 @@ import numpy as np
 import pandas as pd
 import torch
 from rich.progress import track
+from sklearn.metrics import roc_auc_score
 
 from ctsurv.evaluation.text_metrics import per_label_scores, text_report
+from ctsurv.models.representation import answer_features
 from ctsurv.models.vlm import CTVLM
 from ctsurv.outputs import staged_file
 from ctsurv.text.answers import answers_from_report, parse_answer
@@ -41,19 +45,35 @@ def answer_questions(
     """Generated answers ``[study][question]`` for every input (volumes or cached encoder features; with
     features, ``cells`` are the volumes' cells for a findings head that reads them, ``projector.cells``)."""
     answers: list[list[str]] = [[] for _ in range(len(inputs))]
-    device = next(vlm.parameters()).device  # where training left the model (a GPU under Accelerate)
     for start in range(0, len(inputs), batch_size):
-        chunk = inputs[start : start + batch_size].to(device).float()
-        if kind == "features":
-            part = None if cells is None else cells[start : start + batch_size].to(device)
-            tokens = vlm.project_features(chunk, cells=part)
-        else:
-            tokens = vlm.encode_image(chunk)  # (b, N, D)
+        tokens = _visual_tokens(vlm, inputs, kind, cells, slice(start, start + batch_size))
         for q in questions:
-            out = vlm.generate(tokens, [q] * len(chunk), max_new_tokens=max_new_tokens)
+            out = vlm.generate(tokens, [q] * len(tokens), max_new_tokens=max_new_tokens)
             for i, a in enumerate(out):
                 answers[start + i].append(a)
     return answers
+
+
+@torch.no_grad()
+def presence_probabilities(
+    vlm: CTVLM, inputs: torch.Tensor, kind: str, questions: list[Question], batch_size: int = 8,
+    cells: torch.Tensor | None = None,
+) -> pd.DataFrame:
+    """The model's P(yes) (studies × findings) for the presence ``questions``, one column per ``q.label``."""
+    p_yes = []
+    for start in range(0, len(inputs), batch_size):
+        tokens = _visual_tokens(vlm, inputs, kind, cells, slice(start, start + batch_size))
+        p_yes.append(answer_features(vlm, tokens, [q.text for q in questions])[0].cpu().numpy())
+    return pd.DataFrame(np.concatenate(p_yes), columns=[q.label for q in questions])
+
+
+def _visual_tokens(vlm: CTVLM, inputs: torch.Tensor, kind: str, cells: torch.Tensor | None, rows: slice) -> torch.Tensor:
+    """Visual tokens (b, N, D) of ``inputs[rows]``: volumes, or cached encoder features (with their ``cells``)."""
+    device = next(vlm.parameters()).device  # where training left the model (a GPU under Accelerate)
+    chunk = inputs[rows].to(device).float()
+    if kind == "features":
+        return vlm.project_features(chunk, cells=None if cells is None else cells[rows].to(device))
+    return vlm.encode_image(chunk)
 
 
 def evaluate_vlm(
@@ -84,7 +104,7 @@ def evaluate_vlm(
     presence = [q for q in short if q.kind == "presence"]
     truth = pd.DataFrame({q.label: [_as_bool(parse_answer(q, r[q.key])) for r in refs] for q in presence})
     pred = pd.DataFrame({q.label: [_as_bool(parse_answer(q, a)) for a in generated[q.key]] for q in presence})
-    table = presence_table(truth, pred)
+    table = presence_table(truth, pred, presence_probabilities(vlm, inputs, kind, presence, cells=cells))
     metrics["presence"] = json.loads(table.drop(columns="in_macro").to_json(orient="index"))
     metrics["presence"]["macro"]["labels_in_macro"] = table.index[table["in_macro"]].tolist()
     metrics["other"] = {q.key: _score_other(q, [r[q.key] for r in refs], generated[q.key]) for q in short if q.kind != "presence"}
@@ -102,15 +122,23 @@ def evaluate_vlm(
     return metrics
 
 
-def presence_table(truth: pd.DataFrame, predicted: pd.DataFrame) -> pd.DataFrame:
+def presence_table(truth: pd.DataFrame, predicted: pd.DataFrame, p_yes: pd.DataFrame | None = None) -> pd.DataFrame:
     """``per_label_scores`` of the 0/1 answers (one column per finding), ``support`` named ``positives``, and
     the ``macro`` row the mean over the findings with at least one positive (``in_macro``; NaN if none has one).
+    With ``p_yes`` (the model's P(yes), same columns and rows), an ``auc`` column: the ROC AUC where a finding
+    has both positive and negative studies, else NaN (the macro mean skips those).
     """
     table = per_label_scores(truth, predicted).rename(columns={"support": "positives"})
     labels = table.index[:-1]
     table["in_macro"] = False
     table.loc[labels, "in_macro"] = table.loc[labels, "positives"] > 0
     ratios = ["accuracy", "precision", "recall", "specificity", "f1"]
+    if p_yes is not None:
+        table["auc"] = np.nan
+        for label in labels:
+            if 0 < truth[label].sum() < len(truth):
+                table.loc[label, "auc"] = roc_auc_score(truth[label].to_numpy(), p_yes[label].to_numpy())
+        ratios.append("auc")
     scored = table.loc[labels][table.loc[labels, "in_macro"]]
     table.loc["macro", ratios] = scored[ratios].mean() if len(scored) else None
     return table
@@ -134,9 +162,11 @@ def _score_other(q: Question, refs: list[str], generated: list[str]) -> dict[str
 
 def _markdown(metrics: dict[str, Any], table: pd.DataFrame) -> str:
     lines = [f"# Held-out evaluation ({metrics['n_studies']} studies)", "", "## Presence of findings", ""]
-    lines += ["| finding | n | positives | accuracy | precision | recall | F1 |", "|---|---|---|---|---|---|---|"]
+    columns = [c for c in ("accuracy", "precision", "recall", "f1", "auc") if c in table]
+    lines += ["| finding | n | positives | accuracy | precision | recall | F1 |" + (" AUC of P(yes) |" if "auc" in table else ""),
+              "|---|---|---|---|---|---|---|" + ("---|" if "auc" in table else "")]
     for label, row in table.iterrows():
-        scores = " | ".join("–" if pd.isna(row[c]) else f"{row[c]:.3f}" for c in ("accuracy", "precision", "recall", "f1"))
+        scores = " | ".join("–" if pd.isna(row[c]) else f"{row[c]:.3f}" for c in columns)
         lines.append(f"| {label} | {int(row['n'])} | {int(row['positives'])} | {scores} |")
     used = table.index[table["in_macro"]].tolist()
     left = [label for label in table.index[:-1] if label not in used]
