@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 import scipy.stats
 from lifelines.utils import concordance_index
+from numpy.typing import ArrayLike
 from sksurv.column import encode_categorical
 from sksurv.datasets import load_veterans_lung_cancer
 from sksurv.linear_model import CoxPHSurvivalAnalysis
@@ -18,6 +22,7 @@ from sksurv.metrics import (
 from sksurv.util import Surv
 
 from ctsurv.errors import CtsurvError
+from ctsurv.evaluation import concordance as C
 from ctsurv.evaluation import metrics as M
 
 
@@ -77,6 +82,129 @@ def test_weighted_c_equals_sksurv_on_resamples_with_ties(seed: int) -> None:
         idx = np.repeat(np.arange(len(t)), w)
         assert ours[0, b] == pytest.approx(concordance_index_censored(e[idx], t[idx], r[idx])[0], abs=1e-12)
         assert ours[1, b] == pytest.approx(concordance_index_censored(e[idx], t[idx], -r[idx])[0], abs=1e-12)
+
+
+def _pairwise_c_parts(t: np.ndarray, e: np.ndarray, risks: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The O(B n^2) reference (the module's former implementation, unblocked): every pair's comparability
+    and score straight from sksurv's rules, summed with the weights w (B, n)."""
+    comparable = e[:, None] & ((t[None, :] > t[:, None]) | ((t[None, :] == t[:, None]) & ~e[None, :]))
+    a = comparable.astype(np.float64)  # a[i, j]: event i is comparable with j
+    den = np.einsum("bi,ij,bj->b", w, a, w)
+    num = []
+    for r in risks:
+        diff = r[:, None] - r[None, :]
+        score = np.where(np.abs(diff) <= M.TIED_TOL, 0.5, (diff > 0).astype(np.float64)) * a
+        num.append(np.einsum("bi,ij,bj->b", w, score, w))
+    return np.array(num), den
+
+
+def _hard_ties(seed: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Tied event and censoring times, exactly tied risks, risks chained within TIED_TOL, and risks a few
+    ulps either side of +-TIED_TOL from one another (where a rounded rule would differ from sksurv's)."""
+    rng = np.random.default_rng(seed)
+    t, e = rng.integers(1, 15, n).astype(float), rng.random(n) < rng.uniform(0.2, 0.9)
+    steps = np.array([0.0, 0.5, 1.0, 2.0, -1.0]) * M.TIED_TOL
+    r = rng.integers(0, 8, n) / 4.0 * 10.0 ** rng.integers(-2, 3) + rng.choice(steps, n)
+    near = rng.random(n) < 0.3
+    r[near] = np.nextafter(r[near], rng.choice([-np.inf, np.inf], int(near.sum())))
+    return t, e, r
+
+
+def test_harrell_c_by_hand() -> None:
+    """Patient 0 (t=1, event) is comparable with 1, 2, 3 and concordant with all (risk 3 > 1, 1, 2);
+    patient 1 (t=2, event) with 2 (censored at its time: risk tie, 0.5) and 3 (later, lower risk: 0):
+    3.5 / 5. Weights (2, 1, 0, 1): pairs (0,1) and (0,3) count 2 each, (1,3) once, (0,2), (1,2) not: 4 / 5."""
+    t, e, r = np.array([1.0, 2, 2, 3]), np.array([True, True, False, False]), np.array([3.0, 1, 1, 2])
+    assert M.harrell_c(t, e, r) == 0.7
+    assert M.harrell_c_weighted(t, e, r, [[1, 1, 1, 1], [2, 1, 0, 1]]).tolist() == [[0.7, 0.8]]
+    # two events at one time are not comparable; each is comparable with the later censoring only
+    assert M.harrell_c([1.0, 1, 2], [True, True, False], [0.0, 1, 0.5]) == 0.5
+    # sksurv's tolerance is pairwise, not transitive: 1 ~ 1 + 0.6e-8 ~ 1 + 1.2e-8, but 1 < 1 + 1.2e-8
+    chain = np.array([1.0, 1 + 0.6 * M.TIED_TOL, 1 + 1.2 * M.TIED_TOL])
+    assert M.harrell_c([1.0, 2, 3], [True, True, False], chain) == pytest.approx(1 / 3, abs=1e-15)
+    assert concordance_index_censored(np.array([True, True, False]), np.array([1.0, 2, 3]), chain)[0] == \
+        pytest.approx(1 / 3, abs=1e-15)
+
+
+def _sksurv_c(t: np.ndarray, e: np.ndarray, r: np.ndarray) -> float:
+    return float(concordance_index_censored(np.asarray(e), np.asarray(t), np.asarray(r), tied_tol=M.TIED_TOL)[0])
+
+
+def _outcome(c_index: Callable[..., float], t: ArrayLike, e: ArrayLike, r: ArrayLike) -> float | str:
+    """C, or the refusal's type and message; NaN as the string "nan" (so that == compares it)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # sksurv's 0/0
+            c = float(c_index(t, e, r))
+    except ValueError as err:
+        return f"{type(err).__name__}: {err}"
+    return "nan" if np.isnan(c) else c
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_harrell_c_equals_sksurv_exactly_with_ties(seed: int) -> None:
+    """Equal floats (both sum integers and halves exactly), or the same refusal, small data included."""
+    for n in (2, 3, 7, 40, 300):
+        t, e, r = _hard_ties(10 * seed + n, n)
+        assert _outcome(M.harrell_c, t, e, r) == _outcome(_sksurv_c, t, e, r), n
+
+
+def test_harrell_c_equals_sksurv_on_a_realistic_cohort() -> None:
+    """5,000 patients, times in whole days (many ties), continuous risks and 40% censoring."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=5000)
+    t_event, t_cens = rng.exponential(900 * np.exp(-x)), rng.uniform(0, 2500, 5000)
+    t, e = np.ceil(np.minimum(t_event, t_cens)), t_event <= t_cens
+    risk = x + rng.normal(0, 0.5, 5000)
+    for r in (risk, risk.round(1), np.zeros(5000)):
+        assert M.harrell_c(t, e, r) == concordance_index_censored(e, t, r, tied_tol=M.TIED_TOL)[0]
+    assert M.harrell_c(t, e, np.zeros(5000)) == 0.5
+
+
+def test_harrell_c_refuses_as_sksurv_does() -> None:
+    cases = {"Need a minimum of two samples": ([1.0], [True], [0.0]),
+             "All samples are censored": ([1.0, 2], [False, False], [0.0, 1]),
+             "no comparable pairs": ([1.0, 2, 3], [False, False, True], [0.0, 1, 2])}  # the lone last row
+    for message, (t, e, r) in cases.items():
+        with pytest.raises(ValueError, match=message) as ours:
+            M.harrell_c(t, e, r)
+        with pytest.raises(type(ours.value), match=message):
+            concordance_index_censored(np.array(e), np.array(t), np.array(r))
+    # events but no comparable pair that sksurv still visits: its 0/0
+    t, e, r = np.array([1.0, 2, 2]), np.array([False, True, True]), np.array([0.0, 1, 2])
+    assert _outcome(_sksurv_c, t, e, r) == "nan" == _outcome(M.harrell_c, t, e, r)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_weighted_parts_equal_the_pairwise_reference(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Numerators and denominators bit for bit, in several blocks of resamples, on rows that are several
+    studies of one patient (zero weights included)."""
+    d = _clustered(seed)
+    t, e, r = d["time"], d["event"], d["risk"]
+    _, _, hard = _hard_ties(seed, len(t))
+    risks = np.stack([r, -r, hard, np.zeros(len(t))])
+    w = M._study_weights(np.random.default_rng(seed), M.group_codes(d["ids"], len(t)), 23)
+    monkeypatch.setattr(C, "_BLOCK_BYTES", 5 * 16 * len(t))  # 5 resamples a block
+    num, den = C.weighted_c_parts(t, e, risks, w)
+    ref_num, ref_den = _pairwise_c_parts(t, e, risks, w)
+    assert np.array_equal(den, ref_den) and np.array_equal(num, ref_num)
+    assert (w == 0).any() and (den > 0).all()
+
+
+def test_weighted_c_equals_sksurv_on_repeated_rows_with_hard_ties() -> None:
+    t, e, r = _hard_ties(5, 120)
+    counts = np.random.default_rng(5).integers(0, 4, (10, 120))
+    ours = M.harrell_c_weighted(t, e, r, counts)[0]
+    for b, w in enumerate(counts):
+        idx = np.repeat(np.arange(len(t)), w)
+        assert ours[b] == concordance_index_censored(e[idx], t[idx], r[idx], tied_tol=M.TIED_TOL)[0]
+
+
+def test_weighted_c_with_large_counts() -> None:
+    """Counts summing past 2^30 take the int64 path; C does not change when every count is scaled."""
+    t, e, r = _random_ties(6)
+    counts = np.random.default_rng(6).integers(0, 3, (4, len(t)))
+    assert np.array_equal(M.harrell_c_weighted(t, e, r, counts * 2**26), M.harrell_c_weighted(t, e, r, counts))
 
 
 def test_bootstrap_redraws_resamples_without_pairs() -> None:

@@ -2,7 +2,10 @@
 
 Every point estimate is scikit-survival's (``sksurv.metrics``), called on float64 arrays, so numbers
 are comparable with published ones; this module only adapts inputs, keeps sksurv from refusing
-valid evaluations, and adds the bootstrap. All results are plain Python floats (JSON-friendly).
+valid evaluations, and adds the bootstrap. Harrell's C is the exception in how, not in what: it is
+computed here by sksurv's rules in O(n log n) (sksurv's loop is O(n^2)), and equals
+``concordance_index_censored`` exactly, tied times and tied risks included (tested against it).
+All results are plain Python floats (JSON-friendly).
 
 Conventions: ``time`` (n,) follow-up, ``event`` (n,) True where the event was observed, ``risk`` (n,)
 where a higher risk means a shorter survival (a Cox linear predictor), ``surv_probs`` (n, m) the
@@ -53,8 +56,8 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 from scipy.stats import t as student_t
+from sksurv.exceptions import NoComparablePairException
 from sksurv.metrics import (
-    concordance_index_censored,
     concordance_index_ipcw,
     cumulative_dynamic_auc,
     integrated_brier_score,
@@ -62,9 +65,8 @@ from sksurv.metrics import (
 from sksurv.util import Surv
 
 from ctsurv.errors import CtsurvError
+from ctsurv.evaluation.concordance import TIED_TOL, weighted_c_parts
 
-TIED_TOL = 1e-8  # sksurv's default: risks closer than this count as tied (score 0.5)
-_BLOCK_BYTES = 64 * 2**20  # memory for one column block of the pair matrices in the bootstrap
 _MAX_REDRAWS = 1000
 
 # ============================================================================================
@@ -121,9 +123,28 @@ def _times(times: ArrayLike) -> np.ndarray:
 
 
 def harrell_c(time: ArrayLike, event: ArrayLike, risk: ArrayLike) -> float:
-    """Harrell's concordance index (sksurv ``concordance_index_censored``, tied risks count 0.5)."""
+    """Harrell's concordance index, equal to sksurv's ``concordance_index_censored(..., tied_tol=TIED_TOL)``.
+
+    Same pairs, scores (tied risks count 0.5), refusals and value, computed in O(n log n)
+    (:func:`weighted_c_parts` with unit weights) instead of sksurv's O(n^2): well under a second
+    for 100,000 patients (``benchmarks/concordance.md``). Like sksurv 0.28 it raises ValueError for fewer
+    than two patients or no event, NoComparablePairException (a ValueError) when the only event is
+    the one patient with the largest time, and returns NaN (sksurv's 0/0) for other data without a
+    comparable pair, e.g. when every event is at the same time and nobody is followed longer.
+    """
     t, e = _survival(time, event)
-    return float(concordance_index_censored(e, t, _risk(risk, len(t)), tied_tol=TIED_TOL)[0])
+    r = _risk(risk, len(t))
+    if len(t) < 2:
+        raise ValueError("Need a minimum of two samples")
+    if not e.any():
+        raise ValueError("All samples are censored")
+    num, den = weighted_c_parts(t, e, r[None, :], np.ones((1, len(t))))
+    if den[0]:
+        return float(num[0, 0] / den[0])
+    last = t == t.max()
+    if e.sum() == 1 and last.sum() == 1 and e[last].all():  # sksurv skips a lone last row, so it saw no event
+        raise NoComparablePairException("Data has no comparable pairs, cannot estimate concordance index.")
+    return float("nan")
 
 
 def uno_c(
@@ -254,33 +275,6 @@ def _patient_rows(codes: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     return rows
 
 
-def _weighted_c_parts(t: np.ndarray, e: np.ndarray, risks: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Numerators (k, B) and denominators (B,) of Harrell's C on B resamples given as counts ``w`` (B, n).
-
-    sksurv's rules, pair (i, j) with i an event: comparable if t_j > t_i, or t_j == t_i and j is
-    censored; scores 1 if risk_i > risk_j, 0.5 if |risk_i - risk_j| <= TIED_TOL. Copies of one row
-    (same time and event) are never comparable with each other, and A_ii = 0, so C on a resample is
-    sum_ij w_i w_j A_ij S_ij / sum_ij w_i w_j A_ij over the original rows (two studies of one patient
-    are two rows): O(B n^2) in BLAS, blocked over columns j.
-    Counts and pair scores are integers or halves, so the sums are exact in float64.
-    """
-    n = len(t)
-    num = np.zeros((len(risks), len(w)))
-    den = np.zeros(len(w))
-    block = max(1, _BLOCK_BYTES // (8 * n * (1 + len(risks))))
-    for start in range(0, n, block):
-        j = slice(start, start + block)
-        comparable = e[:, None] & ((t[j][None, :] > t[:, None]) | ((t[j][None, :] == t[:, None]) & ~e[j][None, :]))
-        a = comparable.astype(np.float64)  # (n, b)
-        den += ((w @ a) * w[:, j]).sum(axis=1)
-        for k, r in enumerate(risks):
-            diff = r[:, None] - r[j][None, :]  # (n, b) risk_i - risk_j
-            tie = np.abs(diff) <= TIED_TOL
-            score = np.where(tie, 0.5, (diff > 0).astype(np.float64)) * a
-            num[k] += ((w @ score) * w[:, j]).sum(axis=1)
-    return num, den
-
-
 def harrell_c_weighted(time: ArrayLike, event: ArrayLike, risks: ArrayLike, weights: ArrayLike) -> np.ndarray:
     """Harrell's C (k, B) of each row of ``risks`` (k, n) on resamples given as counts ``weights`` (B, n).
 
@@ -293,7 +287,7 @@ def harrell_c_weighted(time: ArrayLike, event: ArrayLike, risks: ArrayLike, weig
     w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
     if w.shape[1] != len(t) or (w < 0).any() or (w != np.round(w)).any():
         raise ValueError(f"weights must be non-negative integer counts with {len(t)} columns")
-    num, den = _weighted_c_parts(t, e, r, w)
+    num, den = weighted_c_parts(t, e, r, w)
     if (den == 0).any():
         raise ValueError(f"{int((den == 0).sum())} resamples have no comparable pair")
     return num / den
@@ -320,15 +314,15 @@ def harrell_c_bootstrap(
     codes = group_codes(groups, len(t))
     rng = np.random.default_rng(seed)
     w = _study_weights(rng, codes, n)
-    if not _weighted_c_parts(t, e, r[:0], np.ones((1, len(t))))[1][0]:  # no resample can have a pair
+    if not weighted_c_parts(t, e, r[:0], np.ones((1, len(t))))[1][0]:  # no resample can have a pair
         raise ValueError("the data have no comparable pair (no event before another patient's time)")
-    num, den = _weighted_c_parts(t, e, r, w)
+    num, den = weighted_c_parts(t, e, r, w)
     for _ in range(_MAX_REDRAWS):
         bad = np.flatnonzero(den == 0)
         if not len(bad):
             return num / den
         w[bad] = _study_weights(rng, codes, len(bad))
-        num[:, bad], den[bad] = _weighted_c_parts(t, e, r, w[bad])
+        num[:, bad], den[bad] = weighted_c_parts(t, e, r, w[bad])
     raise ValueError(f"could not draw bootstrap resamples with a comparable pair in {_MAX_REDRAWS} tries")
 
 
