@@ -9,6 +9,7 @@ estimators for the same linear predictor.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import itertools
@@ -433,7 +434,7 @@ def test_bare_i3resnet_keeps_the_users_vision_settings(cohorts: Cohorts, monkeyp
     built = []
     monkeypatch.setattr(survival_run, "build_vision_encoder", lambda vision, *a, **k: built.append(vision) or Grid())
     volumes = torch.rand(len(read_table(cohorts.cohort)), 1, 2, 2, 2)
-    monkeypatch.setattr(survival_run, "preprocess_all", lambda cohort, cfg, progress: volumes)
+    monkeypatch.setattr(survival_run, "volume_store", lambda cohort, data, progress: contextlib.nullcontext(volumes))
     user = load_config(None, ["vision.cnn_widths=[8,16,32,64]", "vision.dim=48"])  # one HU window, as I3ResNet-152 reads
     cfg, _, features = prepare(user, cohorts.cohort, None, "i3resnet152", progress=False)
     assert cfg.vision == built[0] == dataclasses.replace(user.vision, encoder="i3resnet152")

@@ -194,9 +194,10 @@ def test_cache_hits_and_misses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     nib.save(nib.Nifti1Image(a, np.diag([2.0, 2.0, 2.0, 1.0])), path)
     reads: list[Path] = []
 
-    def counting_read(p: Path, spacing_zyx: tuple[float, float, float] | None = None) -> Volume:
+    def counting_read(p: Path, spacing_zyx: tuple[float, float, float] | None = None,
+                      rescale: tuple[float, float] | None = None) -> Volume:
         reads.append(Path(p))
-        return read_volume(p, spacing_zyx)
+        return read_volume(p, spacing_zyx, rescale)
 
     monkeypatch.setattr(transforms, "read_volume", counting_read)
     cache = tmp_path / "cache"
@@ -224,12 +225,16 @@ def test_cache_hits_and_misses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert len(reads) == 6  # the file changed
     pre.load(path)
     assert len(reads) == 6
+    assert pre.cache_file(path, rescale=(1.0, -1024.0)) != pre.cache_file(path)
+    pre.load(path, rescale=(1.0, -1024.0))
+    pre.load(path, rescale=(1.0, -1024.0))
+    assert len(reads) == 7  # a rescale to HU: another entry, reused
 
     entry = pre.cache_file(path)
     assert entry is not None and entry.is_file()
     entry.write_bytes(b"half a file")
     torch.testing.assert_close(pre.load(path), first, rtol=0, atol=0)  # a damaged entry is recomputed
-    assert len(reads) == 7
+    assert len(reads) == 8
 
 
 def test_cache_key_covers_folder_contents_and_array_spacing(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from ctsurv.errors import VolumeError
-from ctsurv.io.volumes import HUWarning, Volume, read_volume
+from ctsurv.io.volumes import HUWarning, Volume, read_volume, to_hu
 
 # file -> (shape as stored (I, J, K), spacing mm, orientation, HU min, HU max), from realdata/MANIFEST.md.
 # The DICOM series is 20 x 512 x 512 (Z, Y, X) in the MANIFEST; a Volume indexes it (X, Y, Z).
@@ -306,3 +306,12 @@ def test_multiframe_3d_dicom_file_is_accepted(tmp_path: Path) -> None:
     np.testing.assert_allclose(volume.spacing, (0.8, 0.9, 2.5), atol=1e-4)
     np.testing.assert_allclose(volume.affine[:3, 3], (-10.0, -20.0, 30.0), atol=1e-4)
     np.testing.assert_array_equal(volume.array, zyx.transpose(2, 1, 0))
+
+
+def test_to_hu_rescales_stored_values_and_leaves_hu_alone() -> None:
+    rng = np.random.default_rng(0)
+    hu = rng.uniform(-1000, 1500, size=(20, 20, 10)).astype(np.float32)
+    hu[:, :5] = -1000.0  # air, as every chest CT has
+    stored = (hu + 1024.0) / 2.0  # a DICOM export with slope 2, intercept -1024
+    np.testing.assert_allclose(to_hu(stored, 2.0, -1024.0), hu, atol=1e-3)
+    assert to_hu(hu, 2.0, -1024.0) is hu  # holds HU already: a second rescale would shift it by -1024

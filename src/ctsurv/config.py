@@ -61,7 +61,10 @@ class DataConfig:
     # lung window for nodules, bone window for calcified plaques); one channel per window and scale, window-major
     blob_windows: tuple[int, ...] = (0,)
     crop: Literal["center", "foreground"] = "center"
-    cache_dir: str | None = None  # on-disk cache of preprocessed volumes; None disables it
+    # on-disk cache of preprocessed volumes (one .npy per volume), reused by later runs; None: a temporary folder
+    # removed at the end of the command (set it for big cohorts: the volumes are read from there, never stacked)
+    cache_dir: str | None = None
+    workers: int | None = None  # preprocessing processes; None: min(4, CPU count); 1: in the command's process
 
     @property
     def hu_windows(self) -> tuple[tuple[float, float], ...]:
@@ -101,6 +104,8 @@ class DataConfig:
                 f"data.blob_windows must be distinct window indices from 0 (hu_window) to {n - 1} "
                 f"(the extra_hu_windows), got {list(self.blob_windows)}"
             )
+        if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):
+            raise ConfigError(f"data.workers must be a positive number of processes (or null for min(4, CPUs)), got {self.workers!r}")
         overlap = set(self.numeric_columns) & set(self.categorical_columns)
         if overlap:
             raise ConfigError(f"columns {sorted(overlap)} are declared both numeric and categorical; pick one")

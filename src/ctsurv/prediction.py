@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 from ctsurv.config import load_config
 from ctsurv.errors import CtsurvError
 from ctsurv.evaluation.vlm_eval import SHORT_ANSWER_TOKENS, answer_questions
-from ctsurv.features import encode_all, preprocess_all
+from ctsurv.features import cells_all, encode_all, volume_store
 from ctsurv.io.clinical import ClinicalSchema
 from ctsurv.io.cohort import TABLE_SUFFIXES, load_cohort
 from ctsurv.models.survival import BreslowBaseline, SurvivalHead
@@ -90,9 +90,9 @@ def predict(run_dir: str | Path, target: str | Path, out_dir: str | Path, spacin
     clinical_frame = cohort.clinical()
     fitted.schema.check(clinical_frame)  # unseen categorical levels -> a clear error before any work
     vlm, _ = load_checkpoint(checkpoint)
-    volumes = preprocess_all(cohort, cfg, progress=True)
+    volumes = volume_store(cohort, cfg.data, progress=True)  # streamed from disk batch by batch
     grids = encode_all(vlm, volumes)  # read as `ctsurv survival` reads them: from the pooled encoder grids
-    answers = vlm_features(vlm, grids, kind="features", cells=vlm.projector.cells(volumes), visual_tokens=False)
+    answers = vlm_features(vlm, grids, kind="features", cells=cells_all(vlm, volumes), visual_tokens=False)
     image = torch.as_tensor(fitted.image_features(answers.p_yes, answers.hidden), dtype=torch.float32)
     clinical = torch.as_tensor(fitted.schema.transform(clinical_frame))
     risk = fitted.head.predict_risk(image, clinical).numpy().astype(np.float64)
@@ -109,6 +109,7 @@ def predict(run_dir: str | Path, target: str | Path, out_dir: str | Path, spacin
         table[f"answer: {label}"] = np.where(answers.p_yes[:, j] >= 0.5, "Yes.", "No.")
     details = [q for q in QUESTIONS if q.kind not in ("presence", "report")]
     generated = answer_questions(vlm, volumes, "images", [q.text for q in details], max_new_tokens=SHORT_ANSWER_TOKENS)
+    volumes.close()  # removes a temporary cache (data.cache_dir unset)
     for j, q in enumerate(details):
         table[f"answer: {q.text}"] = [g[j] for g in generated]
 

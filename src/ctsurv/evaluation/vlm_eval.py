@@ -43,7 +43,9 @@ def answer_questions(
     cells: torch.Tensor | None = None,
 ) -> list[list[str]]:
     """Generated answers ``[study][question]`` for every input (volumes or cached encoder features; with
-    features, ``cells`` are the volumes' cells for a findings head that reads them, ``projector.cells``)."""
+    features, ``cells`` are the volumes' cells for a findings head that reads them, ``projector.cells``).
+
+    ``inputs`` are read ``batch_size`` rows at a time (``inputs[a:b]``), so a lazy ``VolumeStore`` streams here."""
     answers: list[list[str]] = [[] for _ in range(len(inputs))]
     for start in range(0, len(inputs), batch_size):
         tokens = _visual_tokens(vlm, inputs, kind, cells, slice(start, start + batch_size))

@@ -1,38 +1,39 @@
 """Volumes -> preprocessed tensors -> frozen encoder features: the step that pretrain, survival and predict share.
 
-    cohort.volume_paths --Preprocessor (ctsurv.features.preprocess, cached on disk)--> (N, C, X, Y, Z) float16
+    cohort.volume_paths --Preprocessor (ctsurv.features.preprocess, cached on disk)--> VolumeStore (N, C, X, Y, Z)
                         --vision encoder + the projector's parameter-free pooling-->    (N, Dv, tokens) float32
+
+The commands stream the volumes from a :class:`~ctsurv.features.store.VolumeStore` batch by batch (no step holds
+more than one batch of them); only the features, which are small, are kept in memory.
 """
 
 from __future__ import annotations
 
 import torch
-from rich.progress import track
 
 from ctsurv.config import ExperimentConfig
-from ctsurv.features.preprocess import Preprocessor
+from ctsurv.features.store import VolumeStore, volume_store
 from ctsurv.io.cohort import Cohort
 from ctsurv.models.vlm import CTVLM
 
+Volumes = torch.Tensor | VolumeStore  # (N, C, X, Y, Z): a stacked tensor (small cohorts, tests) or a store
+
 
 def preprocess_all(cohort: Cohort, cfg: ExperimentConfig, progress: bool) -> torch.Tensor:
-    """All volumes of ``cohort`` preprocessed, (N, C, X, Y, Z) float16 (half the memory; exact enough)."""
-    pre = Preprocessor(cfg.data)
-    paths = cohort.volume_paths
-    volumes = [
-        pre.load(p, spacing_zyx=cohort.spacing_zyx(i)).to(torch.float16)
-        for i, p in track(list(enumerate(paths)), description="preprocessing volumes", disable=not progress)
-    ]
-    return torch.stack(volumes)
+    """All volumes of ``cohort`` preprocessed and stacked, (N, C, X, Y, Z) float16: for small cohorts only
+    (tests, research probes); the commands use :func:`~ctsurv.features.store.volume_store`, which streams them."""
+    with volume_store(cohort, cfg.data, progress) as store:
+        return store[:]
 
 
 @torch.no_grad()
-def encode_all(vlm: CTVLM, volumes: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
+def encode_all(vlm: CTVLM, volumes: Volumes, batch_size: int = 8) -> torch.Tensor:
     """Features of a frozen vision encoder for every volume, computed once: (n, Dv, N tokens), on the CPU.
 
     They are stored already pooled by the projector (the token grid, and the max token if any): the
     pooling has no parameters, so this is exact, and it shrinks the I3ResNet-152 grid (2048×7×7×10 at
-    full size) by an order of magnitude. The encoder runs where it is (a GPU after Accelerate's stage 0).
+    full size) by an order of magnitude. The encoder runs where it is (a GPU after Accelerate's stage 0);
+    the volumes are read ``batch_size`` at a time.
     """
     vlm.vision_encoder.eval()
     device = next(vlm.vision_encoder.parameters()).device
@@ -41,3 +42,13 @@ def encode_all(vlm: CTVLM, volumes: torch.Tensor, batch_size: int = 8) -> torch.
         for i in range(0, len(volumes), batch_size)
     ]
     return torch.cat(chunks)
+
+
+@torch.no_grad()
+def cells_all(vlm: CTVLM, volumes: Volumes, batch_size: int = 8) -> torch.Tensor | None:
+    """``vlm.projector.cells`` of every volume (n, K), read ``batch_size`` volumes at a time; None when the
+    projector's findings head reads no cells. The cells of a volume do not depend on its batch."""
+    findings = vlm.projector.findings
+    if findings is None or findings.cells_channel is None:
+        return None
+    return torch.cat([vlm.projector.cells(volumes[i : i + batch_size]) for i in range(0, len(volumes), batch_size)])

@@ -145,15 +145,19 @@ class Preprocessor:
             out = torch.cat([out, torch.stack(blobs)])
         return out.contiguous()  # (C, X, Y, Z)
 
-    def load(self, path: str | Path, spacing_zyx: tuple[float, float, float] | None = None) -> torch.Tensor:
-        """Read and preprocess ``path`` (any format of :func:`read_volume`), through the cache if set.
+    def load(
+        self, path: str | Path, spacing_zyx: tuple[float, float, float] | None = None,
+        rescale: tuple[float, float] | None = None,
+    ) -> torch.Tensor:
+        """Read and preprocess ``path`` (any format of :func:`read_volume`, with its ``rescale`` to HU), through the
+        cache if set.
 
         A cache entry is keyed by the file's resolved path, size and modification time (every
-        file's, for a DICOM folder), ``spacing_zyx`` and every preprocessing parameter, so an
+        file's, for a DICOM folder), ``spacing_zyx``, ``rescale`` and every preprocessing parameter, so an
         edited file or a changed config never reuses a stale result.
         """
         path = Path(path)
-        cache_file = self.cache_file(path, spacing_zyx)
+        cache_file = self.cache_file(path, spacing_zyx, rescale)
         if cache_file is not None and cache_file.is_file():
             try:
                 cached = np.load(cache_file, allow_pickle=False)
@@ -161,12 +165,15 @@ class Preprocessor:
                     return torch.from_numpy(cached)
             except (OSError, ValueError, EOFError):
                 pass  # a damaged entry (e.g. disk full mid-write elsewhere): recompute and overwrite it
-        out = self(read_volume(path, spacing_zyx))
+        out = self(read_volume(path, spacing_zyx, rescale))
         if cache_file is not None:
             _save_npy_atomic(cache_file, out.numpy())
         return out
 
-    def cache_file(self, path: str | Path, spacing_zyx: tuple[float, float, float] | None = None) -> Path | None:
+    def cache_file(
+        self, path: str | Path, spacing_zyx: tuple[float, float, float] | None = None,
+        rescale: tuple[float, float] | None = None,
+    ) -> Path | None:
         """Where ``load`` keeps the result for ``path``; None when caching is off or the path is missing."""
         if self.cfg.cache_dir is None:
             return None
@@ -177,6 +184,7 @@ class Preprocessor:
             "version": CACHE_VERSION,
             "file": fingerprint,
             "spacing_zyx": None if spacing_zyx is None else [float(s) for s in spacing_zyx],
+            **({} if rescale is None else {"rescale": [float(v) for v in rescale]}),  # absent: keys cached before stay
             # empty channel lists and later fields at their defaults are left out, so entries cached before
             # such a field existed stay valid
             **{k: v for k, v in self.cfg.preprocessing().items() if v != () and _LATER_FIELD_DEFAULTS.get(k) != v},

@@ -16,7 +16,8 @@ A cohort is a CSV, TSV or Parquet table. Column names come from :class:`~ctsurv.
 - ``patient_id`` (:data:`PATIENT_COLUMN`): optional; studies of one patient share it so that
   cross-validation keeps them in one fold. Without it every study is its own patient.
 - ``rescale_slope``, ``rescale_intercept`` (:data:`RESCALE_COLUMNS`): optional; when filled the volume
-  reader must apply ``HU = stored * slope + intercept`` (CT-RATE stores raw values).
+  reader applies ``HU = stored * slope + intercept`` (CT-RATE's metadata), unless the volume holds HU already
+  (:func:`ctsurv.io.volumes.to_hu`).
 
 Every check runs at load and all problems are reported together, each naming the table, the column, the
 rows (numbered from 1, header excluded, with their ids) and the fix, so a bad table fails before training.

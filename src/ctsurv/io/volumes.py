@@ -110,11 +110,15 @@ class Volume:
         return Volume(array, affine, self.path)
 
 
-def read_volume(path: str | Path, spacing_zyx: tuple[float, float, float] | None = None) -> Volume:
+def read_volume(
+    path: str | Path, spacing_zyx: tuple[float, float, float] | None = None, rescale: tuple[float, float] | None = None
+) -> Volume:
     """Read one CT volume, validated, in HU (see the module docstring for formats and conventions).
 
     ``spacing_zyx`` (mm, slice axis first) is used only for NumPy arrays, which carry no spacing;
-    the cohort table's spacing columns or ``data.array_spacing_zyx`` supply it.
+    the cohort table's spacing columns or ``data.array_spacing_zyx`` supply it. ``rescale`` (slope,
+    intercept), from the cohort table's rescale columns (CT-RATE's metadata), turns stored values into
+    HU (:func:`to_hu`).
     """
     path = Path(path)
     if not path.exists():
@@ -132,7 +136,24 @@ def read_volume(path: str | Path, spacing_zyx: tuple[float, float, float] | None
         array, affine = _read_dicom_file(path)
     else:
         raise VolumeError(f"{path} has an unsupported format; supported: {SUPPORTED_FORMATS}")
+    if rescale is not None:
+        array = to_hu(array, *rescale)
     return _validated(array, affine, path)
+
+
+def to_hu(array: np.ndarray, slope: float, intercept: float) -> np.ndarray:
+    """``array * slope + intercept``, unless the array holds HU already.
+
+    A table's rescale columns say how the stored values of a DICOM export map to HU; some releases of a
+    dataset ship the same volumes already converted (CT-RATE's metadata lists slope 1, intercept -1024 for
+    volumes whose published scripts disagree on this). Every chest CT holds air (about -1000 HU), so an array
+    whose 1st percentile is below -500 is taken as HU already and left as it is; applying the intercept
+    again would shift it by -1024 HU and window every tissue wrongly.
+    """
+    sample = np.asarray(array).ravel()[:: max(1, array.size // 200_000)]
+    if float(np.percentile(sample, 1)) < -500:
+        return array
+    return np.asarray(array, dtype=np.float32) * np.float32(slope) + np.float32(intercept)
 
 
 # --------------------------------------------------------------------------- readers

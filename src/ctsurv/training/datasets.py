@@ -14,6 +14,7 @@ from collections.abc import Callable
 import torch
 from torch.utils.data import Dataset
 
+from ctsurv.features import Volumes
 from ctsurv.models.vlm import CTVLM
 from ctsurv.text.questions import PRESENCE_QUESTIONS, REPORT_QUESTION
 
@@ -34,9 +35,12 @@ def align_pairs(findings: str, impression: str | None) -> Pairs:
 
 class StudyDataset(Dataset):
     """``inputs[i]`` (a preprocessed volume (C, X, Y, Z) or encoder features (Dv, gx, gy, gz)) and its pairs;
-    with ``finding_logits`` (n, P) also study i's findings-token logits (out-of-fold, see training.findings)."""
+    with ``finding_logits`` (n, P) also study i's findings-token logits (out-of-fold, see training.findings).
 
-    def __init__(self, inputs: torch.Tensor, pairs: list[Pairs], kind: str, finding_logits: torch.Tensor | None = None) -> None:
+    Volumes may come from a :class:`~ctsurv.features.VolumeStore`: each item is then read from disk when the
+    DataLoader asks for it, so an epoch holds one batch of volumes at a time."""
+
+    def __init__(self, inputs: Volumes, pairs: list[Pairs], kind: str, finding_logits: torch.Tensor | None = None) -> None:
         if len(inputs) != len(pairs):
             raise ValueError(f"{len(inputs)} inputs but {len(pairs)} lists of pairs")
         if kind not in ("images", "features"):

@@ -24,6 +24,7 @@ again from the seed and must equal the saved split.csv.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from transformers import AutoTokenizer
 
 from ctsurv.config import ExperimentConfig, config_differences, load_config, save_config
 from ctsurv.errors import ConfigError, CtsurvError
-from ctsurv.features import encode_all, preprocess_all
+from ctsurv.features import cells_all, encode_all, volume_store
 from ctsurv.io.cohort import load_cohort
 from ctsurv.models.language import train_tokenizer
 from ctsurv.models.vlm import build_vlm
@@ -100,9 +101,10 @@ def check_resumed_stage(saved: ExperimentConfig, cfg: ExperimentConfig, stage: s
 
     ``--resume`` keeps a finished stage as it is and rebuilds the model from its checkpoint, so a changed
     setting of that stage (or of the model, e.g. ``projector.max_token``) would silently not apply. Settings
-    of the stages still to run, the evaluation's ``pretrain.max_new_tokens``, ``survival.*`` and ``name`` may change.
+    of the stages still to run, the evaluation's ``pretrain.max_new_tokens``, ``survival.*``, ``name`` and where or
+    how fast volumes are preprocessed (``data.cache_dir``, ``data.workers``) may change.
     """
-    free = (*_LATER_SETTINGS[stage], "pretrain.max_new_tokens", "survival.", "name")
+    free = (*_LATER_SETTINGS[stage], "pretrain.max_new_tokens", "survival.", "name", "data.cache_dir", "data.workers")
     changed = {k: v for k, v in config_differences(saved, cfg).items() if not k.startswith(free)}
     if changed:
         listed = "; ".join(f"{k}: {old!r} in the checkpoint, {new!r} now" for k, (old, new) in sorted(changed.items()))
@@ -129,7 +131,10 @@ def pretrain(
             "stages 1-2 here; keep stage 0 (pretrain.vision.epochs > 0) for a scratch encoder and "
             "pretrain.finetune_vision=false, or set projector.findings_token=false"
         )
-    cohort = load_cohort(cohort_path, cfg.data, require_reports=True)
+    # pretraining reads volumes and reports, never clinical data: a CT-RATE table has none of the columns a
+    # survival config declares
+    reading = dataclasses.replace(cfg.data, numeric_columns=(), categorical_columns=())
+    cohort = load_cohort(cohort_path, reading, require_reports=True)
     patients = cohort.patient_ids
     part = split_patients(patients, cfg.pretrain.val_fraction, cfg.pretrain.test_fraction, cfg.seed)
     train_idx, val_idx, test_idx = (np.flatnonzero(part == name) for name in ("train", "val", "test"))
@@ -189,11 +194,13 @@ def pretrain(
 
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    volumes = preprocess_all(cohort, cfg, progress)
+    # on disk (data.cache_dir, else a temporary folder removed at the end): stage 0 and the encoding read it
+    # batch by batch, never all at once
+    volumes = volume_store(cohort, cfg.data, progress)
     seconds["preprocess"] = time.perf_counter() - t0
 
     features = None
-    cells = vlm.projector.cells(volumes)  # (n, K) what the findings head reads besides the grid, or None
+    cells = cells_all(vlm, volumes)  # (n, K) what the findings head reads besides the grid, or None
     finding_logits = None  # the findings token's out-of-fold logits of the training studies
     findings_choice: dict = {}
     for stage in STAGES:
@@ -253,6 +260,7 @@ def pretrain(
         cells=None if (cells is None or kind == "images") else cells[test_idx],
     )
     seconds["evaluate"] = time.perf_counter() - t0
+    volumes.close()  # (on an error, the temporary cache goes when the store is collected or Python exits)
     return PretrainSummary(out_dir, len(train_idx), len(val_idx), len(test_idx), seconds, metrics)
 
 

@@ -53,6 +53,7 @@ from sklearn.decomposition import PCA
 
 from ctsurv.config import ExperimentConfig
 from ctsurv.evaluation.crossval import Fold, FoldPrediction
+from ctsurv.features import Volumes
 from ctsurv.io.clinical import ClinicalSchema
 from ctsurv.io.cohort import Cohort
 from ctsurv.io.tables import as_text
@@ -87,7 +88,7 @@ class ImageFeatures:
 
 @torch.no_grad()
 def vlm_features(
-    vlm: CTVLM, inputs: torch.Tensor, batch_size: int = 16, kind: str = "images", cells: torch.Tensor | None = None,
+    vlm: CTVLM, inputs: Volumes, batch_size: int = 16, kind: str = "images", cells: torch.Tensor | None = None,
     visual_tokens: bool = True,
 ) -> ImageFeatures:
     """Answers (P(yes), hidden states) of the model for every volume (N, C, X, Y, Z), or for cached, pooled
@@ -126,8 +127,9 @@ def projector_input_blocks(projector: Projector, grids: torch.Tensor, cells: tor
 
 
 @torch.no_grad()
-def encoder_features(encoder: torch.nn.Module, volumes: torch.Tensor, batch_size: int = 16) -> np.ndarray:
-    """Mean-pooled vision features (N, Dv) of a pretrained encoder used without instruction tuning."""
+def encoder_features(encoder: torch.nn.Module, volumes: Volumes, batch_size: int = 16) -> np.ndarray:
+    """Mean-pooled vision features (N, Dv) of a pretrained encoder used without instruction tuning, read
+    ``batch_size`` volumes at a time."""
     encoder.eval()
     return np.concatenate(
         [encoder.features(volumes[i : i + batch_size].float()).mean(dim=(2, 3, 4)).numpy() for i in range(0, len(volumes), batch_size)]

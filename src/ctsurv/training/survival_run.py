@@ -34,7 +34,7 @@ from ctsurv.errors import CtsurvError
 from ctsurv.evaluation import figures, report
 from ctsurv.evaluation.crossval import Fold, OutOfFold, compare_methods, cross_validate, make_folds
 from ctsurv.evaluation.metrics import choose_horizons, p_floor
-from ctsurv.features import encode_all, preprocess_all
+from ctsurv.features import Volumes, cells_all, encode_all, volume_store
 from ctsurv.io.cohort import Cohort, load_cohort
 from ctsurv.models.survival import BreslowBaseline, SurvivalHead, fit_survival_head
 from ctsurv.models.vision import build_vision_encoder
@@ -165,11 +165,11 @@ def same_encoder(a: CTVLM, b: CTVLM) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def model_features(vlm: CTVLM, checkpoints: PretrainedCheckpoints, volumes: torch.Tensor, ids: list[str]) -> Features:
+def model_features(vlm: CTVLM, checkpoints: PretrainedCheckpoints, volumes: Volumes, ids: list[str]) -> Features:
     """Every pretrained rung's features of ``volumes``, read once: the model's answers from its cached encoder
     grids (as stage 3 and `ctsurv predict` read them), its findings classifier's probabilities, the stage-1
     checkpoint's answers, and what the projector receives from the encoder before instruction tuning."""
-    grids, cells = encode_all(vlm, volumes), vlm.projector.cells(volumes)
+    grids, cells = encode_all(vlm, volumes), cells_all(vlm, volumes)
     answers = vlm_features(vlm, grids, kind="features", cells=cells)
     absent, sources = {}, {"model": str(checkpoints.instruct)}
     findings = None
@@ -221,18 +221,20 @@ def prepare(
         check_bare_encoder(encoder)  # type: ignore[arg-type]
         cfg = dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, encoder=encoder))
     cohort = load_cohort(cohort_path, cfg.data, require_outcomes=True)
-    volumes = preprocess_all(cohort, cfg, progress)
-    if pretrained is not None:
-        return cfg, cohort, model_features(vlm, checkpoints, volumes, cohort.ids)
+    with volume_store(cohort, cfg.data, progress) as volumes:  # streamed from disk batch by batch
+        if pretrained is not None:
+            return cfg, cohort, model_features(vlm, checkpoints, volumes, cohort.ids)
+        return cfg, cohort, bare_encoder_features(cfg, encoder, volumes, cohort.ids)  # type: ignore[arg-type]
+
+
+def bare_encoder_features(cfg: ExperimentConfig, encoder: str, volumes: Volumes, ids: list[str]) -> Features:
+    """The mean-pooled grid of a pretrained encoder (--encoder) without a language model: the one rung it has."""
     size_xyz = tuple(reversed(cfg.data.target_shape_zyx))
     bare = build_vision_encoder(  # type: ignore[arg-type]
         cfg.vision, size_xyz, in_channels=cfg.data.in_channels, skip_channels=cfg.data.n_blob_channels
     )
     absent = {name: f"absent: --encoder {encoder} has no language model" for name in ("findings_classifier", "model_align", "model")}
-    features = Features(
-        cohort.ids, None, (encoder_features(bare, volumes),), None, absent=absent, sources={"encoder_no_instruction": str(encoder)}
-    )
-    return cfg, cohort, features
+    return Features(ids, None, (encoder_features(bare, volumes),), None, absent=absent, sources={"encoder_no_instruction": str(encoder)})
 
 
 def run_survival(
