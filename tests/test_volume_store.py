@@ -13,7 +13,7 @@ from tiny_setups import TINY_PIPELINE, build, one_torch_thread, tiny_config  # n
 
 from ctsurv.config import ExperimentConfig, TrainConfig
 from ctsurv.errors import CtsurvError
-from ctsurv.features import Preprocessor, VolumeStore, cells_all, encode_all, volume_store
+from ctsurv.features import Preprocessor, VolumeStore, cells_all, encode_all, extract, volume_store
 from ctsurv.features import store as store_module
 from ctsurv.io.cohort import Cohort, load_cohort
 from ctsurv.io.volumes import HUWarning
@@ -170,6 +170,39 @@ def test_encoding_and_cells_stream_the_same_features(cohort: Cohort, stacked: to
     cells = cells_all(vlm, store, batch_size=4)
     assert cells is not None and torch.equal(cells, vlm.projector.cells(stacked))
     assert cells_all(build(config(tmp_path)), store) is None
+
+
+def test_features_are_cached_beside_the_volumes_per_encoder_and_resumed(
+    cohort: Cohort, stacked: torch.Tensor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A persistent cache keeps each volume's features under a key of the encoder's weights: a second pass encodes
+    nothing, a pass after lost entries encodes only those, another encoder gets its own entries."""
+    cfg = config(tmp_path, "projector.max_token=true")
+    vlm = build(cfg)
+    encoded: list[int] = []
+    features = vlm.vision_encoder.features
+    monkeypatch.setattr(vlm.vision_encoder, "features", lambda x: encoded.append(len(x)) or features(x))
+    store = volume_store(cohort, cfg.data, workers=1)
+    reference = encode_all(vlm, stacked, batch_size=4)  # a stacked tensor is never cached
+    assert sum(encoded) == N
+    first = encode_all(vlm, store, batch_size=4)
+    files = extract.feature_files(vlm, store)
+    assert torch.equal(first, reference) and sum(encoded) == 2 * N and all(f.is_file() for f in files)
+    assert files[0].parent.parent == tmp_path / "features"
+    assert torch.equal(encode_all(vlm, store, batch_size=4), reference) and sum(encoded) == 2 * N  # all cached
+    for f in files[2:5]:
+        f.unlink()
+    torch.testing.assert_close(encode_all(vlm, store, batch_size=4), reference)  # the batch differs: float tolerance
+    assert sum(encoded) == 2 * N + 3
+    torch.testing.assert_close(encode_all(vlm, store[np.array([4, 1])], batch_size=4), reference[[4, 1]])
+    assert sum(encoded) == 2 * N + 3  # a sub-store reads the same entries
+    with torch.no_grad():
+        next(vlm.vision_encoder.parameters()).add_(0.01)  # another encoder: its own entries
+    assert extract.feature_files(vlm, store)[0].parent != files[0].parent
+    encode_all(vlm, store, batch_size=4)
+    assert sum(encoded) == 3 * N + 3
+    with volume_store(cohort, config(None).data, workers=1) as temporary:
+        assert extract.feature_files(vlm, temporary) is None  # a temporary cache keeps no features
 
 
 def test_data_workers_default_and_override(cohort: Cohort, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

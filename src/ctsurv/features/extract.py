@@ -9,9 +9,14 @@ more than one batch of them); only the features, which are small, are kept in me
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
+import numpy as np
 import torch
 
 from ctsurv.config import ExperimentConfig
+from ctsurv.features.preprocess import save_npy_atomic
 from ctsurv.features.store import VolumeStore, volume_store
 from ctsurv.io.cohort import Cohort
 from ctsurv.models.vlm import CTVLM
@@ -34,14 +39,45 @@ def encode_all(vlm: CTVLM, volumes: Volumes, batch_size: int = 8) -> torch.Tenso
     pooling has no parameters, so this is exact, and it shrinks the I3ResNet-152 grid (2048×7×7×10 at
     full size) by an order of magnitude. The encoder runs where it is (a GPU after Accelerate's stage 0);
     the volumes are read ``batch_size`` at a time.
+
+    With volumes in a persistent cache (``data.cache_dir``), each volume's features are cached beside it too,
+    under a key of the encoder's weights and the pooling (:func:`feature_files`): pretrain, survival and predict
+    then encode a volume once per encoder, and an interrupted pass computes only the missing entries.
     """
     vlm.vision_encoder.eval()
+    files = feature_files(vlm, volumes)
+    if files is None:
+        return _encode(vlm, volumes, batch_size)
+    missing = [i for i, f in enumerate(files) if not f.is_file()]
+    for start in range(0, len(missing), batch_size):
+        rows = missing[start : start + batch_size]
+        for i, features in zip(rows, _encode(vlm, volumes[np.asarray(rows)], batch_size)):
+            save_npy_atomic(files[i], features.float().numpy())
+    return torch.from_numpy(np.stack([np.load(f, allow_pickle=False) for f in files]))
+
+
+def _encode(vlm: CTVLM, volumes: Volumes, batch_size: int) -> torch.Tensor:
     device = next(vlm.vision_encoder.parameters()).device
     chunks = [
         vlm.projector.pool(vlm.vision_encoder.features(volumes[i : i + batch_size].to(device).float())).cpu()
         for i in range(0, len(volumes), batch_size)
     ]
     return torch.cat(chunks)
+
+
+def feature_files(vlm: CTVLM, volumes: Volumes) -> list[Path] | None:
+    """Where :func:`encode_all` caches each volume's features: ``<cache_dir>/features/<encoder key>/<volume
+    entry>.npy``, the key a hash of the encoder's weights (every parameter and buffer) and the projector's pooling
+    (token grid, max token); None for volumes not in a persistent cache."""
+    if not isinstance(volumes, VolumeStore) or not volumes.persistent or not len(volumes):
+        return None
+    digest = hashlib.sha256()
+    digest.update(repr((type(vlm.vision_encoder).__name__, vlm.projector.tokens_xyz, vlm.projector.max_token)).encode())
+    for name, tensor in vlm.vision_encoder.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # any dtype
+    folder = Path(volumes.files[0]).parent / "features" / digest.hexdigest()[:32]
+    return [folder / Path(f).name for f in volumes.files]
 
 
 @torch.no_grad()

@@ -167,7 +167,7 @@ class Preprocessor:
                 pass  # a damaged entry (e.g. disk full mid-write elsewhere): recompute and overwrite it
         out = self(read_volume(path, spacing_zyx, rescale))
         if cache_file is not None:
-            _save_npy_atomic(cache_file, out.numpy())
+            save_npy_atomic(cache_file, out.numpy())
         return out
 
     def cache_file(
@@ -252,7 +252,7 @@ def _fingerprint(path: Path) -> dict[str, Any] | None:
     return {"path": str(resolved), "entries": entries}
 
 
-def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
+def save_npy_atomic(path: Path, array: np.ndarray) -> None:
     """np.save to a temporary file in the same folder, then rename: readers never see half a file,
     and parallel workers writing the same entry each replace it whole."""
     path.parent.mkdir(parents=True, exist_ok=True)

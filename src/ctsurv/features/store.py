@@ -106,6 +106,11 @@ class VolumeStore(Dataset):
             raise CtsurvError(f"{self.files[i]} holds shape {tuple(volume.shape)}, expected {self.shape[1:]}; run the command again")
         return volume.to(self.dtype)
 
+    @property
+    def persistent(self) -> bool:
+        """Whether the entries live in ``data.cache_dir`` (kept for later runs), not in a temporary folder."""
+        return self._scratch is None
+
     def close(self) -> None:
         """Remove the temporary cache folder, if this store made one (sub-stores share it)."""
         if self._scratch is not None:
