@@ -160,6 +160,20 @@ def test_stage_0_streams_the_same_batches_and_trains_the_same_weights(
         assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
     assert history_a == history_b
     assert weights_a.keys() == weights_b.keys() and all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+    # the same with two DataLoader worker processes reading the volumes (what pretrain's stage 0 does)
+    vlm = build(cfg, seed=3)
+    set_trainable(vlm, cfg, "vision")
+    torch.manual_seed(4)
+    loss = FindingLoss(vlm, len(PRESENCE_QUESTIONS), augment=True)
+
+    class InWorkers(StudyDataset):
+        def __getitem__(self, i: int) -> tuple:
+            assert torch.utils.data.get_worker_info() is not None, "read in the main process"
+            return super().__getitem__(i)
+
+    history = train(loss, InWorkers(store[train_idx], pairs, "images"), finding_collate, train_cfg, seed=cfg.seed,
+                    progress=False, loader_workers=2)
+    assert history == history_a and all(torch.equal(v, weights_a[k]) for k, v in loss.state_dict().items())
 
 
 def test_encoding_and_cells_stream_the_same_features(cohort: Cohort, stacked: torch.Tensor, tmp_path: Path) -> None:

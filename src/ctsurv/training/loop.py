@@ -69,11 +69,14 @@ def train(
     resume: bool = False,
     description: str = "train",
     progress: bool = True,
+    loader_workers: int = 0,
 ) -> list[dict[str, float]]:
     """Train ``model`` (a loss module) on ``dataset``; returns the per-step history of loss and lr.
 
     With ``out_dir``, the state after each epoch goes to ``out_dir/train_state`` and ``resume``
     continues from it; every ``cfg.log_every`` steps a line goes to ``out_dir/log.jsonl``. The trained weights stay in ``model`` (unwrapped) at the end.
+    ``loader_workers`` processes read and collate the batches (the order is drawn here, so the batches do not
+    change); only for a ``collate`` that draws no random numbers, as those would come from the workers' generators.
     """
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum)
     groups = parameter_groups(model, cfg)
@@ -104,7 +107,9 @@ def train(
             torch.manual_seed(seed * 1000 + epoch)  # dropout etc.: identical on resume
             order = np.random.default_rng([seed, epoch]).permutation(len(dataset)).tolist()
             loader = accelerator.prepare_data_loader(
-                DataLoader(dataset, batch_size=cfg.batch_size, sampler=order, collate_fn=collate), device_placement=True
+                DataLoader(dataset, batch_size=cfg.batch_size, sampler=order, collate_fn=collate, num_workers=loader_workers,
+                           multiprocessing_context="fork" if loader_workers else None),
+                device_placement=True,
             )
             model.train()
             for batch in loader:

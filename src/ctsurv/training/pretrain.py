@@ -38,6 +38,7 @@ from transformers import AutoTokenizer
 from ctsurv.config import ExperimentConfig, config_differences, load_config, save_config
 from ctsurv.errors import ConfigError, CtsurvError
 from ctsurv.features import cells_all, encode_all, volume_store
+from ctsurv.features.store import default_workers
 from ctsurv.io.cohort import load_cohort
 from ctsurv.models.language import train_tokenizer
 from ctsurv.models.vlm import build_vlm
@@ -239,9 +240,13 @@ def pretrain(
                 n_findings=len(PRESENCE_QUESTIONS),
             )
             collate = study_collate(vlm, kind, packed=cfg.pretrain.pack_questions and stage == "instruct")
+        # stage 0 reads volumes from disk: worker processes read them while the model trains (its collate is
+        # deterministic; the other stages' shuffle questions, so they collate here)
+        readers = (cfg.data.workers or default_workers()) if stage == "vision" and kind == "images" else 0
         history = train(
             loss, dataset, collate, getattr(cfg.pretrain, stage), seed=cfg.seed,
             out_dir=out_dir / f"{stage}_run", resume=resume, description=stage, progress=progress,
+            loader_workers=readers,
         )
         seconds[stage] = time.perf_counter() - t0
         stage_metrics = _stage_metrics(history, seconds[stage], len(dataset))
