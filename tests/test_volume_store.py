@@ -208,13 +208,16 @@ def test_features_are_cached_beside_the_volumes_per_encoder_and_resumed(
         f.unlink()
     torch.testing.assert_close(encode_all(vlm, store, batch_size=4), reference)  # the batch differs: float tolerance
     assert sum(encoded) == 2 * N + 3
+    files[7].write_bytes(b"half a file")  # a damaged entry is computed again
+    torch.testing.assert_close(encode_all(vlm, store, batch_size=4), reference)
+    assert sum(encoded) == 2 * N + 4
     torch.testing.assert_close(encode_all(vlm, store[np.array([4, 1])], batch_size=4), reference[[4, 1]])
-    assert sum(encoded) == 2 * N + 3  # a sub-store reads the same entries
+    assert sum(encoded) == 2 * N + 4  # a sub-store reads the same entries
     with torch.no_grad():
         next(vlm.vision_encoder.parameters()).add_(0.01)  # another encoder: its own entries
     assert extract.feature_files(vlm, store)[0].parent != files[0].parent
     encode_all(vlm, store, batch_size=4)
-    assert sum(encoded) == 3 * N + 3
+    assert sum(encoded) == 3 * N + 4
     with volume_store(cohort, config(None).data, workers=1) as temporary:
         assert extract.feature_files(vlm, temporary) is None  # a temporary cache keeps no features
 

@@ -34,17 +34,24 @@ _ADAPTER_HINTS = {
 }
 
 
+# the options both commands have
+OUT = typer.Option(..., "--out", help="Cohort table to write (.csv, .tsv or .parquet).")
+SKIP_MISSING_VOLUMES = typer.Option(False, "--skip-missing-volumes", help="Write only the studies whose volume file is "
+                                    "present (a partial download); otherwise an absent volume is an error.")
+OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing --out table.")
+
+
 @cohort_app.command("ct-rate")
 @user_errors
 def cohort_ct_rate(
     root: Path = typer.Argument(..., metavar="ROOT", help="The downloaded CT-RATE dataset/ folder (Hugging Face ibrahimhamamci/CT-RATE), or the folder holding it."),
-    out: Path = typer.Option(..., "--out", help="Cohort table to write (.csv, .tsv or .parquet)."),
+    out: Path = OUT,
     split: str = typer.Option("train", "--split", help="train or valid."),
     reports: Path | None = typer.Option(None, "--reports", help="Reports CSV (default: ROOT/radiology_text_reports/train_reports.csv, validation_reports.csv for --split valid)."),
     metadata: Path | None = typer.Option(None, "--metadata", help="Metadata CSV (default: ROOT/metadata/train_metadata.csv, validation_metadata.csv for --split valid)."),
     volumes: Path | None = typer.Option(None, "--volumes", help="Folder holding the split's patient folders (train_1/, train_2/, ...) (default: ROOT/train_fixed, else ROOT/train; valid_fixed, valid for --split valid)."),
-    skip_missing_volumes: bool = typer.Option(False, "--skip-missing-volumes", help="Write only the studies whose volume file is present (a partial download); otherwise an absent volume is an error."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out table."),
+    skip_missing_volumes: bool = SKIP_MISSING_VOLUMES,
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """CT-RATE -> cohort table: one row per volume with its path, report, patient, spacing and rescale."""
     from ctsurv.io.adapters import ctrate_to_cohort
@@ -84,7 +91,7 @@ def cohort_ct_rate(
 @user_errors
 def cohort_inspect(
     root: Path = typer.Argument(..., metavar="ROOT", help="The downloaded INSPECT release folder (Stanford AIMI; the one holding impressions_*.tsv, labels_*.tsv, study_mapping_*.tsv and CTPA/), or the folder holding it as full/."),
-    out: Path = typer.Option(..., "--out", help="Cohort table to write (.csv, .tsv or .parquet)."),
+    out: Path = OUT,
     outcome: str = typer.Option("mortality", "--outcome", help="Outcome for time/event: mortality, readmission, PH, Atelectasis, Cardiomegaly, Consolidation, Edema, Pleural_Effusion (labels' tte_<outcome>, is_censored_<outcome>), or none for a pretraining table."),
     time_unit: str = typer.Option("minutes", "--time-unit", help="Unit of the labels' tte_* columns (minutes in the 20250611 release): days, hours, minutes or seconds; the cohort's time is in days."),
     impressions: Path | None = typer.Option(None, "--impressions", help="Impressions TSV (default: the one ROOT/impressions_*.tsv)."),
@@ -94,8 +101,8 @@ def cohort_inspect(
     volumes: Path | None = typer.Option(None, "--volumes", help="Folder of the <image_id>.nii.gz volumes (default: ROOT/CTPA)."),
     min_time_days: float | None = typer.Option(None, "--min-time-days", help="Raise times in (-1 day, this) to this (events dated at midnight of the scan day give times <= 0)."),
     drop_invalid_outcomes: bool = typer.Option(False, "--drop-invalid-outcomes", help="Drop studies whose outcome is missing or not > 0 instead of failing."),
-    skip_missing_volumes: bool = typer.Option(False, "--skip-missing-volumes", help="Write only the studies whose volume file is present (a partial download); otherwise an absent volume is an error."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out table."),
+    skip_missing_volumes: bool = SKIP_MISSING_VOLUMES,
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """INSPECT -> cohort table: one row per study with its volume, impression, patient and outcome (days, event)."""
     from ctsurv.io.adapters import MINUTES_PER, inspect_to_cohort

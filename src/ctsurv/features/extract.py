@@ -48,12 +48,22 @@ def encode_all(vlm: CTVLM, volumes: Volumes, batch_size: int = 8) -> torch.Tenso
     files = feature_files(vlm, volumes)
     if files is None:
         return _encode(vlm, volumes, batch_size)
-    missing = [i for i, f in enumerate(files) if not f.is_file()]
+    stored = [_cached(f) for f in files]
+    missing = [i for i, features in enumerate(stored) if features is None]
     for start in range(0, len(missing), batch_size):
         rows = missing[start : start + batch_size]
         for i, features in zip(rows, _encode(vlm, volumes[np.asarray(rows)], batch_size)):
-            save_npy_atomic(files[i], features.float().numpy())
-    return torch.from_numpy(np.stack([np.load(f, allow_pickle=False) for f in files]))
+            stored[i] = features.float().numpy()
+            save_npy_atomic(files[i], stored[i])
+    return torch.from_numpy(np.stack(stored))
+
+
+def _cached(file: Path) -> np.ndarray | None:
+    """A volume's cached features, or None when the entry is missing or damaged (then it is computed again)."""
+    try:
+        return np.load(file, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
 
 
 def _encode(vlm: CTVLM, volumes: Volumes, batch_size: int) -> torch.Tensor:

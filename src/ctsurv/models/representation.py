@@ -32,8 +32,12 @@ def shared_prefix(input_ids: torch.Tensor, attention_mask: torch.Tensor, labels:
     last prompt token (the one that predicts its answer) lies after it."""
     same = (input_ids == input_ids[:1]).all(0) & attention_mask.bool().all(0)  # (L,)
     n = int(same.int().cumprod(0).sum())
-    prompt_end = (labels != IGNORE_INDEX).int().argmax(1) - 1  # (R,)
-    return min(n, int(prompt_end.min()))
+    return min(n, int(prompt_ends(labels).min()))
+
+
+def prompt_ends(labels: torch.Tensor) -> torch.Tensor:
+    """The last prompt position of each row (R,): the one before its first label token."""
+    return (labels != IGNORE_INDEX).int().argmax(1) - 1
 
 
 def _answer_loglik(
@@ -49,8 +53,7 @@ def _answer_loglik(
     token_ll = -F.cross_entropy(logits, target[keep], reduction="none")  # (T,)
     rows = torch.arange(len(labels), device=hidden.device)[:, None].expand_as(target)[keep]
     loglik = torch.zeros(len(labels), device=hidden.device).index_add(0, rows, token_ll)
-    prompt_end = (labels != IGNORE_INDEX).int().argmax(1) - 1  # (R,)
-    return loglik, hidden[torch.arange(len(labels)), prompt_end]
+    return loglik, hidden[torch.arange(len(labels)), prompt_ends(labels)]
 
 
 def answer_loglik(
