@@ -224,6 +224,40 @@ def test_scoring_from_the_shared_prefix_equals_whole_sequences(
     assert cached[0].std() > 0  # the questions and scans do not all score alike
 
 
+def test_training_losses_from_the_shared_prefix_equal_whole_sequences(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stage 2's answer-token losses and their gradients are the same whether each study's image and prompt
+    opening go through the LM once (cached, ``image_index`` says whose each sequence is) or once per sequence."""
+    from ctsurv.models import vlm as vlm_module
+
+    questions = ["Is there a nodule?", "Is there a pleural effusion?", "Is the heart enlarged?", "Findings?"]
+    answers = ["Yes.", "No.", "No.", "A nodule measuring 12 mm in the right upper lobe. No effusion."]
+    images = torch.rand(3, 1, 32, 32, 16, generator=torch.Generator().manual_seed(0))
+    image_index = torch.tensor([2, 0, 1, 0, 2, 2, 1])  # studies in any order, unequal counts
+
+    def losses(whole: bool) -> tuple[torch.Tensor, ...]:
+        model = tiny().train()
+        batch = model.tokenize([model.prompt(questions[i % 4]) for i in range(7)], [answers[i % 4] for i in range(7)])
+        with monkeypatch.context() as mp:
+            if whole:
+                mp.setattr(vlm_module, "shared_prefix", lambda *_: 0)
+            else:  # the shared prefix is the BOS, the image and "\nQuestion:"
+                n = vlm_module.shared_prefix(batch["input_ids"], batch["attention_mask"], batch["labels"])
+                assert n > model.num_image_tokens
+            loss, rows = model.answer_token_losses(
+                batch["input_ids"], batch["attention_mask"], batch["labels"], model.encode_image(images), image_index
+            )
+        (loss * torch.linspace(0.5, 1.5, len(loss))).sum().backward()
+        weights = (model.projector.mlp[0].weight, model.language_model.get_input_embeddings().weight,
+                   next(model.vision_encoder.parameters()))
+        return loss, rows, *(w.grad for w in weights)
+
+    cached, whole = losses(False), losses(True)
+    assert cached[0].shape == whole[0].shape and len(cached[0]) > 7
+    torch.testing.assert_close(cached[1], whole[1], rtol=0, atol=0)  # the same tokens, in the same order
+    for a, w in zip(cached, whole):
+        torch.testing.assert_close(a, w, rtol=1e-4, atol=1e-5)
+
+
 def test_the_shared_prefix_ends_before_every_answer() -> None:
     ids = torch.tensor([[1, 2, 3, 4, 9, 0], [1, 2, 3, 5, 9, 9], [1, 2, 3, 4, 8, 0]])
     mask = (ids > 0).long()

@@ -203,13 +203,85 @@ def blobness(image: torch.Tensor, spacing_xyz: tuple[float, float, float], sigma
     generalised; all three Hessian eigenvalues negative and alike) on the image smoothed at
     ``sigma_mm``: high at the centre of a round lesion about 2-4 sigma across, near 0 along a vessel
     (one eigenvalue near 0) or a wall. Spacing is in mm, so the scale means the same at any resolution.
+
+    The smoothing is SimpleITK's; the objectness is ``sitk.ObjectnessMeasure(alpha=0.5, beta=0.5, gamma=5,
+    scaleObjectnessMeasure=False, objectDimension=0, brightObject=True)`` redone in vectorised numpy, which
+    tests/test_blobness.py checks against SimpleITK (differences about 1e-7). Why: on a 64 x 64 x 48 volume
+    and one thread, ITK's voxel-by-voxel eigen-analysis took 89 ms of the call's 100 ms, 85% of all
+    preprocessing; this takes 7 ms, so the call about 18 ms (10 of them the smoothing).
     """
     itk_image = sitk.GetImageFromArray(np.ascontiguousarray(image.numpy().astype(np.float32).transpose(2, 1, 0)))
     itk_image.SetSpacing([float(s) for s in spacing_xyz])
     smoothed = sitk.SmoothingRecursiveGaussian(itk_image, float(sigma_mm))
-    blob = sitk.ObjectnessMeasure(smoothed, alpha=0.5, beta=0.5, gamma=5.0, scaleObjectnessMeasure=False,
-                                  objectDimension=0, brightObject=True)
-    return torch.from_numpy(sitk.GetArrayFromImage(blob).transpose(2, 1, 0).astype(np.float32))
+    # numpy in ITK's (Z, Y, X) order, 8 slices at a time: contiguous arrays, and temporaries small enough to
+    # be reused by malloc instead of mapped afresh each time (whole-volume ones made it 1.5x slower)
+    padded = np.pad(sitk.GetArrayFromImage(smoothed), 1, mode="edge")  # ITK's zero-flux Neumann boundary
+    spacing_zyx = tuple(float(s) for s in spacing_xyz)[::-1]
+    blob = np.concatenate([_blob_objectness(padded[k:k + 10], spacing_zyx) for k in range(0, len(padded) - 2, 8)])
+    return torch.from_numpy(blob.astype(np.float32).transpose(2, 1, 0))
+
+
+def _blob_objectness(padded: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+    """ITK's HessianToObjectnessMeasureImageFilter (objectDimension 0, bright, not scaled) inside ``padded``.
+
+    ITK sorts the eigenvalues by magnitude, |l1| <= |l2| <= |l3|, and gives 0 unless all are <= 0;
+    when they are, that order is e1, e2, e3 (e1 >= e2 >= e3). Then Ra = |l1| / sqrt(|l2| |l3|) (0 when
+    |l2| |l3| = 0), S² = l1² + l2² + l3², and objectness = (1 - exp(-Ra² / 2 alpha²)) (1 - exp(-S² / 2 gamma²)),
+    alpha 0.5, gamma 5. ITK's beta (Rb) only enters for lines and planes (objectDimension > 0).
+    """
+    h = _hessian(padded, spacing)
+    # all eigenvalues <= 0 needs a diagonal <= 0 (and a trace < 0, or all are 0): only a fifth to a quarter
+    # of the voxels pass, ITK gives 0 to the others, so their eigenvalues are not worth finding
+    keep = (h[0] <= 0) & (h[1] <= 0) & (h[2] <= 0) & (h[0] + h[1] + h[2] < 0)
+    e1, e2, e3 = _symmetric_eigenvalues(*(x[keep] for x in h))
+    a1, a2, a3 = -e1, -e2, -e3
+    den = a2 * a3
+    ra2 = np.divide(a1 * a1, den, out=np.zeros_like(den), where=den > 0)
+    measure = (1 - np.exp(-0.5 * ra2 / 0.5**2)) * (1 - np.exp(-0.5 * (a1 * a1 + a2 * a2 + a3 * a3) / 5.0**2))
+    out = np.zeros(keep.shape)
+    out[keep] = np.where((e1 <= 0) & (den > 0), measure, 0.0)
+    return out
+
+
+def _hessian(padded: np.ndarray, spacing: tuple[float, float, float]) -> tuple[np.ndarray, ...]:
+    """ITK's HessianImageFilter inside a float32 3D image padded by one voxel: (00, 11, 22, 01, 02, 12) float64.
+
+    Central differences over the 3x3x3 neighbourhood, per mm² (``spacing`` per axis). Neighbours are summed
+    in float32 and only then turned into float64, in ITK's order, because that is what ITK does with float
+    pixels: the values then match SimpleITK's to the last bit nearly everywhere.
+    """
+
+    def at(d: np.ndarray) -> np.ndarray:  # the interior shifted by d voxels
+        return padded[tuple(slice(1 + k, k + n - 1) for k, n in zip(d, padded.shape))]
+
+    u, s = np.eye(3, dtype=int), spacing
+    centre = at(u[0] * 0).astype(np.float64)
+    diag = [((at(u[i]) + at(-u[i])).astype(np.float64) - 2.0 * centre) / (s[i] * s[i]) for i in range(3)]
+    off = [(at(-u[i] - u[j]) - at(u[j] - u[i]) - at(u[i] - u[j]) + at(u[i] + u[j])).astype(np.float64)
+           / (4.0 * s[i] * s[j]) for i, j in ((0, 1), (0, 2), (1, 2))]
+    return (*diag, *off)
+
+
+def _symmetric_eigenvalues(
+    xx: np.ndarray, yy: np.ndarray, zz: np.ndarray, xy: np.ndarray, xz: np.ndarray, yz: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Eigenvalues e1 >= e2 >= e3 of symmetric 3x3 matrices, in closed form (trigonometric, Smith 1961).
+
+    Vectorised, about 15x faster than ``np.linalg.eigvalsh`` on (N, 3, 3) and as exact here.
+    A = q I + p B with q the mean eigenvalue, and det(B) / 2 = cos(3 phi).
+    """
+    q = (xx + yy + zz) / 3
+    a, b, c = xx - q, yy - q, zz - q
+    p2 = (a * a + b * b + c * c + 2 * (xy * xy + xz * xz + yz * yz)) / 6
+    p = np.sqrt(p2)
+    det = a * (b * c - yz * yz) - xy * (xy * c - yz * xz) + xz * (xy * yz - b * xz)
+    # p = 0: A = q I, three equal eigenvalues q, any phi will do
+    r = np.divide(det, 2 * p2 * p, out=np.zeros_like(p), where=p > 0).clip(-1, 1)
+    phi = np.arccos(r) / 3
+    cos, sin = np.cos(phi), np.sin(phi)
+    e1 = q + 2 * p * cos
+    e3 = q - p * (cos + np.sqrt(3) * sin)  # q + 2 p cos(phi + 2 pi / 3)
+    return e1, 3 * q - e1 - e3, e3
 
 
 def _body_crop(spacing_xyz: tuple[float, float, float]) -> Callable[[MetaTensor], MetaTensor]:

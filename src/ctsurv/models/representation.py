@@ -17,27 +17,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from ctsurv.models.vlm import CTVLM, IGNORE_INDEX
+from ctsurv.models.vlm import CACHE, CTVLM, IGNORE_INDEX, keeps_cache, prompt_ends, shared_prefix
 from ctsurv.text.questions import REPORT_QUESTION
 
 ANSWERS = ("Yes.", "No.")
-# what a causal LM calls its key/value cache, in its arguments and outputs (transformers 5.2x renamed it)
-CACHE = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
-
-
-def shared_prefix(input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> int:
-    """Length of the token prefix that every row of a right-padded batch shares, cut so that each row's
-    last prompt token (the one that predicts its answer) lies after it."""
-    same = (input_ids == input_ids[:1]).all(0) & attention_mask.bool().all(0)  # (L,)
-    n = int(same.int().cumprod(0).sum())
-    return min(n, int(prompt_ends(labels).min()))
-
-
-def prompt_ends(labels: torch.Tensor) -> torch.Tensor:
-    """The last prompt position of each row (R,): the one before its first label token."""
-    return (labels != IGNORE_INDEX).int().argmax(1) - 1
 
 
 def _answer_loglik(
@@ -75,13 +59,9 @@ def answer_loglik(
     lm = vlm.language_model
     n = shared_prefix(ids, mask, labels)
     cache = None
-    checkpointing = getattr(lm, "is_activation_checkpointing", None)  # transformers 5.2x; before: is_gradient_...
-    if checkpointing is None:
-        checkpointing = getattr(lm, "is_gradient_checkpointing", False)
-    recomputes = lm.training and checkpointing  # then the LM keeps no cache
-    if n > 0 and not recomputes and not (ids[:, n:] == vlm.image_token_id).any():
+    if n > 0 and keeps_cache(lm) and not (ids[:, n:] == vlm.image_token_id).any():
         prefix = vlm.embed(ids[:1, :n].expand(b, n), image_tokens)  # (B, n, D)
-        cache = getattr(lm(inputs_embeds=prefix, use_cache=True), CACHE)
+        cache = getattr(lm(inputs_embeds=prefix, use_cache=True, logits_to_keep=1), CACHE)
     if cache is not None:
         cache.batch_repeat_interleave(a * q)  # study-major, like the rows below
         rest = ids[:, n:].repeat(b, 1)  # (B*A*Q, L-n)

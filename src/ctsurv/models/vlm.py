@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedTokenizerBase
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ctsurv.config import ExperimentConfig
 from ctsurv.models.language import IMAGE_TOKEN, apply_lora, build_language_model
@@ -26,6 +27,8 @@ from ctsurv.models.vision import build_vision_encoder
 from ctsurv.text.questions import PRESENCE_LABELS
 
 IGNORE_INDEX = -100
+# what a causal LM calls its key/value cache, in its arguments and outputs (transformers 5.2x renamed it)
+CACHE = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 SYSTEM_PROMPT = "You are a radiologist. Answer questions about the chest CT scan briefly."
@@ -35,6 +38,27 @@ def format_prompt(question: str) -> str:
     """The text a question is asked with (LMs without a chat template); ``<image>`` marks where the visual
     tokens go."""
     return f"{IMAGE_TOKEN}\nQuestion: {question}\nAnswer:"
+
+
+def shared_prefix(input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> int:
+    """Length of the token prefix that every row of a right-padded batch shares, cut so that each row's
+    last prompt token (the one that predicts its answer) lies after it."""
+    same = (input_ids == input_ids[:1]).all(0) & attention_mask.bool().all(0)  # (L,)
+    n = int(same.int().cumprod(0).sum())
+    return min(n, int(prompt_ends(labels).min()))
+
+
+def prompt_ends(labels: torch.Tensor) -> torch.Tensor:
+    """The last prompt position of each row (R,): the one before its first label token."""
+    return (labels != IGNORE_INDEX).int().argmax(1) - 1
+
+
+def keeps_cache(lm: nn.Module) -> bool:
+    """Whether ``lm`` returns its key/value cache: not in training with gradient checkpointing, which recomputes."""
+    checkpointing = getattr(lm, "is_activation_checkpointing", None)  # transformers 5.2x; before: is_gradient_...
+    if checkpointing is None:
+        checkpointing = getattr(lm, "is_gradient_checkpointing", False)
+    return not (lm.training and checkpointing)
 
 
 class CTVLM(nn.Module):
@@ -179,22 +203,43 @@ class CTVLM(nn.Module):
     # ------------------------------------------------------------------ model
 
     def answer_token_losses(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, image_tokens: torch.Tensor
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, image_tokens: torch.Tensor,
+        image_index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy of every answer token (T,) and the index (T,) of the sequence it belongs to.
+
+        ``image_tokens`` (B, N, D) are the studies' visual tokens and ``image_index`` (S,) the study of each
+        sequence (default: one study per sequence). The prefix that every sequence shares (the image and the
+        prompt's opening words, see :func:`shared_prefix`) goes through the LM once per study, and each
+        sequence continues from its study's key/value cache: the same losses and gradients as whole
+        sequences, for a third of the tokens when a study's short questions share a batch. An LM that keeps
+        no cache (gradient checkpointing) reads whole sequences.
 
         The output head runs only at the positions that predict an answer token: most positions
         hold visual or prompt tokens, and a full (B, L, vocab) logit tensor would cost more than
         the decoder itself for short answers.
         """
-        embeds = self.embed(input_ids, image_tokens)
-        out = self.language_model(
-            inputs_embeds=embeds, attention_mask=attention_mask, output_hidden_states=True, logits_to_keep=1
+        lm = self.language_model
+        if image_index is None:
+            image_index = torch.arange(len(input_ids), device=input_ids.device)
+        n = shared_prefix(input_ids, attention_mask, labels)
+        if n > 0 and keeps_cache(lm) and not (input_ids[:, n:] == self.image_token_id).any():
+            studies, study_of_row = torch.unique(image_index, return_inverse=True)
+            prefix = self.embed(input_ids[:1, :n].expand(len(studies), n), image_tokens[studies])  # (B', n, D)
+            cache = getattr(lm(inputs_embeds=prefix, use_cache=True, logits_to_keep=1), CACHE)
+            cache.batch_select_indices(study_of_row)  # one cache row per sequence; indexing keeps the gradients
+            rest = lm.get_input_embeddings()(input_ids[:, n:])
+        else:
+            n, cache = 0, None
+            rest = self.embed(input_ids, image_tokens[image_index])
+        out = lm(
+            inputs_embeds=rest, attention_mask=attention_mask, output_hidden_states=True, logits_to_keep=1,
+            **({} if cache is None else {CACHE: cache}),
         )
-        hidden = out.hidden_states[-1][:, :-1]  # (B, L-1, D): position t predicts token t+1
-        target = labels[:, 1:]  # (B, L-1)
+        hidden = out.hidden_states[-1][:, :-1]  # (S, L-n-1): position t predicts token t+1
+        target = labels[:, n + 1 :]  # the labels start after the prefix (shared_prefix makes sure)
         keep = target != IGNORE_INDEX
-        logits = self.language_model.get_output_embeddings()(hidden[keep])  # (T, vocab)
+        logits = lm.get_output_embeddings()(hidden[keep])  # (T, vocab)
         rows = torch.arange(len(input_ids), device=input_ids.device)[:, None].expand_as(target)[keep]  # (T,)
         return F.cross_entropy(logits.float(), target[keep], reduction="none"), rows
 

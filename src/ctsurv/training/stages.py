@@ -213,7 +213,7 @@ class InstructionLoss(nn.Module):
             features = self.vlm.vision_encoder.features(images)  # (B, Dv, gx, gy, gz)
         auxiliary = self._finding_loss(features, finding_labels)
         # finding_logits: the findings token's out-of-fold logits of these training studies (projector.findings_token)
-        tokens = self.vlm.project_features(features, finding_logits)[image_index]  # (S, N, D), one row per sequence
+        tokens = self.vlm.project_features(features, finding_logits)  # (B, N, D); image_index: the study of each sequence
         # Short answers and long reports share a batch: run the LM per length bucket, each cut to its
         # own longest sequence, instead of padding every yes/no answer to the report's length.
         lengths = attention_mask.sum(1)  # (S,) right-padded
@@ -230,7 +230,7 @@ class InstructionLoss(nn.Module):
             width = int(lengths[sel].max())
             idx = sel.nonzero().squeeze(1)
             losses, _ = self.vlm.answer_token_losses(
-                input_ids[idx, :width], attention_mask[idx, :width], labels[idx, :width], image_tokens=tokens[idx]
+                input_ids[idx, :width], attention_mask[idx, :width], labels[idx, :width], tokens, image_index[idx]
             )
             answers = target_answer[idx, : width - 1][labels[idx, 1:width] != IGNORE_INDEX]  # in the order of losses
             per_answer = per_answer.index_add(0, answers, losses)
