@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ import torch
 
 from ctsurv.config import TrainConfig
 from ctsurv.errors import ConfigError
-from ctsurv.training.loop import parameter_groups, train
+from ctsurv.training.loop import parameter_groups, resolve_precision, train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from loop_worker import Regression, collate, data
@@ -147,3 +148,35 @@ def test_resume_restores_batchnorm_statistics(tmp_path: Path) -> None:
     train(resumed, data(), collate, CFG, seed=3, out_dir=tmp_path / "b", resume=True, progress=False)
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, msg=name)
+
+
+def test_stages_may_differ_in_precision(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bf16 stage then a float32 one in the same process (Accelerate keeps its first precision unless reset):
+    the second computes in float32 again, as a fresh process would."""
+    from accelerate.state import AcceleratorState
+
+    seen: list[torch.dtype] = []
+
+    class Probe(Regression):
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            out = self.net(x)
+            seen.append(out.dtype)
+            return torch.nn.functional.mse_loss(out.float().squeeze(-1), y)
+
+    one = TrainConfig(epochs=1, batch_size=32)
+    train(Probe(), data(), collate, dataclasses.replace(one, mixed_precision="bf16"), seed=0, progress=False)
+    assert set(seen) == {torch.bfloat16} and AcceleratorState().mixed_precision == "bf16"
+    seen.clear()
+    train(Probe(), data(), collate, one, seed=0, progress=False)
+    assert set(seen) == {torch.float32} and AcceleratorState().mixed_precision == "no"
+
+
+def test_auto_precision_is_bf16_only_where_the_hardware_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert resolve_precision("no") == "no" and resolve_precision("fp16") == "fp16"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for native, expected in ((True, "bf16"), (False, "no")):
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda native=native: native)
+        assert resolve_precision("auto") == expected
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert resolve_precision("auto") == "no"

@@ -199,7 +199,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_fraction: float = 0.05  # of all optimiser steps; then cosine decay to zero
     max_grad_norm: float = 1.0
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    mixed_precision: Literal["no", "bf16", "fp16", "auto"] = "no"  # auto: bf16 where the hardware has it
     log_every: int = 10  # batches between lines of <run>/log.jsonl
 
     def __post_init__(self) -> None:

@@ -18,7 +18,7 @@ import typer
 from rich.markup import escape
 
 from ctsurv.cli.cohort import cohort_app
-from ctsurv.cli.common import console, user_errors
+from ctsurv.cli.common import console, pin_threads, user_errors
 from ctsurv.outputs import check_output_file, staged_output
 
 app = typer.Typer(
@@ -32,12 +32,19 @@ app.add_typer(cohort_app, name="cohort")
 
 
 @app.callback()
-def _setup() -> None:
+@user_errors
+def _setup(
+    threads: int | None = typer.Option(
+        None, "--threads", envvar="CTSURV_THREADS",
+        help="torch's CPU threads (default: the CPUs this process may use; 1 on a machine busy with other jobs).",
+    ),
+) -> None:
     """Offline by design: Hugging Face libraries never reach a hub, and their progress bars stay quiet."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    pin_threads(threads)
 
 
 @app.command()

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import errno
 import functools
+import math
+import os
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
@@ -63,3 +67,44 @@ def fail(message: str) -> NoReturn:
     line = " ".join(part.strip() for part in message.splitlines())
     err_console.print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True, highlight=False)
     raise typer.Exit(code=2) from None
+
+
+def usable_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPUs this process may use: its affinity mask (``taskset``, SLURM's ``--cpus-per-task``), capped by a
+    cgroup CPU quota (``docker --cpus``, Kubernetes limits), which torch does not read by itself."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = None
+    try:
+        limit, period = (cgroup / "cpu.max").read_text().split()[:2]  # cgroup v2: "max 100000" or "200000 100000"
+        quota = None if limit == "max" else int(limit) / int(period)
+    except (OSError, ValueError):
+        try:  # cgroup v1
+            limit = int((cgroup / "cpu" / "cpu.cfs_quota_us").read_text())
+            quota = None if limit <= 0 else limit / int((cgroup / "cpu" / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            pass
+    return max(1, min(n, math.ceil(quota) if quota else n))
+
+
+def pin_threads(threads: int | None) -> int | None:
+    """Set the intra-op threads of torch (and OpenMP / MKL) before torch is imported; returns the count set.
+
+    ``threads`` (``--threads``, ``CTSURV_THREADS``) wins. Otherwise an ``OMP_NUM_THREADS`` the user set stays,
+    and where the process may use fewer CPUs than the machine has (:func:`usable_cpus`) the count is cut to
+    those: more threads than CPUs make every OpenMP barrier wait for a descheduled thread, which slows the
+    small models of the demo several times over. Worker processes inherit the setting.
+    """
+    if threads is not None and threads < 1:
+        raise CtsurvError(f"--threads must be at least 1, got {threads}")
+    if threads is None:
+        if os.environ.get("OMP_NUM_THREADS"):
+            return None
+        usable = usable_cpus()
+        if usable >= (os.cpu_count() or 1):
+            return None  # torch's own default (the physical cores) is right
+        threads = usable
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = str(threads)
+    if "torch" in sys.modules:  # already imported (tests, or python -m with an import before): set it directly
+        sys.modules["torch"].set_num_threads(threads)
+    return threads

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -59,6 +60,20 @@ def parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]
     ]
 
 
+def resolve_precision(mixed_precision: str) -> str:
+    """``mixed_precision`` as Accelerate takes it: "auto" is bf16 where the hardware computes in it natively (a CUDA
+    GPU that supports it; else a CPU with oneDNN's bf16 kernels, AVX-512 or AMX) and "no" elsewhere, where bf16
+    would be emulated and slower than float32."""
+    if mixed_precision != "auto":
+        return mixed_precision
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    try:
+        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
+    except (AttributeError, RuntimeError):  # a torch without oneDNN
+        return "no"
+
+
 def train(
     model: nn.Module,
     dataset: Dataset,
@@ -78,7 +93,12 @@ def train(
     ``loader_workers`` processes read and collate the batches (the order is drawn here, so the batches do not
     change); only for a ``collate`` that draws no random numbers, as those would come from the workers' generators.
     """
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum)
+    precision = resolve_precision(cfg.mixed_precision)
+    if AcceleratorState._shared_state and AcceleratorState().mixed_precision != precision:
+        # stages may differ in precision; Accelerate keeps the first stage's unless its state is reset (the
+        # process group, in PartialState, stays)
+        AcceleratorState._reset_state()
+    accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum)
     groups = parameter_groups(model, cfg)
     if not groups:
         raise ValueError(f"{description}: the model has no trainable parameters")

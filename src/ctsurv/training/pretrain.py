@@ -53,7 +53,7 @@ from ctsurv.training.datasets import (
     study_collate,
 )
 from ctsurv.training.findings import FOLDS, HeldOut, fit_findings_head
-from ctsurv.training.loop import train
+from ctsurv.training.loop import resolve_precision, train
 from ctsurv.training.stages import FindingLoss, InstructionLoss, set_trainable, vision_stage_runs, vision_trains
 
 STAGES = ("vision", "align", "instruct")
@@ -252,6 +252,7 @@ def pretrain(
         )
         seconds[stage] = time.perf_counter() - t0
         stage_metrics = _stage_metrics(history, seconds[stage], len(dataset))
+        stage_metrics["mixed_precision"] = resolve_precision(getattr(cfg.pretrain, stage).mixed_precision)
         if stage != "vision" and findings_choice:
             stage_metrics["findings_head"] = findings_choice
         save_checkpoint(stage_dir, vlm, cfg, metrics=stage_metrics, stage=stage)
