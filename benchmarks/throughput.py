@@ -166,11 +166,39 @@ def main() -> None:
     rows.append(report("train stage 2 (tiny LM, 8 studies, fwd+bwd)", workers=0, tokens_per_study=tokens / 8,
                        volumes_per_s=8 / timed(lambda: stage2(**batch).backward())))
 
+    steps = {"stage 0 step": lambda: stage0(images, labels).backward(), "stage 2 step": lambda: stage2(**batch).backward()}
+    threads_rows = thread_counts(steps)
+
     print("\n| stage | workers | volumes / s |")
     print("|---|---:|---:|")
     for r in rows:
         print(f"| {r['stage']} | {r['workers']} | {r['volumes_per_s']:.2f} |")
+    print("\n| step | torch threads | seconds, idle machine | seconds, one other busy process |")
+    print("|---|---:|---:|---:|")
+    for r in threads_rows:
+        print(f"| {r['step']} | {r['threads']} | {r['idle_s']:.3f} | {r['busy_s']:.3f} |")
     projection(rows, tokens / 8)
+
+
+def thread_counts(steps: dict) -> list[dict]:
+    """Each step's seconds with 1 and with all of torch's threads, on the idle machine and with one other
+    process spinning on a core (what `--threads` is for)."""
+    default = torch.get_num_threads()
+    out = []
+    for name, step in steps.items():
+        for threads in sorted({1, default}):
+            torch.set_num_threads(threads)
+            idle = timed(step)
+            spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            try:
+                time.sleep(0.5)
+                busy = timed(step)
+            finally:
+                spinner.kill()
+                spinner.wait()
+            out.append(report("threads", step=name, threads=threads, idle_s=idle, busy_s=busy))
+    torch.set_num_threads(default)
+    return out
 
 
 def projection(rows: list[dict], demo_tokens_per_study: float) -> None:

@@ -448,7 +448,10 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         return _coerce(inner[0], value, where)
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"{where} must be one of {list(args)}, got {value!r}")
+            hint = ""
+            if isinstance(value, bool):  # YAML 1.1 reads no/off/yes/on unquoted as booleans
+                hint = f" (YAML reads an unquoted no/yes/off/on as a boolean: quote it, e.g. {where.split('.', 1)[-1]}=\"'no'\")"
+            raise ConfigError(f"{where} must be one of {list(args)}, got {value!r}{hint}")
         return value
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
