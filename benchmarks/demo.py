@@ -1,4 +1,4 @@
-"""`ctsurv demo` end to end: wall time and peak memory (targets: <= 15 min, <= 4 GB on a 2-core laptop CPU).
+"""`ctsurv demo` end to end: wall time and peak memory (targets: <= 10 min, <= 4 GB on a 2-core laptop CPU).
 
     python benchmarks/demo.py [--out /tmp/ctsurv-demo-bench]
 
@@ -43,7 +43,7 @@ def main() -> None:
         "",
         f"Reproduce: `python benchmarks/demo.py` (runs `python -m ctsurv demo --out {args.out}`).",
         "",
-        f"- wall time: {wall / 60:.1f} min (target <= 15 min)",
+        f"- wall time: {wall / 60:.1f} min (target <= 10 min)",
         f"- peak resident memory of the largest process: {peak_gb:.2f} GB (target <= 4 GB)",
         f"- {steps.group(0) if steps else ''}",
         "",
