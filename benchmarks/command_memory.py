@@ -63,6 +63,8 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=Path("/tmp/ctsurv-memory"))
     parser.add_argument("--sizes", type=int, nargs="+", default=[600, 3000])
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--commands", nargs="+", default=["pretrain", "survival"], choices=["pretrain", "survival"],
+                        help="survival needs the pretrain run of the same size (from this or an earlier run)")
     args = parser.parse_args()
     print(f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.machine()}, {os.cpu_count()} CPUs, "
           f"load average before: {os.getloadavg()[0]:.1f}", flush=True)
@@ -76,14 +78,17 @@ def main() -> None:
             subprocess.run([sys.executable, "-c", code], check=True)
             print(f"simulated {n} studies in {time.perf_counter() - t0:.0f} s", flush=True)
         cache, run = args.root / f"cache{n}", args.root / f"run{n}"
-        shutil.rmtree(cache, ignore_errors=True)
-        shutil.rmtree(run, ignore_errors=True)
+        if "pretrain" in args.commands:  # a cold cache and a fresh run
+            shutil.rmtree(cache, ignore_errors=True)
+            shutil.rmtree(run, ignore_errors=True)
         common = ["--config", str(CONFIG), "--cohort", str(cohort / "cohort.csv")]
         data = [f"data.cache_dir={cache}", f"data.workers={args.workers}"]
         for command, extra in (
             ("pretrain", ["--out", str(run / "pretrain"), *data, *ONE_EPOCH]),
             ("survival", ["--out", str(run / "survival"), "--pretrained", str(run / "pretrain"), *data]),
         ):
+            if command not in args.commands:
+                continue
             result = measure([command, *common, *extra])
             rows.append((n, command, result))
             print(n, command, json.dumps(result), f"load {os.getloadavg()[0]:.1f}", flush=True)

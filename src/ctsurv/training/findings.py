@@ -105,10 +105,12 @@ def fit_findings_head(
         raise ValueError("give cells exactly when the findings head reads them (projector.findings_cells_channel)")
     if cells is not None and held_out is None:
         raise ValueError("a findings head that reads cells chooses them on held-out studies: give held_out")
-    x = head.summary(pooled.float()).double().numpy()
-    k = x.shape[1]  # the pooled summary's columns; the cells, if any, follow
-    if cells is not None:
-        x = np.hstack([x, cells.double().numpy()])
+    def design() -> np.ndarray:  # the classifier's inputs (n, k + K), float64: the pooled summary, then the cells
+        summary = head.summary(pooled.float()).double().numpy()
+        return summary if cells is None else np.hstack([summary, cells.double().numpy()])
+
+    x = design()
+    k = x.shape[1] - (0 if cells is None else cells.shape[1])  # the pooled summary's columns
     y_all = labels.numpy()
     n, p = y_all.shape
     groups = np.arange(n) if groups is None else np.asarray(groups)
@@ -123,26 +125,24 @@ def fit_findings_head(
     # StandardScaler leaves constant features unscaled (scale 1)
     full = StandardScaler().fit(x)
     z = full.transform(x)
-    folds = []
-    for fit_rows, out_rows in patient_folds(groups, seed):
-        fold = StandardScaler().fit(x[fit_rows])
-        folds.append((fit_rows, out_rows, fold.transform(x[fit_rows]), fold.transform(x[out_rows])))
+    del x  # memory: at most two (n, k + K) float64 copies at a time (built again for the folds)
     if cells is not None:  # and so held_out, checked above
         x_val = np.hstack([head.summary(held_out.pooled.float()).double().numpy(), held_out.cells.double().numpy()])
         z_val, y_val = full.transform(x_val), held_out.labels.numpy()
     oof = np.zeros((n, p))
-    weight, bias = np.zeros((p, x.shape[1])), np.zeros(p)
+    weight, bias = np.zeros((p, z.shape[1])), np.zeros(p)
     reads_cells = np.zeros(p, dtype=bool)
     choices: dict[int, dict[str, float | bool | None]] = {}
     for j in range(p):
         known = y_all[:, j] >= 0
         if not known.any():
             continue
-        w, b = _fit(z[known, :k], y_all[known, j])
+        z_known = z if known.all() else z[known]
+        w, b = _fit(z_known[:, :k], y_all[known, j])
         if cells is not None:
             seen = y_val[:, j] >= 0
             if seen.any():
-                w_cells, b_cells = _fit(z[known], y_all[known, j])
+                w_cells, b_cells = _fit(z_known, y_all[known, j])
                 pooled_loss = _study_losses(y_val[seen, j], z_val[seen, :k] @ w + b)
                 cells_loss = _study_losses(y_val[seen, j], z_val[seen] @ w_cells + b_cells)
                 gain = pooled_loss - cells_loss  # (m,) per held-out study
@@ -154,11 +154,19 @@ def fit_findings_head(
                     w, b = w_cells, b_cells
         cols = slice(None) if reads_cells[j] else slice(0, k)
         weight[j, cols], bias[j] = w, b
-        for fit_rows, out_rows, z_fit, z_out in folds:
-            known_fit = known[fit_rows]
+    del z, z_known
+    # fold by fold, so that one fold's standardised copy of the features is in memory at a time (all five at
+    # once were most of what `ctsurv pretrain` grew by per training study: benchmarks/command_memory.md)
+    x = design()
+    for fit_rows, out_rows in patient_folds(groups, seed):
+        fold = StandardScaler().fit(x[fit_rows])
+        z_fit, z_out = fold.transform(x[fit_rows]), fold.transform(x[out_rows])
+        for j in np.flatnonzero((y_all >= 0).any(0)):  # the findings with a known label
+            known_fit = y_all[fit_rows, j] >= 0
             if not known_fit.any():
                 oof[out_rows, j] = bias[j]
                 continue
+            cols = slice(None) if reads_cells[j] else slice(0, k)
             w_fold, b_fold = _fit(z_fit[known_fit, cols], y_all[fit_rows[known_fit], j])
             oof[out_rows, j] = z_out[:, cols] @ w_fold + b_fold
     with torch.no_grad():
