@@ -36,7 +36,7 @@ app.add_typer(cohort_app, name="cohort")
 def _setup(
     threads: int | None = typer.Option(
         None, "--threads", envvar="CTSURV_THREADS",
-        help="torch's CPU threads (default: the CPUs this process may use; 1 on a machine busy with other jobs).",
+        help="torch's CPU threads (default: torch's, capped by the CPUs this process may use; 1 helps on a busy machine).",
     ),
 ) -> None:
     """Offline by design: Hugging Face libraries never reach a hub, and their progress bars stay quiet."""
