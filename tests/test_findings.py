@@ -71,6 +71,14 @@ def test_the_fitted_head_is_scikit_learns_logistic_regression(model) -> None:
     assert auc_like  # the planted signal is read
 
 
+def test_no_report_mentions_any_finding(model) -> None:
+    """Every label unknown: no information, logit 0 for every study and finding, in the head and out of fold."""
+    pooled, labels = data(model)
+    oof, choices = fit_findings_head(model.projector.findings, pooled, torch.full_like(labels, -1))
+    assert choices == {} and torch.equal(oof, torch.zeros_like(oof))
+    assert torch.equal(model.projector.findings(pooled), torch.zeros(N, len(PRESENCE_LABELS)))
+
+
 def test_out_of_fold_logits_come_from_the_other_folds(model) -> None:
     pooled, labels = data(model, seed=1)
     oof, _ = fit_findings_head(model.projector.findings, pooled, labels, seed=3)

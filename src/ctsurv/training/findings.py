@@ -154,7 +154,7 @@ def fit_findings_head(
                     w, b = w_cells, b_cells
         cols = slice(None) if reads_cells[j] else slice(0, k)
         weight[j, cols], bias[j] = w, b
-    del z, z_known
+    z = z_known = None  # freed before the folds (z_known is unset when no finding has a label)
     # fold by fold, so that one fold's standardised copy of the features is in memory at a time (all five at
     # once were most of what `ctsurv pretrain` grew by per training study: benchmarks/command_memory.md)
     x = design()
