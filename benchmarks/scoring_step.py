@@ -19,6 +19,7 @@ import torch
 
 from ctsurv.config import load_config
 from ctsurv.models import representation
+from ctsurv.models import vlm as vlm_module
 from ctsurv.models.vlm import build_vlm
 from ctsurv.text.questions import PRESENCE_QUESTIONS
 
@@ -47,12 +48,12 @@ def main() -> None:
     width = vlm.language_model.get_input_embeddings().embedding_dim
     tokens = 0.05 * torch.randn(args.studies, vlm.num_image_tokens, width)
     cached, p_cached = seconds_per_study(vlm, tokens, args.repeats)
-    whole_prefix = representation.shared_prefix
-    representation.shared_prefix = lambda *_: 0  # every question and answer one whole sequence
+    whole_prefix = vlm_module.shared_prefix
+    vlm_module.shared_prefix = lambda *_: 0  # every question and answer one whole sequence
     try:
         whole, p_whole = seconds_per_study(vlm, tokens, args.repeats)
     finally:
-        representation.shared_prefix = whole_prefix
+        vlm_module.shared_prefix = whole_prefix
     print(json.dumps({
         "config": args.config.name, "language": cfg.language.model, "visual_tokens": vlm.num_image_tokens,
         "questions": len(PRESENCE_QUESTIONS), "studies": args.studies, "threads": torch.get_num_threads(),

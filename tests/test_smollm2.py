@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from ctsurv.config import load_config
 from ctsurv.errors import CtsurvError
 from ctsurv.models import language, representation
+from ctsurv.models import vlm as vlm_module
 from ctsurv.models.language import IMAGE_TOKEN, resolve_language_model
 from ctsurv.models.vlm import CTVLM, IGNORE_INDEX, SYSTEM_PROMPT, build_vlm
 from ctsurv.text.questions import PRESENCE_QUESTIONS
@@ -115,12 +116,12 @@ def test_scoring_in_the_chat_template_reads_the_image_once(vlm: CTVLM, monkeypat
     equals P(yes) from whole sequences."""
     questions = list(PRESENCE_QUESTIONS[:3])
     batch = vlm.tokenize([vlm.prompt(q) for q in questions], ["Yes."] * 3)
-    n = representation.shared_prefix(batch["input_ids"], batch["attention_mask"], batch["labels"])
+    n = vlm_module.shared_prefix(batch["input_ids"], batch["attention_mask"], batch["labels"])
     assert vlm.tokenizer.decode(batch["input_ids"][0, :n]).startswith(f"<|im_start|>system\n{SYSTEM_PROMPT}")
     assert int((batch["input_ids"][0, :n] == vlm.image_token_id).sum()) == vlm.num_image_tokens
     tokens = torch.randn(2, vlm.num_image_tokens, 576, generator=torch.Generator().manual_seed(0)) * 0.05
     cached = representation.answer_features(vlm.eval(), tokens, questions)
-    monkeypatch.setattr(representation, "shared_prefix", lambda *_: 0)
+    monkeypatch.setattr(vlm_module, "shared_prefix", lambda *_: 0)
     whole = representation.answer_features(vlm, tokens, questions)
     for a, w in zip(cached, whole):
         torch.testing.assert_close(a, w, rtol=1e-4, atol=1e-4)

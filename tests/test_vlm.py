@@ -11,6 +11,7 @@ from tiny_setups import TINY_MODEL
 from ctsurv.config import load_config
 from ctsurv.errors import ConfigError, CtsurvError
 from ctsurv.models import representation
+from ctsurv.models import vlm as vlm_module
 from ctsurv.models.vlm import CTVLM, IGNORE_INDEX, build_vlm, format_prompt
 
 TEXTS = [
@@ -211,7 +212,7 @@ def test_scoring_from_the_shared_prefix_equals_whole_sequences(
         model = tiny(f"language.model={lm_dir}", *lora, *checkpointing).train(training)
         with monkeypatch.context() as mp:
             if whole:
-                mp.setattr(representation, "shared_prefix", lambda *_: 0)
+                mp.setattr(vlm_module, "shared_prefix", lambda *_: 0)
             p, h = representation.answer_scores(model, model.encode_image(images), questions)
         (p.sum() + h.square().mean()).backward()
         lora_grad = next(p.grad for n, p in model.language_model.named_parameters() if "lora_A" in n)
@@ -227,8 +228,6 @@ def test_scoring_from_the_shared_prefix_equals_whole_sequences(
 def test_training_losses_from_the_shared_prefix_equal_whole_sequences(monkeypatch: pytest.MonkeyPatch) -> None:
     """Stage 2's answer-token losses and their gradients are the same whether each study's image and prompt
     opening go through the LM once (cached, ``image_index`` says whose each sequence is) or once per sequence."""
-    from ctsurv.models import vlm as vlm_module
-
     questions = ["Is there a nodule?", "Is there a pleural effusion?", "Is the heart enlarged?", "Findings?"]
     answers = ["Yes.", "No.", "No.", "A nodule measuring 12 mm in the right upper lobe. No effusion."]
     images = torch.rand(3, 1, 32, 32, 16, generator=torch.Generator().manual_seed(0))
@@ -263,6 +262,6 @@ def test_the_shared_prefix_ends_before_every_answer() -> None:
     mask = (ids > 0).long()
     labels = torch.full_like(ids, IGNORE_INDEX)
     labels[0, 4], labels[1, 4:], labels[2, 4] = 9, 9, 8  # answers start at position 4
-    assert representation.shared_prefix(ids, mask, labels) == 3
+    assert vlm_module.shared_prefix(ids, mask, labels) == 3
     labels[:, 3] = ids[:, 3]  # an answer that starts at 3 must be predicted from position 2
-    assert representation.shared_prefix(ids, mask, labels) == 2
+    assert vlm_module.shared_prefix(ids, mask, labels) == 2

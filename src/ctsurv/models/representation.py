@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ctsurv.models.vlm import CACHE, CTVLM, IGNORE_INDEX, keeps_cache, prompt_ends, shared_prefix
+from ctsurv.models.vlm import CACHE, CTVLM, IGNORE_INDEX, prompt_ends
 from ctsurv.text.questions import REPORT_QUESTION
 
 ANSWERS = ("Yes.", "No.")
@@ -57,11 +57,7 @@ def answer_loglik(
     batch = {k: v.to(image_tokens.device) for k, v in batch.items()}
     ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     lm = vlm.language_model
-    n = shared_prefix(ids, mask, labels)
-    cache = None
-    if n > 0 and keeps_cache(lm) and not (ids[:, n:] == vlm.image_token_id).any():
-        prefix = vlm.embed(ids[:1, :n].expand(b, n), image_tokens)  # (B, n, D)
-        cache = getattr(lm(inputs_embeds=prefix, use_cache=True, logits_to_keep=1), CACHE)
+    n, cache = vlm.prefix_cache(ids, mask, labels, image_tokens)
     if cache is not None:
         cache.batch_repeat_interleave(a * q)  # study-major, like the rows below
         rest = ids[:, n:].repeat(b, 1)  # (B*A*Q, L-n)

@@ -14,6 +14,8 @@ computed on the answer tokens only.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -202,6 +204,20 @@ class CTVLM(nn.Module):
 
     # ------------------------------------------------------------------ model
 
+    def prefix_cache(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, image_tokens: torch.Tensor
+    ) -> tuple[int, Any]:
+        """``(n, cache)``: the first n tokens, which every row of the right-padded batch shares
+        (:func:`shared_prefix`), read once per image of ``image_tokens`` (B, N, D), and the LM's key/value cache of
+        them (batch B). ``(0, None)`` where nothing can be shared: no common prefix, an LM that keeps no cache
+        (gradient checkpointing in training), or image tokens after the prefix."""
+        lm = self.language_model
+        n = shared_prefix(input_ids, attention_mask, labels)
+        if n <= 0 or not keeps_cache(lm) or (input_ids[:, n:] == self.image_token_id).any():
+            return 0, None
+        prefix = self.embed(input_ids[:1, :n].expand(len(image_tokens), n), image_tokens)  # (B, n, D)
+        return n, getattr(lm(inputs_embeds=prefix, use_cache=True, logits_to_keep=1), CACHE)
+
     def answer_token_losses(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, image_tokens: torch.Tensor,
         image_index: torch.Tensor | None = None,
@@ -222,15 +238,12 @@ class CTVLM(nn.Module):
         lm = self.language_model
         if image_index is None:
             image_index = torch.arange(len(input_ids), device=input_ids.device)
-        n = shared_prefix(input_ids, attention_mask, labels)
-        if n > 0 and keeps_cache(lm) and not (input_ids[:, n:] == self.image_token_id).any():
-            studies, study_of_row = torch.unique(image_index, return_inverse=True)
-            prefix = self.embed(input_ids[:1, :n].expand(len(studies), n), image_tokens[studies])  # (B', n, D)
-            cache = getattr(lm(inputs_embeds=prefix, use_cache=True, logits_to_keep=1), CACHE)
+        studies, study_of_row = torch.unique(image_index, return_inverse=True)
+        n, cache = self.prefix_cache(input_ids, attention_mask, labels, image_tokens[studies])
+        if cache is not None:
             cache.batch_select_indices(study_of_row)  # one cache row per sequence; indexing keeps the gradients
             rest = lm.get_input_embeddings()(input_ids[:, n:])
         else:
-            n, cache = 0, None
             rest = self.embed(input_ids, image_tokens[image_index])
         out = lm(
             inputs_embeds=rest, attention_mask=attention_mask, output_hidden_states=True, logits_to_keep=1,
