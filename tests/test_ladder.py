@@ -3,12 +3,15 @@ out with numpy, survival at the horizon attributed to its repeat, and model.json
 
 from __future__ import annotations
 
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
+from sklearn.decomposition import PCA
 
 from ctsurv.evaluation.crossval import FoldPrediction, cross_validate, make_folds
+from ctsurv.training import survival
 from ctsurv.training.survival import BlockPCA, at_horizon, encoder_image
 from ctsurv.training.survival_run import checkpoint_reference
 
@@ -79,6 +82,38 @@ def test_block_pca_drops_components_without_variance() -> None:
     assert pca.kept == 19
     x = pca.transform((grid, cells), np.arange(40))
     assert x.shape == (40, 19) and x[train].std(0).min() > 1e-3
+
+
+@pytest.mark.parametrize("n_train", [30, 150])  # fewer rows than columns (the Gram route), more (the covariance)
+@pytest.mark.parametrize("slice_bytes", [2**20, 800])  # the whole matrix in one slice, or a few columns/rows a slice
+def test_block_pca_equals_the_full_svd_by_either_route(monkeypatch: pytest.MonkeyPatch, n_train: int,
+                                                        slice_bytes: int) -> None:
+    """Both eigen-routes, read in one slice or many, give scikit-learn's exact PCA (full SVD) of the scaled
+    matrix: the same components with the same signs, and the same explained variance ratios."""
+    monkeypatch.setattr(survival, "SLICE_BYTES", slice_bytes)
+    parts = blocks(n=n_train + 10, seed=3)
+    train, test = np.arange(n_train), np.arange(n_train, n_train + 10)
+    pca = BlockPCA.fit(parts, train, components=6)
+    reference = PCA(n_components=6, svd_solver="full").fit(pca.scaled(parts, train))
+    np.testing.assert_allclose(pca.transform(parts, test), reference.transform(pca.scaled(parts, test)), atol=1e-9)
+    np.testing.assert_allclose(pca.explained_variance_ratio, reference.explained_variance_ratio_, atol=1e-12)
+
+
+def test_block_pca_never_holds_the_scaled_matrix(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fitting on 400 rows of 20,000 float32 columns (the scaled float64 matrix would be 64 MB) stays within the
+    Gram matrix (1.3 MB) plus one slice: memory follows the slice size, not the cohort's size times its width."""
+    monkeypatch.setattr(survival, "SLICE_BYTES", 2**20)
+    rng = np.random.default_rng(0)
+    grid = rng.normal(size=(500, 12_000)).astype(np.float32)
+    cells = rng.normal(size=(500, 8_000)).astype(np.float32)
+    train = np.arange(400)
+    tracemalloc.start()
+    pca = BlockPCA.fit((grid, cells), train, components=8)
+    pca.transform((grid, cells), np.arange(400, 500))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert pca.kept == 8
+    assert peak < 10 * 2**20, f"{peak / 2**20:.1f} MiB"
 
 
 def test_at_horizon_attributes_each_fold_to_its_repeat() -> None:

@@ -41,11 +41,12 @@ them. With it, each fold tunes its own copy on its training patients only.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import scipy.linalg
 import torch
 from lifelines import CoxPHFitter
 from lifelines.exceptions import ConvergenceWarning
@@ -66,6 +67,7 @@ from ctsurv.training.survival_finetune import Tuning, tuned_model
 
 LADDER = ("clinical_cox", "encoder_no_instruction", "findings_classifier", "model_align", "model")  # bottom rung first
 RANK_TOLERANCE = 1e-10  # a principal component explaining less of the variance is numerically zero
+SLICE_BYTES = 32 * 2**20  # BlockPCA reads the scaled features in float64 slices of about this size
 
 
 def image_budget(cfg: ExperimentConfig) -> int:
@@ -239,22 +241,77 @@ class BlockPCA:
 
     Components without variance on the fitting rows (beyond the rank of their centred blocks, e.g. when a
     patient's two studies are the same scan) are dropped: the head would standardise them by a zero SD.
+
+    The scaled matrix (rows × all blocks' columns, thousands of columns a study) is never built: it is read a
+    slice at a time (:data:`SLICE_BYTES`) into the smaller of its Gram matrix (rows × rows) and its covariance
+    (columns × columns), whose leading eigenvectors give the principal axes. Memory is bounded by the width
+    of the features, not the size of the cohort, and only the kept components are solved for (scikit-learn's
+    ``PCA`` needs the whole centred float64 matrix, and its full SVD, to keep a handful). The axes carry
+    scikit-learn's sign convention (each axis's largest loading is positive).
     """
 
     means: tuple[np.ndarray, ...]
     scales: tuple[float, ...]
-    pca: PCA
-    kept: int  # the leading components kept
+    axes: np.ndarray  # (columns of all blocks, kept): the unit principal axes, in the blocks' column order
+    explained_variance_ratio: np.ndarray  # (kept,) on the fitting rows
+
+    @property
+    def kept(self) -> int:
+        """The number of leading components kept."""
+        return self.axes.shape[1]
 
     @classmethod
     def fit(cls, blocks: Sequence[np.ndarray], rows: np.ndarray, components: int) -> BlockPCA:
         """Fitted on ``rows`` of ``blocks``, keeping min(components, len(rows) - 1, columns, rank) components."""
-        parts = [b[rows].astype(np.float64) for b in blocks]
-        means = tuple(part.mean(0) for part in parts)
-        scales = tuple(float(np.sqrt(((part - m) ** 2).sum(1).mean())) or 1.0 for part, m in zip(parts, means))
-        x = np.concatenate([(part - m) / sd for part, m, sd in zip(parts, means, scales)], 1)
-        pca = PCA(n_components=min(components, len(rows) - 1, x.shape[1]), random_state=0).fit(x)
-        return cls(means, scales, pca, int(np.sum(pca.explained_variance_ratio_ > RANK_TOLERANCE)))
+        rows = np.asarray(rows)
+        n, width = len(rows), sum(b.shape[1] for b in blocks)
+        means, scales = [], []
+        for block in blocks:  # each block's mean and total variance, a slice of its columns at a time
+            mean, squares = np.empty(block.shape[1]), 0.0
+            for cols in _column_slices(block.shape[1], n):
+                part = block[rows, cols].astype(np.float64)
+                mean[cols] = part.mean(0)
+                squares += float(((part - mean[cols]) ** 2).sum())
+            means.append(mean)
+            scales.append(float(np.sqrt(squares / n)) or 1.0)
+        pca = cls(tuple(means), tuple(scales), np.empty((width, 0)), np.empty(0))
+        k = min(components, n - 1, width)
+        if k <= 0:
+            return pca
+        if n <= width:  # the Gram matrix X X^T: its eigenvectors u give the axes X^T u / sqrt(eigenvalue)
+            gram = np.zeros((n, n))
+            for _, x in pca._slices(blocks, rows):
+                gram += x @ x.T
+            values, vectors = scipy.linalg.eigh(gram, subset_by_index=[n - k, n - 1])
+            total = float(np.trace(gram)) or 1.0  # all rows alike: nothing is kept
+            values, vectors = values[::-1], vectors[:, ::-1]
+            keep = values / total > RANK_TOLERANCE
+            axes = np.empty((width, int(keep.sum())))
+            for cols, x in pca._slices(blocks, rows):
+                axes[cols] = x.T @ (vectors[:, keep] / np.sqrt(values[keep]))
+        else:  # the covariance X^T X, a slice of rows at a time
+            cov = np.zeros((width, width))
+            step = max(1, SLICE_BYTES // (8 * width))
+            for start in range(0, n, step):
+                x = pca.scaled(blocks, rows[start : start + step])
+                cov += x.T @ x
+            values, axes = scipy.linalg.eigh(cov, subset_by_index=[width - k, width - 1])
+            total = float(np.trace(cov)) or 1.0
+            values, axes = values[::-1], axes[:, ::-1]
+            keep = values / total > RANK_TOLERANCE
+            axes = axes[:, keep]
+        axes = axes * np.sign(axes[np.abs(axes).argmax(0), np.arange(axes.shape[1])])  # largest loading positive
+        return cls(pca.means, pca.scales, axes, values[keep] / total)
+
+    def _slices(self, blocks: Sequence[np.ndarray], rows: np.ndarray) -> Iterator[tuple[slice, np.ndarray]]:
+        """The centred, scaled columns of ``rows``, a slice of columns at a time: (which columns of the
+        concatenated blocks, float64 (len(rows), columns))."""
+        offset = 0
+        for block, mean, scale in zip(blocks, self.means, self.scales, strict=True):
+            for cols in _column_slices(block.shape[1], len(rows)):
+                part = (block[rows, cols].astype(np.float64) - mean[cols]) / scale
+                yield slice(offset + cols.start, offset + cols.stop), part
+            offset += block.shape[1]
 
     def scaled(self, blocks: Sequence[np.ndarray], rows: np.ndarray) -> np.ndarray:
         """Rows ``rows`` of the blocks, each centred and scaled, side by side (float64)."""
@@ -264,7 +321,16 @@ class BlockPCA:
 
     def transform(self, blocks: Sequence[np.ndarray], rows: np.ndarray) -> np.ndarray:
         """The kept principal components (len(rows), kept) of rows ``rows``."""
-        return self.pca.transform(self.scaled(blocks, rows))[:, : self.kept]
+        out = np.zeros((len(rows), self.kept))
+        for cols, x in self._slices(blocks, np.asarray(rows)):
+            out += x @ self.axes[cols]
+        return out
+
+
+def _column_slices(columns: int, rows: int) -> list[slice]:
+    """Slices of ``columns`` whose float64 copy of ``rows`` rows takes about :data:`SLICE_BYTES`."""
+    step = max(1, SLICE_BYTES // (8 * max(rows, 1)))
+    return [slice(start, min(start + step, columns)) for start in range(0, columns, step)]
 
 
 def encoder_image(
