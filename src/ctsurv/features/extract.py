@@ -24,6 +24,36 @@ from ctsurv.models.vlm import CTVLM
 Volumes = torch.Tensor | VolumeStore  # (N, C, X, Y, Z): a stacked tensor (small cohorts, tests) or a store
 
 
+class RowBuffer:
+    """A cohort-sized array (n, ...) filled a batch of rows at a time, allocated when the first rows arrive.
+
+    Per-study outputs are written in place rather than kept as a list of batch pieces and concatenated: the
+    pieces, small and long-lived among each batch's large temporaries, pin glibc's heap, which is then never
+    given back (measured: the central cells of 3,000 studies, 37 MB, raised the resident size by 350 MB as a
+    list of batches, by 100 MB written in place).
+    """
+
+    def __init__(self, n: int, dtype: np.dtype | type = np.float32) -> None:
+        self.n, self.dtype = n, dtype
+        self.array: np.ndarray | None = None
+
+    def put(self, start: int, rows: np.ndarray | torch.Tensor) -> None:
+        """Rows ``start``, ``start + 1``, ... are ``rows`` (a batch, first axis)."""
+        if isinstance(rows, torch.Tensor):
+            rows = rows.detach().cpu().numpy()
+        if self.array is None:
+            self.array = np.empty((self.n, *rows.shape[1:]), dtype=self.dtype)
+        self.array[start : start + len(rows)] = rows
+
+    def numpy(self, row_shape: tuple[int, ...] = ()) -> np.ndarray:
+        """The filled array ((0, *row_shape) when there were no rows)."""
+        return np.empty((0, *row_shape), dtype=self.dtype) if self.array is None else self.array
+
+    def tensor(self, row_shape: tuple[int, ...] = ()) -> torch.Tensor:
+        """The filled array as a tensor sharing its memory."""
+        return torch.from_numpy(self.numpy(row_shape))
+
+
 def preprocess_all(cohort: Cohort, cfg: ExperimentConfig, progress: bool) -> torch.Tensor:
     """All volumes of ``cohort`` preprocessed and stacked, (N, C, X, Y, Z) float16: for small cohorts only
     (tests, research probes); the commands use :func:`~ctsurv.features.store.volume_store`, which streams them."""
@@ -48,14 +78,19 @@ def encode_all(vlm: CTVLM, volumes: Volumes, batch_size: int = 8) -> torch.Tenso
     files = feature_files(vlm, volumes)
     if files is None:
         return _encode(vlm, volumes, batch_size)
-    stored = [_cached(f) for f in files]
-    missing = [i for i, features in enumerate(stored) if features is None]
+    out, missing = RowBuffer(len(files)), []
+    for i, file in enumerate(files):
+        features = _cached(file)
+        if features is None:
+            missing.append(i)
+        else:
+            out.put(i, features[None])
     for start in range(0, len(missing), batch_size):
         rows = missing[start : start + batch_size]
         for i, features in zip(rows, _encode(vlm, volumes[np.asarray(rows)], batch_size)):
-            stored[i] = features.float().numpy()
-            save_npy_atomic(files[i], stored[i])
-    return torch.from_numpy(np.stack(stored))
+            save_npy_atomic(files[i], features.float().numpy())
+            out.put(i, features[None])
+    return out.tensor()
 
 
 def _cached(file: Path) -> np.ndarray | None:
@@ -68,11 +103,10 @@ def _cached(file: Path) -> np.ndarray | None:
 
 def _encode(vlm: CTVLM, volumes: Volumes, batch_size: int) -> torch.Tensor:
     device = next(vlm.vision_encoder.parameters()).device
-    chunks = [
-        vlm.projector.pool(vlm.vision_encoder.features(volumes[i : i + batch_size].to(device).float())).cpu()
-        for i in range(0, len(volumes), batch_size)
-    ]
-    return torch.cat(chunks)
+    out = RowBuffer(len(volumes))
+    for i in range(0, len(volumes), batch_size):
+        out.put(i, vlm.projector.pool(vlm.vision_encoder.features(volumes[i : i + batch_size].to(device).float())))
+    return out.tensor()
 
 
 def feature_files(vlm: CTVLM, volumes: Volumes) -> list[Path] | None:
@@ -97,4 +131,7 @@ def cells_all(vlm: CTVLM, volumes: Volumes, batch_size: int = 8) -> torch.Tensor
     findings = vlm.projector.findings
     if findings is None or findings.cells_channel is None:
         return None
-    return torch.cat([vlm.projector.cells(volumes[i : i + batch_size]) for i in range(0, len(volumes), batch_size)])
+    out = RowBuffer(len(volumes))
+    for i in range(0, len(volumes), batch_size):
+        out.put(i, vlm.projector.cells(volumes[i : i + batch_size]))
+    return out.tensor()

@@ -55,6 +55,7 @@ from sklearn.decomposition import PCA
 from ctsurv.config import ExperimentConfig
 from ctsurv.evaluation.crossval import Fold, FoldPrediction
 from ctsurv.features import Volumes
+from ctsurv.features.extract import RowBuffer
 from ctsurv.io.clinical import ClinicalSchema
 from ctsurv.io.cohort import Cohort
 from ctsurv.io.tables import as_text
@@ -96,19 +97,23 @@ def vlm_features(
     """Answers (P(yes), hidden states) of the model for every volume (N, C, X, Y, Z), or for cached, pooled
     encoder features (N, Dv, tokens) with ``kind="features"`` (and the volumes' ``cells`` (N, K) for a
     findings head that reads them), and (``visual_tokens``) the LM's states at the visual tokens."""
-    probs, states, visual = [], [], []
-    for i in range(0, len(inputs), batch_size):
+    n = len(inputs)
+    probs, states, visual = RowBuffer(n), RowBuffer(n), RowBuffer(n)
+    for i in range(0, n, batch_size):
         x = inputs[i : i + batch_size].float()
         if kind == "images":
             tokens = vlm.encode_image(x)
         else:
             tokens = vlm.project_features(x, cells=None if cells is None else cells[i : i + batch_size])
         p, h = answer_features(vlm, tokens, PRESENCE_QUESTIONS)
-        probs.append(p.numpy())
-        states.append(h.flatten(1).numpy())
+        probs.put(i, p)
+        states.put(i, h.flatten(1))
         if visual_tokens:
-            visual.append(visual_states(vlm, tokens).numpy())
-    return ImageFeatures(np.concatenate(probs), np.concatenate(states), np.concatenate(visual) if visual_tokens else None)
+            visual.put(i, visual_states(vlm, tokens))
+    q, d = len(PRESENCE_QUESTIONS), vlm.language_model.get_input_embeddings().embedding_dim
+    return ImageFeatures(
+        probs.numpy((q,)), states.numpy((q * d,)), visual.numpy((vlm.num_image_tokens, d)) if visual_tokens else None
+    )
 
 
 @torch.no_grad()
@@ -133,9 +138,10 @@ def encoder_features(encoder: torch.nn.Module, volumes: Volumes, batch_size: int
     """Mean-pooled vision features (N, Dv) of a pretrained encoder used without instruction tuning, read
     ``batch_size`` volumes at a time."""
     encoder.eval()
-    return np.concatenate(
-        [encoder.features(volumes[i : i + batch_size].float()).mean(dim=(2, 3, 4)).numpy() for i in range(0, len(volumes), batch_size)]
-    )
+    out = RowBuffer(len(volumes))
+    for i in range(0, len(volumes), batch_size):
+        out.put(i, encoder.features(volumes[i : i + batch_size].float()).mean(dim=(2, 3, 4)))
+    return out.numpy()
 
 
 # ----------------------------------------------------------------------------- per-fold methods
