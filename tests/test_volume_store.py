@@ -222,6 +222,34 @@ def test_features_are_cached_beside_the_volumes_per_encoder_and_resumed(
         assert extract.feature_files(vlm, temporary) is None  # a temporary cache keeps no features
 
 
+def test_cells_are_cached_beside_the_volumes_and_resumed(
+    cohort: Cohort, stacked: torch.Tensor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The findings head's cells are cached per volume like the features: a second pass reads no volume, lost or
+    damaged entries are computed again, and another cells channel gets its own entries."""
+    cfg = config(tmp_path, "projector.findings_token=true", "projector.findings_cells_channel=1")
+    vlm = build(cfg)
+    computed: list[int] = []
+    cells = vlm.projector.cells
+    monkeypatch.setattr(vlm.projector, "cells", lambda x: computed.append(len(x)) or cells(x))
+    store = volume_store(cohort, cfg.data, workers=1)
+    reference = cells(stacked)
+    assert torch.equal(cells_all(vlm, store, batch_size=4), reference) and sum(computed) == N
+    files = extract.cell_files(vlm, store)
+    assert all(f.is_file() for f in files) and files[0].parent.parent == tmp_path / "cells"
+    assert torch.equal(cells_all(vlm, store, batch_size=4), reference) and sum(computed) == N  # all cached
+    files[3].unlink()
+    files[6].write_bytes(b"half a file")
+    assert torch.equal(cells_all(vlm, store, batch_size=4), reference) and sum(computed) == N + 2
+    assert torch.equal(cells_all(vlm, store[np.array([6, 0])], batch_size=4), reference[[6, 0]])
+    assert sum(computed) == N + 2  # a sub-store reads the same entries
+    other = build(config(tmp_path, "projector.findings_token=true", "projector.findings_cells_channel=0"))
+    assert extract.cell_files(other, store)[0].parent != files[0].parent
+    assert torch.equal(cells_all(other, store, batch_size=4), other.projector.cells(stacked))
+    with volume_store(cohort, config(None).data, workers=1) as temporary:
+        assert extract.cell_files(vlm, temporary) is None  # a temporary cache keeps no cells
+
+
 def test_data_workers_default_and_override(cohort: Cohort, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     used = []
     monkeypatch.setattr(store_module, "preprocess_missing", lambda pre, jobs, files, workers, progress: used.append(workers))

@@ -4,12 +4,14 @@
                         --vision encoder + the projector's parameter-free pooling-->    (N, Dv, tokens) float32
 
 The commands stream the volumes from a :class:`~ctsurv.features.store.VolumeStore` batch by batch (no step holds
-more than one batch of them); only the features, which are small, are kept in memory.
+more than one batch of them); only the features, which are small, are kept in memory. In a persistent cache the
+features (per encoder) and the findings head's cells are cached per volume too, beside the volumes.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,7 @@ from ctsurv.config import ExperimentConfig
 from ctsurv.features.preprocess import save_npy_atomic
 from ctsurv.features.store import VolumeStore, volume_store
 from ctsurv.io.cohort import Cohort
+from ctsurv.models.projector import CELLS_XYZ
 from ctsurv.models.vlm import CTVLM
 
 Volumes = torch.Tensor | VolumeStore  # (N, C, X, Y, Z): a stacked tensor (small cohorts, tests) or a store
@@ -75,21 +78,32 @@ def encode_all(vlm: CTVLM, volumes: Volumes, batch_size: int = 8) -> torch.Tenso
     then encode a volume once per encoder, and an interrupted pass computes only the missing entries.
     """
     vlm.vision_encoder.eval()
-    files = feature_files(vlm, volumes)
+    return _per_volume(volumes, feature_files(vlm, volumes), lambda batch: _encode(vlm, batch, batch_size), batch_size)
+
+
+def _per_volume(
+    volumes: Volumes, files: list[Path] | None, compute: Callable[[Volumes], torch.Tensor], batch_size: int
+) -> torch.Tensor:
+    """``compute`` of every volume (n, ...) float32, ``batch_size`` volumes at a time; with ``files`` (one per
+    volume), each volume's row is read from its file when it holds one and written there when computed (so
+    an interrupted pass resumes, and a damaged entry is computed again)."""
+    out = RowBuffer(len(volumes))
     if files is None:
-        return _encode(vlm, volumes, batch_size)
-    out, missing = RowBuffer(len(files)), []
+        for start in range(0, len(volumes), batch_size):
+            out.put(start, compute(volumes[start : start + batch_size]))
+        return out.tensor()
+    missing = []
     for i, file in enumerate(files):
-        features = _cached(file)
-        if features is None:
+        row = _cached(file)
+        if row is None:
             missing.append(i)
         else:
-            out.put(i, features[None])
+            out.put(i, row[None])
     for start in range(0, len(missing), batch_size):
         rows = missing[start : start + batch_size]
-        for i, features in zip(rows, _encode(vlm, volumes[np.asarray(rows)], batch_size)):
-            save_npy_atomic(files[i], features.float().numpy())
-            out.put(i, features[None])
+        for i, row in zip(rows, compute(volumes[np.asarray(rows)][:])):  # (a store's rows, read as one batch)
+            save_npy_atomic(files[i], row.float().numpy())
+            out.put(i, row[None])
     return out.tensor()
 
 
@@ -127,11 +141,23 @@ def feature_files(vlm: CTVLM, volumes: Volumes) -> list[Path] | None:
 @torch.no_grad()
 def cells_all(vlm: CTVLM, volumes: Volumes, batch_size: int = 8) -> torch.Tensor | None:
     """``vlm.projector.cells`` of every volume (n, K), read ``batch_size`` volumes at a time; None when the
-    projector's findings head reads no cells. The cells of a volume do not depend on its batch."""
+    projector's findings head reads no cells. The cells of a volume do not depend on its batch. Cached per
+    volume like the features (:func:`cell_files`), so later commands need not read every volume again."""
     findings = vlm.projector.findings
     if findings is None or findings.cells_channel is None:
         return None
-    out = RowBuffer(len(volumes))
-    for i in range(0, len(volumes), batch_size):
-        out.put(i, vlm.projector.cells(volumes[i : i + batch_size]))
-    return out.tensor()
+    return _per_volume(volumes, cell_files(vlm, volumes), vlm.projector.cells, batch_size)
+
+
+def cell_files(vlm: CTVLM, volumes: Volumes) -> list[Path] | None:
+    """Where :func:`cells_all` caches each volume's cells: ``<cache_dir>/cells/<key>/<volume entry>.npy``, the key
+    a hash of what the cells are (the channel and :data:`~ctsurv.models.projector.CELLS_XYZ`: they have no
+    weights); None for volumes not in a persistent cache or a projector that reads no cells."""
+    findings = vlm.projector.findings
+    if findings is None or findings.cells_channel is None:
+        return None
+    if not isinstance(volumes, VolumeStore) or not volumes.persistent or not len(volumes):
+        return None
+    key = hashlib.sha256(repr(("central_cells", findings.cells_channel, CELLS_XYZ)).encode()).hexdigest()[:32]
+    folder = Path(volumes.files[0]).parent / "cells" / key
+    return [folder / Path(f).name for f in volumes.files]
