@@ -265,3 +265,20 @@ def test_the_shared_prefix_ends_before_every_answer() -> None:
     assert vlm_module.shared_prefix(ids, mask, labels) == 3
     labels[:, 3] = ids[:, 3]  # an answer that starts at 3 must be predicted from position 2
     assert vlm_module.shared_prefix(ids, mask, labels) == 2
+
+
+def test_token_ids_are_the_tokenizers_remembered_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """token_ids gives the tokenizer's ids (no special tokens), asks the tokenizer once per text, hands out copies
+    (a caller extending the list does not change the next answer) and forgets everything when full."""
+    vlm = tiny()
+    texts = ["Is there a pleural effusion?", "Yes.", "No pleural effusion. The heart is enlarged."]
+    expected = [vlm.tokenizer(t, add_special_tokens=False).input_ids for t in texts]
+    calls: list[str] = []
+    tokenizer = vlm.tokenizer
+    monkeypatch.setattr(vlm, "tokenizer", lambda text, **kw: calls.append(text) or tokenizer(text, **kw))
+    assert [vlm.token_ids(t) for t in texts] == expected and calls == texts
+    vlm.token_ids(texts[1]).append(-1)
+    assert [vlm.token_ids(t) for t in texts] == expected and calls == texts  # remembered, unchanged
+    monkeypatch.setattr(vlm_module, "TOKEN_CACHE_SIZE", 3)
+    assert vlm.token_ids("Is the heart enlarged?") == tokenizer("Is the heart enlarged?", add_special_tokens=False).input_ids
+    assert len(vlm._token_ids) == 1  # full: cleared before the new text

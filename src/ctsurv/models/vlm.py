@@ -29,6 +29,7 @@ from ctsurv.models.vision import build_vision_encoder
 from ctsurv.text.questions import PRESENCE_LABELS
 
 IGNORE_INDEX = -100
+TOKEN_CACHE_SIZE = 4096  # texts CTVLM.token_ids remembers (prompts, answers, reports): a few tens of MB at most
 # what a causal LM calls its key/value cache, in its arguments and outputs (transformers 5.2x renamed it)
 CACHE = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
@@ -81,6 +82,7 @@ class CTVLM(nn.Module):
         self.image_token_id: int = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         self.num_image_tokens: int = projector.num_tokens
         self.chat: bool = getattr(tokenizer, "chat_template", None) is not None  # an instruct LM's own template
+        self._token_ids: dict[str, tuple[int, ...]] = {}  # see :meth:`token_ids`
 
     # ------------------------------------------------------------------ image side
 
@@ -106,6 +108,16 @@ class CTVLM(nn.Module):
         turns = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": f"{IMAGE_TOKEN}\n{question}"}]
         return self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
 
+    def token_ids(self, text: str) -> list[int]:
+        """The tokenizer's ids of ``text`` without special tokens, remembered for the next call: training tokenizes
+        the same questions and answers every epoch (at most :data:`TOKEN_CACHE_SIZE` texts are kept)."""
+        ids = self._token_ids.get(text)
+        if ids is None:
+            if len(self._token_ids) >= TOKEN_CACHE_SIZE:
+                self._token_ids.clear()
+            ids = self._token_ids[text] = tuple(self.tokenizer(text, add_special_tokens=False).input_ids)
+        return list(ids)
+
     def tokenize(
         self, prompts: list[str], answers: list[str] | None = None, padding_side: str = "right"
     ) -> dict[str, torch.Tensor]:
@@ -115,7 +127,7 @@ class CTVLM(nn.Module):
         """
         rows, labels = [], []
         for i, prompt in enumerate(prompts):
-            ids = self.tokenizer(prompt, add_special_tokens=False).input_ids
+            ids = self.token_ids(prompt)
             if ids.count(self.image_token_id) != 1:
                 raise ValueError(f"prompt {i} must contain exactly one {IMAGE_TOKEN}, got {ids.count(self.image_token_id)}")
             at = ids.index(self.image_token_id)
@@ -124,7 +136,7 @@ class CTVLM(nn.Module):
             target = [IGNORE_INDEX] * len(ids)
             if answers is not None:
                 text = answers[i] if self.chat else " " + answers[i]  # a chat answer opens its own turn
-                answer = self.tokenizer(text, add_special_tokens=False).input_ids + [self.tokenizer.eos_token_id]
+                answer = self.token_ids(text) + [self.tokenizer.eos_token_id]
                 ids, target = ids + answer, target + answer
             rows.append(ids[: self.max_length])
             labels.append(target[: self.max_length])
