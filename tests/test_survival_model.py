@@ -365,3 +365,20 @@ def test_breslow_dict_round_trip() -> None:
         BreslowBaseline.from_dict({"times": [1.0]})
     with pytest.raises(ValueError, match="at least one event"):
         BreslowBaseline().fit(time, np.zeros(100, bool), risk)
+
+
+def test_risk_query_standardisation_is_numpys_float64_mean_and_std_over_studies_and_tokens() -> None:
+    """The token statistics are computed a slice of rows at a time (20,400 rows of 128 here: two slices); they
+    equal numpy's float64 mean and population std over every study's tokens, and a constant feature gets std 1."""
+    rng = np.random.default_rng(0)
+    tokens = (rng.normal(size=(600, 34, 128)) * rng.uniform(0.1, 50, 128) + rng.normal(0, 100, 128)).astype(np.float32)
+    tokens[:, :, 5] = 3.0
+    head = RiskQueryHead(128, 2)
+    head.set_image_standardisation(torch.from_numpy(tokens))
+    flat = tokens.reshape(-1, 128).astype(np.float64)
+    std = flat.std(0)
+    std[5] = 1.0
+    np.testing.assert_allclose(head.token_mean.numpy(), flat.mean(0).astype(np.float32), rtol=1e-6)
+    np.testing.assert_allclose(head.token_std.numpy(), std.astype(np.float32), rtol=1e-6)
+    z = head._standardise(torch.from_numpy(tokens[:3])).numpy()
+    np.testing.assert_allclose(z, (tokens[:3] - head.token_mean.numpy()) / head.token_std.numpy(), rtol=1e-6, atol=1e-6)

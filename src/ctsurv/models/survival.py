@@ -243,9 +243,11 @@ class RiskQueryHead(nn.Module):
     @torch.no_grad()
     def set_image_standardisation(self, tokens: torch.Tensor) -> None:
         """Mean and std of every feature over the training studies and their N tokens; std 0 -> 1."""
-        x = self._check(tokens).double().flatten(0, 1)
-        std = x.std(0, unbiased=False)
-        self.token_mean.copy_(x.mean(0))
+        x = self._check(tokens).flatten(0, 1)  # (B*N, D); float64 a slice of rows at a time, not all at once
+        step = max(1, 2**21 // x.shape[1])
+        mean = sum(part.double().sum(0) for part in x.split(step)) / len(x)
+        std = (sum(((part.double() - mean) ** 2).sum(0) for part in x.split(step)) / len(x)).sqrt()
+        self.token_mean.copy_(mean)
         self.token_std.copy_(torch.where(std > 0, std, torch.ones_like(std)))
 
     def attention(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -258,11 +260,12 @@ class RiskQueryHead(nn.Module):
     def forward_standardised(self, z: torch.Tensor, clinical: torch.Tensor | None) -> torch.Tensor:
         """:meth:`forward` on tokens already standardised (B, N, D): a fit standardises its training tokens once,
         not every epoch (at 3,000 studies that was a fifth of `ctsurv survival`)."""
-        pooled = (self._weights(z).unsqueeze(-1) * z).sum(1)  # (B, D)
+        pooled = torch.bmm(self._weights(z).unsqueeze(1), z).squeeze(1)  # (B, D), no (B, N, D) product in memory
         return self.head(pooled, clinical)
 
     def _standardise(self, tokens: torch.Tensor | None) -> torch.Tensor:
-        return (self._check(tokens).to(self.token_mean.dtype) - self.token_mean) / self.token_std
+        z = self._check(tokens).to(self.token_mean.dtype) - self.token_mean
+        return z.div_(self.token_std)  # in place: one (B, N, D) copy of the tokens, not two
 
     def _weights(self, z: torch.Tensor) -> torch.Tensor:
         return torch.softmax(z @ self.query / math.sqrt(z.shape[-1]), dim=1)
