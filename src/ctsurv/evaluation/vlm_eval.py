@@ -28,7 +28,6 @@ from rich.progress import track
 from sklearn.metrics import roc_auc_score
 
 from ctsurv.evaluation.text_metrics import per_label_scores, text_report
-from ctsurv.features.extract import RowBuffer
 from ctsurv.models.representation import answer_features
 from ctsurv.models.vlm import CTVLM
 from ctsurv.outputs import staged_file
@@ -63,11 +62,11 @@ def presence_probabilities(
     cells: torch.Tensor | None = None,
 ) -> pd.DataFrame:
     """The model's P(yes) (studies × findings) for the presence ``questions``, one column per ``q.label``."""
-    p_yes = RowBuffer(len(inputs))
+    p_yes = np.empty((len(inputs), len(questions)), dtype=np.float32)  # filled in place (see features.RowBuffer)
     for start in range(0, len(inputs), batch_size):
         tokens = _visual_tokens(vlm, inputs, kind, cells, slice(start, start + batch_size))
-        p_yes.put(start, answer_features(vlm, tokens, [q.text for q in questions])[0])
-    return pd.DataFrame(p_yes.numpy((len(questions),)), columns=[q.label for q in questions])
+        p_yes[start : start + batch_size] = answer_features(vlm, tokens, [q.text for q in questions])[0].cpu().numpy()
+    return pd.DataFrame(p_yes, columns=[q.label for q in questions])
 
 
 def _visual_tokens(vlm: CTVLM, inputs: torch.Tensor, kind: str, cells: torch.Tensor | None, rows: slice) -> torch.Tensor:
