@@ -251,9 +251,9 @@ class BlockPCA:
     The scaled matrix (rows × all blocks' columns, thousands of columns a study) is never built: it is read a
     slice at a time (:data:`SLICE_BYTES`) into the smaller of its Gram matrix (rows × rows) and its covariance
     (columns × columns), whose leading eigenvectors give the principal axes. Memory is bounded by the width
-    of the features, not the size of the cohort, and only the kept components are solved for (scikit-learn's
-    ``PCA`` needs the whole centred float64 matrix, and its full SVD, to keep a handful). The axes carry
-    scikit-learn's sign convention (each axis's largest loading is positive).
+    of the features, not the size of the cohort, and only the kept components are solved for, exactly
+    (scikit-learn's ``PCA`` needs the whole centred float64 matrix, and at this width its ``auto`` solver is a
+    randomized SVD). The axes carry scikit-learn's sign convention (each axis's largest loading is positive).
     """
 
     means: tuple[np.ndarray, ...]
