@@ -288,26 +288,19 @@ class BlockPCA:
             gram = np.zeros((n, n))
             for _, x in pca._slices(blocks, rows):
                 gram += x @ x.T
-            values, vectors = scipy.linalg.eigh(gram, subset_by_index=[n - k, n - 1])
-            total = float(np.trace(gram)) or 1.0  # all rows alike: nothing is kept
-            values, vectors = values[::-1], vectors[:, ::-1]
-            keep = values / total > RANK_TOLERANCE
-            axes = np.empty((width, int(keep.sum())))
+            values, vectors, ratio = _leading_eigen(gram, k)
+            axes = np.empty((width, len(values)))
             for cols, x in pca._slices(blocks, rows):
-                axes[cols] = x.T @ (vectors[:, keep] / np.sqrt(values[keep]))
+                axes[cols] = x.T @ (vectors / np.sqrt(values))
         else:  # the covariance X^T X, a slice of rows at a time
             cov = np.zeros((width, width))
             step = max(1, SLICE_BYTES // (8 * width))
             for start in range(0, n, step):
                 x = pca.scaled(blocks, rows[start : start + step])
                 cov += x.T @ x
-            values, axes = scipy.linalg.eigh(cov, subset_by_index=[width - k, width - 1])
-            total = float(np.trace(cov)) or 1.0
-            values, axes = values[::-1], axes[:, ::-1]
-            keep = values / total > RANK_TOLERANCE
-            axes = axes[:, keep]
+            values, axes, ratio = _leading_eigen(cov, k)
         axes = axes * np.sign(axes[np.abs(axes).argmax(0), np.arange(axes.shape[1])])  # largest loading positive
-        return cls(pca.means, pca.scales, axes, values[keep] / total)
+        return cls(pca.means, pca.scales, axes, ratio)
 
     def _slices(self, blocks: Sequence[np.ndarray], rows: np.ndarray) -> Iterator[tuple[slice, np.ndarray]]:
         """The centred, scaled columns of ``rows``, a slice of columns at a time: (which columns of the
@@ -331,6 +324,18 @@ class BlockPCA:
         for cols, x in self._slices(blocks, np.asarray(rows)):
             out += x @ self.axes[cols]
         return out
+
+
+def _leading_eigen(matrix: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``k`` largest eigenvalues of a symmetric positive semi-definite ``matrix`` (a Gram matrix or a
+    covariance), largest first, with their eigenvectors and their share of the trace; those with a share
+    under :data:`RANK_TOLERANCE` (numerically zero) are dropped."""
+    size = len(matrix)
+    values, vectors = scipy.linalg.eigh(matrix, subset_by_index=[size - k, size - 1])
+    values, vectors = values[::-1], vectors[:, ::-1]
+    ratio = values / (float(np.trace(matrix)) or 1.0)  # all rows alike: nothing is kept
+    keep = ratio > RANK_TOLERANCE
+    return values[keep], vectors[:, keep], ratio[keep]
 
 
 def _column_slices(columns: int, rows: int) -> list[slice]:
