@@ -105,11 +105,13 @@ def fit_findings_head(
         raise ValueError("give cells exactly when the findings head reads them (projector.findings_cells_channel)")
     if cells is not None and held_out is None:
         raise ValueError("a findings head that reads cells chooses them on held-out studies: give held_out")
-    def design() -> np.ndarray:  # the classifier's inputs (n, k + K), float64: the pooled summary, then the cells
+
+    def design(pooled: torch.Tensor, cells: torch.Tensor | None) -> np.ndarray:
+        """The classifier's inputs (n, k + K), float64: the pooled summary, then the cells (if read)."""
         summary = head.summary(pooled.float()).double().numpy()
         return summary if cells is None else np.hstack([summary, cells.double().numpy()])
 
-    x = design()
+    x = design(pooled, cells)
     k = x.shape[1] - (0 if cells is None else cells.shape[1])  # the pooled summary's columns
     y_all = labels.numpy()
     n, p = y_all.shape
@@ -127,8 +129,7 @@ def fit_findings_head(
     z = full.transform(x)
     del x  # memory: at most two (n, k + K) float64 copies at a time (built again for the folds)
     if cells is not None:  # and so held_out, checked above
-        x_val = np.hstack([head.summary(held_out.pooled.float()).double().numpy(), held_out.cells.double().numpy()])
-        z_val, y_val = full.transform(x_val), held_out.labels.numpy()
+        z_val, y_val = full.transform(design(held_out.pooled, held_out.cells)), held_out.labels.numpy()
     oof = np.zeros((n, p))
     weight, bias = np.zeros((p, z.shape[1])), np.zeros(p)
     reads_cells = np.zeros(p, dtype=bool)
@@ -157,7 +158,7 @@ def fit_findings_head(
     z = z_known = None  # freed before the folds (z_known is unset when no finding has a label)
     # fold by fold, so that one fold's standardised copy of the features is in memory at a time (all five at
     # once were most of what `ctsurv pretrain` grew by per training study: benchmarks/command_memory.md)
-    x = design()
+    x = design(pooled, cells)
     for fit_rows, out_rows in patient_folds(groups, seed):
         fold = StandardScaler().fit(x[fit_rows])
         z_fit, z_out = fold.transform(x[fit_rows]), fold.transform(x[out_rows])
