@@ -78,7 +78,7 @@ def encode_all(vlm: CTVLM, volumes: Volumes, batch_size: int = 8) -> torch.Tenso
     then encode a volume once per encoder, and an interrupted pass computes only the missing entries.
     """
     vlm.vision_encoder.eval()
-    return _per_volume(volumes, feature_files(vlm, volumes), lambda batch: _encode(vlm, batch, batch_size), batch_size)
+    return _per_volume(volumes, feature_files(vlm, volumes), lambda batch: _encode(vlm, batch), batch_size)
 
 
 def _per_volume(
@@ -115,27 +115,24 @@ def _cached(file: Path) -> np.ndarray | None:
         return None
 
 
-def _encode(vlm: CTVLM, volumes: Volumes, batch_size: int) -> torch.Tensor:
+def _encode(vlm: CTVLM, batch: torch.Tensor) -> torch.Tensor:
+    """The pooled features (B, Dv, N) of a batch of volumes, computed where the encoder is."""
     device = next(vlm.vision_encoder.parameters()).device
-    out = RowBuffer(len(volumes))
-    for i in range(0, len(volumes), batch_size):
-        out.put(i, vlm.projector.pool(vlm.vision_encoder.features(volumes[i : i + batch_size].to(device).float())))
-    return out.tensor()
+    return vlm.projector.pool(vlm.vision_encoder.features(batch.to(device).float()))
 
 
 def feature_files(vlm: CTVLM, volumes: Volumes) -> list[Path] | None:
     """Where :func:`encode_all` caches each volume's features: ``<cache_dir>/features/<encoder key>/<volume
     entry>.npy``, the key a hash of the encoder's weights (every parameter and buffer) and the projector's pooling
     (token grid, max token); None for volumes not in a persistent cache."""
-    if not isinstance(volumes, VolumeStore) or not volumes.persistent or not len(volumes):
+    if not _persistent(volumes):
         return None
     digest = hashlib.sha256()
     digest.update(repr((type(vlm.vision_encoder).__name__, vlm.projector.tokens_xyz, vlm.projector.max_token)).encode())
     for name, tensor in vlm.vision_encoder.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # any dtype
-    folder = Path(volumes.files[0]).parent / "features" / digest.hexdigest()[:32]
-    return [folder / Path(f).name for f in volumes.files]
+    return _entries_beside(volumes, "features", digest.hexdigest()[:32])
 
 
 @torch.no_grad()
@@ -156,8 +153,18 @@ def cell_files(vlm: CTVLM, volumes: Volumes) -> list[Path] | None:
     findings = vlm.projector.findings
     if findings is None or findings.cells_channel is None:
         return None
-    if not isinstance(volumes, VolumeStore) or not volumes.persistent or not len(volumes):
+    if not _persistent(volumes):
         return None
     key = hashlib.sha256(repr(("central_cells", findings.cells_channel, CELLS_XYZ)).encode()).hexdigest()[:32]
-    folder = Path(volumes.files[0]).parent / "cells" / key
+    return _entries_beside(volumes, "cells", key)
+
+
+def _persistent(volumes: Volumes) -> bool:
+    """Whether ``volumes`` are entries of a persistent cache (``data.cache_dir``), beside which rows may be cached."""
+    return isinstance(volumes, VolumeStore) and volumes.persistent and len(volumes) > 0
+
+
+def _entries_beside(volumes: VolumeStore, kind: str, key: str) -> list[Path]:
+    """One file per volume, ``<cache_dir>/<kind>/<key>/<volume entry>.npy``."""
+    folder = Path(volumes.files[0]).parent / kind / key
     return [folder / Path(f).name for f in volumes.files]
