@@ -106,13 +106,15 @@ def write_markdown(rows: list[dict], path: Path, command: str) -> None:
     lines += ["", "Mean ± SD over seeds:", "", "| arm | pretrain s | unseen macro acc | unseen macro AUC | ΔC vs clinical |", "|---|---|---|---|---|"]
     for a in arms:
         sel = [r for r in rows if r["arm"] == a]
-
-        def ms(key: str, fmt: str) -> str:
-            v = [r[key] for r in sel]
-            return f"{np.mean(v):{fmt}} ± {np.std(v, ddof=1) if len(v) > 1 else 0:{fmt.lstrip('+')}}"
-        lines.append(f"| {a} | {ms('pretrain_seconds', '.0f')} | {ms('unseen_macro_accuracy', '.3f')} "
-                     f"| {ms('unseen_macro_auc', '.3f')} | {ms('delta_c', '+.3f')} |")
+        cells = [_mean_sd([r[key] for r in sel], fmt) for key, fmt in
+                 (("pretrain_seconds", ".0f"), ("unseen_macro_accuracy", ".3f"), ("unseen_macro_auc", ".3f"), ("delta_c", "+.3f"))]
+        lines.append(f"| {a} | " + " | ".join(cells) + " |")
     path.write_text("\n".join(lines) + "\n")
+
+
+def _mean_sd(values: list[float], fmt: str) -> str:
+    sd = np.std(values, ddof=1) if len(values) > 1 else 0.0
+    return f"{np.mean(values):{fmt}} ± {sd:{fmt.lstrip('+')}}"
 
 
 def main() -> None:

@@ -195,9 +195,9 @@ def test_cache_hits_and_misses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     reads: list[Path] = []
 
     def counting_read(p: Path, spacing_zyx: tuple[float, float, float] | None = None,
-                      rescale: tuple[float, float] | None = None) -> Volume:
+                      rescale: tuple[float, float] | None = None, array_key: str | None = None) -> Volume:
         reads.append(Path(p))
-        return read_volume(p, spacing_zyx, rescale)
+        return read_volume(p, spacing_zyx, rescale, array_key)
 
     monkeypatch.setattr(transforms, "read_volume", counting_read)
     cache = tmp_path / "cache"

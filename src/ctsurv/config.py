@@ -48,6 +48,14 @@ class DataConfig:
     # spacing of .npy/.npz volumes, which carry none: per-row columns, else this default
     spacing_columns: tuple[str, str, str] = ("spacing_z", "spacing_y", "spacing_x")
     array_spacing_zyx: tuple[float, float, float] | None = None
+    # the array of an .npz that holds several (e.g. "scan" beside "mask"); None: the only one, else the first of
+    # volume / scan / image / ct / arr_0
+    array_key: str | None = None
+    # optional column: a region mask per study (tumour, organ; NIfTI, NRRD, MHA, DICOM, .npy/.npz), resampled and
+    # cropped with its volume. Without the column, an .npz volume holding a mask array (below) brings its own
+    mask_column: str = "mask"
+    # the array of an .npz that is the mask; None: its only array, else the first of mask / seg / segmentation / label
+    mask_key: str | None = None
     # preprocessing (MONAI): orient RAS, resample, HU window -> [0, 1], crop/pad
     target_spacing_zyx: tuple[float, float, float] = (6.0, 5.0, 5.0)
     target_shape_zyx: tuple[int, int, int] = (48, 64, 64)

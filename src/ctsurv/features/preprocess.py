@@ -41,7 +41,6 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +60,7 @@ from nibabel.orientations import io_orientation
 from scipy import ndimage
 
 from ctsurv.config import DataConfig
-from ctsurv.io.volumes import Volume, read_volume
+from ctsurv.io.volumes import Volume, mask_on_grid, read_mask, read_volume
 
 CACHE_VERSION = 1  # bump when the pipeline or the constants below change: old cache entries are then never reused
 BODY_HU = -500.0  # voxels above this are body (soft tissue, bone, vessels); lungs and air are below
@@ -114,25 +113,38 @@ class Preprocessor:
         self.cfg = cfg
         self.spacing_xyz: tuple[float, float, float] = zyx_to_xyz(tuple(float(s) for s in cfg.target_spacing_zyx))
         self.shape_xyz: tuple[int, int, int] = zyx_to_xyz(tuple(int(n) for n in cfg.target_shape_zyx))
-        steps: list[Callable[..., Any]] = [
+        geometry = [
             BlockAverage(self.spacing_xyz),  # first: Orientation then flips the small array
             Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),  # nibabel's axis labels
-            Spacing(pixdim=self.spacing_xyz, mode="bilinear", padding_mode="border", dtype=np.float32),
         ]
-        if cfg.crop == "foreground":
-            steps.append(_body_crop(self.spacing_xyz))
-        windows = [ScaleIntensityRange(a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True) for lo, hi in cfg.hu_windows]
-        steps += [
-            windows[0] if len(windows) == 1 else (lambda image: torch.cat([w(image) for w in windows])),
-            ResizeWithPadOrCrop(spatial_size=self.shape_xyz, mode="constant"),  # pads with 0 = air after windowing
-        ]
-        self.pipeline = Compose(steps)
+        self.geometry = Compose([*geometry, Spacing(pixdim=self.spacing_xyz, mode="bilinear", padding_mode="border", dtype=np.float32)])
+        # a mask goes through the same steps, resampled by nearest neighbour: the fraction of each block in the region,
+        # then the nearest resampled voxel's fraction, in the region where it is at least one half
+        self.mask_geometry = Compose([*geometry, Spacing(pixdim=self.spacing_xyz, mode="nearest", padding_mode="zeros", dtype=np.float32)])
+        self.crop = BodyCrop(self.spacing_xyz) if cfg.crop == "foreground" else None
+        self.windows = [ScaleIntensityRange(a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True) for lo, hi in cfg.hu_windows]
+        self.resize = ResizeWithPadOrCrop(spatial_size=self.shape_xyz, mode="constant")  # pads with 0 = air after windowing
 
     def __call__(self, volume: Volume) -> torch.Tensor:
         """Preprocess one volume: (C, X, Y, Z) float32 in [0, 1], axes growing towards R, A, S."""
-        array = torch.from_numpy(np.ascontiguousarray(volume.array))[None]  # (1, I, J, K) HU
-        image = MetaTensor(array, affine=torch.as_tensor(volume.affine, dtype=torch.float64))
-        out = self.pipeline(image)
+        return self.with_mask(volume)[0]
+
+    def with_mask(self, volume: Volume, mask: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Preprocess one volume and, if given, its region ``mask`` (bool, on the volume's grid: see
+        :func:`~ctsurv.io.volumes.mask_on_grid`): ((C, X, Y, Z) float32, (X, Y, Z) bool or None). The mask takes
+        the volume's every geometric step (orientation, spacing, the same crop and pad), so that voxel (x, y, z)
+        of both is the same place in the patient."""
+        affine = torch.as_tensor(volume.affine, dtype=torch.float64)
+        image = self.geometry(MetaTensor(torch.from_numpy(np.ascontiguousarray(volume.array))[None], affine=affine))
+        region = None
+        if mask is not None:
+            if mask.shape != volume.shape:
+                raise ValueError(f"mask shape {mask.shape} differs from its volume's {volume.shape}; use mask_on_grid")
+            region = self.mask_geometry(MetaTensor(torch.from_numpy(mask.astype(np.float32))[None], affine=affine))
+        if self.crop is not None:
+            image, region = self.crop(image, region)
+        image = torch.cat([w(image) for w in self.windows]) if len(self.windows) > 1 else self.windows[0](image)
+        out = self.resize(image)
         out = out.as_tensor() if isinstance(out, MetaTensor) else out  # plain tensor: no metadata to collate
         out = out.to(torch.float32)
         if self.cfg.blob_sigmas_mm:
@@ -143,7 +155,10 @@ class Preprocessor:
                 for s in self.cfg.blob_sigmas_mm
             ]
             out = torch.cat([out, torch.stack(blobs)])
-        return out.contiguous()  # (C, X, Y, Z)
+        if region is not None:
+            region = self.resize(region)
+            region = (region.as_tensor() if isinstance(region, MetaTensor) else region)[0] >= 0.5  # (X, Y, Z); padding: outside
+        return out.contiguous(), region
 
     def load(
         self, path: str | Path, spacing_zyx: tuple[float, float, float] | None = None,
@@ -156,19 +171,39 @@ class Preprocessor:
         file's, for a DICOM folder), ``spacing_zyx``, ``rescale`` and every preprocessing parameter, so an
         edited file or a changed config never reuses a stale result.
         """
+        return self.load_with_mask(path, spacing_zyx, rescale)[0]
+
+    def load_with_mask(
+        self, path: str | Path, spacing_zyx: tuple[float, float, float] | None = None,
+        rescale: tuple[float, float] | None = None, mask: str | Path | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`load`, and the region ``mask`` file of the volume (any format of :func:`read_mask`, on any grid
+        that overlaps the volume's) taken through the same steps: ((C, X, Y, Z) float32, (X, Y, Z) bool or None).
+        The mask's cache entry (:meth:`mask_cache_file`) sits beside the volume's."""
         path = Path(path)
         cache_file = self.cache_file(path, spacing_zyx, rescale)
-        if cache_file is not None and cache_file.is_file():
-            try:
-                cached = np.load(cache_file, allow_pickle=False)
-                if cached.shape == (self.cfg.in_channels, *self.shape_xyz) and cached.dtype == np.float32:
-                    return torch.from_numpy(cached)
-            except (OSError, ValueError, EOFError):
-                pass  # a damaged entry (e.g. disk full mid-write elsewhere): recompute and overwrite it
-        out = self(read_volume(path, spacing_zyx, rescale))
+        mask_file = None if mask is None or cache_file is None else self.mask_cache_file(cache_file, mask)
+        cached = _read_entry(cache_file, (self.cfg.in_channels, *self.shape_xyz), np.float32)
+        cached_mask = _read_entry(mask_file, self.shape_xyz, np.uint8)
+        if cached is not None and (mask is None or cached_mask is not None):
+            return torch.from_numpy(cached), None if cached_mask is None else torch.from_numpy(cached_mask).bool()
+        volume = read_volume(path, spacing_zyx, rescale, self.cfg.array_key)
+        region = None if mask is None else mask_on_grid(read_mask(mask, spacing_zyx, self.cfg.mask_key), volume)
+        out, out_mask = (self(volume), None) if region is None else self.with_mask(volume, region)
         if cache_file is not None:
             save_npy_atomic(cache_file, out.numpy())
-        return out
+        if mask_file is not None and out_mask is not None:
+            save_npy_atomic(mask_file, out_mask.numpy().astype(np.uint8))
+        return out, out_mask
+
+    def mask_cache_file(self, cache_file: Path, mask: str | Path) -> Path | None:
+        """Where :meth:`load_with_mask` keeps a preprocessed mask: keyed by its volume's entry, the mask file's
+        fingerprint and ``data.mask_key``; None when the mask path is missing."""
+        fingerprint = _fingerprint(Path(mask))
+        if fingerprint is None:
+            return None
+        key = {"volume": cache_file.stem, "mask": fingerprint, "mask_key": self.cfg.mask_key}
+        return cache_file.with_name(f"{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()}.mask.npy")
 
     def cache_file(
         self, path: str | Path, spacing_zyx: tuple[float, float, float] | None = None,
@@ -185,6 +220,7 @@ class Preprocessor:
             "file": fingerprint,
             "spacing_zyx": None if spacing_zyx is None else [float(s) for s in spacing_zyx],
             **({} if rescale is None else {"rescale": [float(v) for v in rescale]}),  # absent: keys cached before stay
+            **({} if self.cfg.array_key is None else {"array_key": self.cfg.array_key}),
             # empty channel lists and later fields at their defaults are left out, so entries cached before
             # such a field existed stay valid
             **{k: v for k, v in self.cfg.preprocessing().items() if v != () and _LATER_FIELD_DEFAULTS.get(k) != v},
@@ -284,29 +320,30 @@ def _symmetric_eigenvalues(
     return e1, 3 * q - e1 - e3, e3
 
 
-def _body_crop(spacing_xyz: tuple[float, float, float]) -> Callable[[MetaTensor], MetaTensor]:
+class BodyCrop:
     """CropForeground to the bounding box of the body; the image is kept whole if it has none.
 
     Body = HU > BODY_HU after a morphological opening of about BODY_OPENING_MM, which removes
     thin bright shells outside the patient (the scanner table, blankets, tubes) that would
-    otherwise stretch the box, and keeps the trunk and arms.
+    otherwise stretch the box, and keeps the trunk and arms. A mask given with the image is cut to the same box.
     """
-    margin = [int(np.ceil(BODY_MARGIN_MM / s)) for s in spacing_xyz]
-    iterations = max(1, round(BODY_OPENING_MM / min(spacing_xyz)))
 
-    def is_body(image: torch.Tensor) -> torch.Tensor:  # (1, X, Y, Z) HU -> (1, X, Y, Z) bool
+    def __init__(self, spacing_xyz: tuple[float, float, float]) -> None:
+        margin = [int(np.ceil(BODY_MARGIN_MM / s)) for s in spacing_xyz]
+        self.iterations = max(1, round(BODY_OPENING_MM / min(spacing_xyz)))
+        self.crop = CropForeground(select_fn=self.is_body, margin=margin, allow_smaller=True)
+
+    def is_body(self, image: torch.Tensor) -> torch.Tensor:  # (1, X, Y, Z) HU -> (1, X, Y, Z) bool
         mask = image.detach().cpu().numpy() > BODY_HU
-        opened = ndimage.binary_opening(mask[0], iterations=iterations)
+        opened = ndimage.binary_opening(mask[0], iterations=self.iterations)
         return torch.from_numpy(opened[None] if opened.any() else mask)  # tiny bodies: keep the plain threshold
 
-    crop = CropForeground(select_fn=is_body, margin=margin, allow_smaller=True)
-
-    def body_crop(image: MetaTensor) -> MetaTensor:
+    def __call__(self, image: MetaTensor, mask: MetaTensor | None = None) -> tuple[MetaTensor, MetaTensor | None]:
         if not bool((image > BODY_HU).any()):
-            return image  # no body at all (a phantom of air?): the centre crop that follows still applies
-        return crop(image)
-
-    return body_crop
+            return image, mask  # no body at all (a phantom of air?): the centre crop that follows still applies
+        start, end = self.crop.compute_bounding_box(image)
+        cut = self.crop.crop_pad(image, start, end)
+        return cut, None if mask is None else self.crop.crop_pad(mask, start, end)
 
 
 def _fingerprint(path: Path) -> dict[str, Any] | None:
@@ -322,6 +359,17 @@ def _fingerprint(path: Path) -> dict[str, Any] | None:
     except OSError:
         return None
     return {"path": str(resolved), "entries": entries}
+
+
+def _read_entry(file: Path | None, shape: tuple[int, ...], dtype: type) -> np.ndarray | None:
+    """A cache entry of this shape and dtype, or None when there is none (or a damaged one, to be overwritten)."""
+    if file is None or not file.is_file():
+        return None
+    try:
+        cached = np.load(file, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None  # a damaged entry (e.g. disk full mid-write elsewhere): recompute and overwrite it
+    return cached if cached.shape == tuple(shape) and cached.dtype == dtype else None
 
 
 def save_npy_atomic(path: Path, array: np.ndarray) -> None:

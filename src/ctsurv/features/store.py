@@ -41,7 +41,7 @@ from ctsurv.errors import CtsurvError
 from ctsurv.features.preprocess import Preprocessor
 from ctsurv.io.cohort import Cohort
 
-Job = tuple[Path, Any, "tuple[float, float] | None"]  # (volume path, spacing_zyx, rescale to HU) of one row
+Job = tuple[Path, Any, "tuple[float, float] | None", "Path | None"]  # (volume, spacing_zyx, rescale to HU, mask) of a row
 STORE_DTYPE = torch.float16  # half the memory of float32; what every consumer has always read
 
 
@@ -61,10 +61,15 @@ class VolumeStore(Dataset):
       in that order, e.g. the training studies of a split; nothing is read until it is indexed.
 
     Only the volumes asked for are ever in memory. ``close()`` (or ``with store:``) removes a temporary cache.
+    :meth:`mask` reads a study's region mask, (X, Y, Z) bool, when the cohort gave one.
     """
 
-    def __init__(self, files: Sequence[Path], shape: tuple[int, ...], scratch: tempfile.TemporaryDirectory | None = None) -> None:
+    def __init__(
+        self, files: Sequence[Path], shape: tuple[int, ...], scratch: tempfile.TemporaryDirectory | None = None,
+        mask_files: Sequence[Path | None] | None = None,
+    ) -> None:
         self.files = list(files)
+        self.mask_files = list(mask_files) if mask_files is not None else [None] * len(self.files)
         self.shape = (len(self.files), *shape)  # (N, C, X, Y, Z), as the stacked tensor's
         self.dtype = STORE_DTYPE
         self._scratch = scratch  # the temporary cache folder, if any: kept alive by every sub-store
@@ -87,7 +92,8 @@ class VolumeStore(Dataset):
             rows = np.flatnonzero(rows)
         if rows.ndim != 1 or (rows.size and not np.issubdtype(rows.dtype, np.integer)):
             raise IndexError(f"index a VolumeStore with an integer, a slice, integer rows or a boolean mask, not {index!r}")
-        return VolumeStore([self.files[int(i)] for i in rows], self.shape[1:], self._scratch)
+        return VolumeStore([self.files[int(i)] for i in rows], self.shape[1:], self._scratch,
+                           [self.mask_files[int(i)] for i in rows])
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         return (self._read(i) for i in range(len(self)))
@@ -105,6 +111,24 @@ class VolumeStore(Dataset):
         if tuple(volume.shape) != self.shape[1:]:
             raise CtsurvError(f"{self.files[i]} holds shape {tuple(volume.shape)}, expected {self.shape[1:]}; run the command again")
         return volume.to(self.dtype)
+
+    @property
+    def has_masks(self) -> bool:
+        """Whether any study of the store has a region mask."""
+        return any(f is not None for f in self.mask_files)
+
+    def mask(self, i: int) -> torch.Tensor | None:
+        """Study i's region mask on the preprocessed grid, (X, Y, Z) bool, or None when it has none."""
+        file = self.mask_files[i]
+        if file is None:
+            return None
+        try:
+            mask = torch.from_numpy(np.load(file, allow_pickle=False)).bool()
+        except (OSError, ValueError, EOFError) as e:
+            raise CtsurvError(f"cannot read the preprocessed mask {file} ({e}); run the command again") from e
+        if tuple(mask.shape) != self.shape[2:]:
+            raise CtsurvError(f"{file} holds shape {tuple(mask.shape)}, expected {self.shape[2:]}; run the command again")
+        return mask
 
     @property
     def persistent(self) -> bool:
@@ -134,27 +158,29 @@ def volume_store(cohort: Cohort, data: DataConfig, progress: bool = False, worke
         data = dataclasses.replace(data, cache_dir=scratch.name)
     try:
         pre = Preprocessor(data)
-        jobs = [(Path(p), cohort.spacing_zyx(i), cohort.rescale(i)) for i, p in enumerate(cohort.volume_paths)]
-        files = [_cache_file(pre, *job) for job in jobs]
+        jobs = [(Path(p), cohort.spacing_zyx(i), cohort.rescale(i), cohort.mask_path(i)) for i, p in enumerate(cohort.volume_paths)]
+        files = [_cache_file(pre, *job[:3]) for job in jobs]
+        mask_files = [None if job[3] is None else _mask_file(pre, file, job) for job, file in zip(jobs, files)]
         preprocess_missing(pre, jobs, files, workers or data.workers or default_workers(), progress)
     except BaseException:
         if scratch is not None:
             scratch.cleanup()
         raise
-    return VolumeStore(files, (data.in_channels, *pre.shape_xyz), scratch)
+    return VolumeStore(files, (data.in_channels, *pre.shape_xyz), scratch, mask_files)
 
 
 def preprocess_missing(
     pre: Preprocessor, jobs: list[Job], files: list[Path], workers: int, progress: bool = False
 ) -> int:
-    """Preprocess the (path, spacing, rescale) ``jobs`` whose cache ``files`` are missing or incomplete; returns how many.
+    """Preprocess the (path, spacing, rescale, mask) ``jobs`` whose cache ``files`` (or their masks' entries) are
+    missing or incomplete; returns how many.
 
     Each entry is computed once even if several rows share a volume; ``workers`` > 1 runs them in that many
     processes, 1 in this one. An error stops the pass; the entries already written stay for the next pass.
     """
     todo: dict[Path, Job] = {}
     for job, file in zip(jobs, files):
-        if file not in todo and not _complete(file, pre):
+        if file not in todo and not _complete(file, pre, job[3]):
             todo[file] = job
     tasks = list(todo.values())
     description = f"preprocessing {len(tasks)} of {len(files)} volumes"
@@ -178,10 +204,10 @@ def preprocess_missing(
 
 
 def _load(pre: Preprocessor, job: Job) -> None:
-    """Preprocess one (path, spacing, rescale) into its cache entry; an unexpected error names the volume."""
-    path, spacing, rescale = job
+    """Preprocess one (path, spacing, rescale, mask) into its cache entries; an unexpected error names the volume."""
+    path, spacing, rescale, mask = job
     try:
-        pre.load(path, spacing_zyx=spacing, rescale=rescale)
+        pre.load_with_mask(path, spacing_zyx=spacing, rescale=rescale, mask=mask)
     except CtsurvError:
         raise  # read_volume's errors already name the file and what to do
     except Exception as e:
@@ -198,13 +224,32 @@ def _cache_file(pre: Preprocessor, path: Path, spacing: Any, rescale: tuple[floa
     return file
 
 
-def _complete(file: Path, pre: Preprocessor) -> bool:
-    """Whether ``file`` is a whole cache entry of the right shape and dtype (reads its header only)."""
-    try:
-        mapped = np.load(file, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, EOFError):
-        return False
-    return mapped.shape == (pre.cfg.in_channels, *pre.shape_xyz) and mapped.dtype == np.float32
+def _mask_file(pre: Preprocessor, file: Path, job: Job) -> Path:
+    """The cache entry of one study's mask; a missing mask path fails here, with read_mask's message."""
+    mask_file = pre.mask_cache_file(file, job[3])  # type: ignore[arg-type]
+    if mask_file is None:
+        _load(pre, job)  # raises read_mask's error
+        raise CtsurvError(f"{job[3]}: cannot fingerprint this mask for the preprocessing cache; check that it is readable")
+    return mask_file
+
+
+def _complete(file: Path, pre: Preprocessor, mask: Path | None = None) -> bool:
+    """Whether ``file`` is a whole cache entry of the right shape and dtype, and so is its ``mask``'s if the study
+    has one (reads the headers only)."""
+    entries = [(file, (pre.cfg.in_channels, *pre.shape_xyz), np.float32)]
+    if mask is not None:
+        mask_file = pre.mask_cache_file(file, mask)
+        if mask_file is None:
+            return False
+        entries.append((mask_file, pre.shape_xyz, np.uint8))
+    for entry, shape, dtype in entries:
+        try:
+            mapped = np.load(entry, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            return False
+        if mapped.shape != tuple(shape) or mapped.dtype != dtype:
+            return False
+    return True
 
 
 _worker_preprocessor: Preprocessor | None = None

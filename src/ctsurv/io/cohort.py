@@ -15,6 +15,9 @@ A cohort is a CSV, TSV or Parquet table. Column names come from :class:`~ctsurv.
   headers are not reliable.
 - ``patient_id`` (:data:`PATIENT_COLUMN`): optional; studies of one patient share it so that
   cross-validation keeps them in one fold. Without it every study is its own patient.
+- ``mask`` (``data.mask_column``): optional region mask per study (a tumour, an organ) in any volume format;
+  relative paths as for ``volume``. An empty cell means no mask for that study. Without the column, an ``.npz``
+  volume that also holds a mask array (``mask``, or ``data.mask_key``) gives it (:meth:`Cohort.mask_path`).
 - ``rescale_slope``, ``rescale_intercept`` (:data:`RESCALE_COLUMNS`): optional; when filled the volume
   reader applies ``HU = stored * slope + intercept`` (CT-RATE's metadata), unless the volume holds HU already
   (:func:`ctsurv.io.volumes.to_hu`).
@@ -38,6 +41,7 @@ import pandas as pd
 from ctsurv.config import DataConfig
 from ctsurv.errors import CohortError
 from ctsurv.io.tables import as_text, describe_rows, did_you_mean
+from ctsurv.io.volumes import MASK_KEYS, npz_keys
 
 PATIENT_COLUMN = "patient_id"
 RESCALE_COLUMNS: tuple[str, str] = ("rescale_slope", "rescale_intercept")
@@ -122,6 +126,21 @@ class Cohort:
         if _is_array(self.table.at[i, self.config.volume_column]):
             return self.config.array_spacing_zyx
         return None
+
+    def mask_path(self, i: int) -> Path | None:
+        """The region mask of row ``i``: its mask column's path, else its ``.npz`` volume when that also holds a
+        mask array (``data.mask_key``, or one named like :data:`~ctsurv.io.volumes.MASK_KEYS`), else None."""
+        c = self.config
+        if c.mask_column in self.table.columns:
+            value = as_text(self.table.at[i, c.mask_column])
+            return None if value is None else _resolve(self.root, value)
+        volume = self.table.at[i, c.volume_column]
+        if not volume.lower().endswith(".npz"):
+            return None
+        path = _resolve(self.root, volume)
+        keys = npz_keys(path) if path.is_file() else []
+        has_mask = c.mask_key in keys if c.mask_key is not None else any(k in MASK_KEYS for k in keys)
+        return path if len(keys) > 1 and has_mask else None
 
     def rescale(self, i: int) -> tuple[float, float] | None:
         """(slope, intercept) the volume reader must apply to row ``i`` (HU = stored * slope + intercept), or None."""
@@ -241,7 +260,7 @@ def _check_columns(raw: pd.DataFrame, path: Path, c: DataConfig, require_outcome
     if not missing:
         return
     known = {*need, *c.spacing_columns, *RESCALE_COLUMNS, c.time_column, c.event_column, c.findings_column,
-             c.impression_column, PATIENT_COLUMN}
+             c.impression_column, PATIENT_COLUMN, c.mask_column}
     spare = [col for col in have if col not in known]  # only unclaimed columns can be what was meant
     hints = [f"{close!r} for {col!r}" for col in lacking if (close := did_you_mean(col, spare))]
     hint = f" Did you mean {', '.join(hints)}?" if hints else ""
@@ -353,12 +372,17 @@ def _validate(
                         f"no voxel spacing; add columns {z!r}, {y!r}, {x!r} (mm) to the table or set "
                         f"data.array_spacing_zyx in the config")
 
+    if c.mask_column in t.columns:
+        t[c.mask_column] = t[c.mask_column].map(as_text).astype(object)
     if check_files:
-        paths = volumes.map(lambda v: None if v is None else str(_resolve(root, v)))
-        absent = paths.notna() & ~paths.map(lambda p: p is not None and os.path.exists(p)).astype(bool)
-        if absent.any():
-            problems.append(f"volumes do not exist for {rows(absent, paths)}; fix column {c.volume_column!r} "
-                            f"(relative paths are resolved against {root})")
+        for column, what in ((c.volume_column, "volumes"), (c.mask_column, "masks")):
+            if column not in t.columns:
+                continue
+            paths = t[column].map(lambda v: None if v is None else str(_resolve(root, v)))
+            absent = paths.notna() & ~paths.map(lambda p: p is not None and os.path.exists(p)).astype(bool)
+            if absent.any():
+                problems.append(f"{what} do not exist for {rows(absent, paths)}; fix column {column!r} "
+                                f"(relative paths are resolved against {root})")
     return t, problems
 
 

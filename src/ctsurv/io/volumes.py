@@ -6,8 +6,8 @@ Formats (``read_volume`` picks the reader from what the path is):
 * a folder holding one DICOM series (SimpleITK/GDCM, which decodes JPEG 2000 natively;
   RescaleSlope/Intercept applied), or a multi-frame 3D DICOM file;
 * NRRD ``.nrrd``/``.nhdr`` and MetaImage ``.mha``/``.mhd`` (SimpleITK);
-* NumPy ``.npy``/``.npz`` (the single array, or the key ``volume``/``arr_0``), which carry no
-  geometry: HU ordered (Z, Y, X) with index axes growing towards (superior, posterior, left),
+* NumPy ``.npy``/``.npz`` (an ``.npz``'s array ``array_key``, or its only array, or the first of
+  :data:`VOLUME_KEYS` it holds: ``scan`` beside ``mask`` is read as the volume), which carry no geometry: HU ordered (Z, Y, X) with index axes growing towards (superior, posterior, left),
   as ``sitk.GetArrayFromImage`` or stacked axial DICOM slices give them, so that
   ``plt.imshow(arr[z])`` shows the usual radiological view. The spacing comes from the
   ``spacing_zyx`` argument (the cohort table or ``data.array_spacing_zyx``); origin is 0.
@@ -37,6 +37,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import SimpleITK as sitk
 from nibabel.orientations import (
     aff2axcodes,
@@ -46,6 +47,7 @@ from nibabel.orientations import (
     io_orientation,
     ornt_transform,
 )
+from scipy import ndimage
 
 from ctsurv.errors import VolumeError
 
@@ -54,6 +56,8 @@ SUPPORTED_FORMATS = (
     "NRRD (.nrrd, .nhdr), MetaImage (.mha, .mhd), NumPy (.npy, .npz: HU ordered (Z, Y, X), spacing from the cohort table)"
 )
 
+VOLUME_KEYS = ("volume", "scan", "image", "ct", "arr_0")  # names an .npz may give its CT, in order of preference
+MASK_KEYS = ("mask", "seg", "segmentation", "label", "labels")  # and its region mask
 # LPS+ (ITK, DICOM) world coordinates -> RAS+ (nibabel, MONAI): negate x and y.
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -111,31 +115,20 @@ class Volume:
 
 
 def read_volume(
-    path: str | Path, spacing_zyx: tuple[float, float, float] | None = None, rescale: tuple[float, float] | None = None
+    path: str | Path, spacing_zyx: tuple[float, float, float] | None = None, rescale: tuple[float, float] | None = None,
+    array_key: str | None = None,
 ) -> Volume:
     """Read one CT volume, validated, in HU (see the module docstring for formats and conventions).
 
     ``spacing_zyx`` (mm, slice axis first) is used only for NumPy arrays, which carry no spacing;
     the cohort table's spacing columns or ``data.array_spacing_zyx`` supply it. ``rescale`` (slope,
     intercept), from the cohort table's rescale columns (CT-RATE's metadata), turns stored values into
-    HU (:func:`to_hu`).
+    HU (:func:`to_hu`). ``array_key`` names the array of an ``.npz`` that holds several (``data.array_key``).
     """
     path = Path(path)
     if not path.exists():
         raise VolumeError(f"{path} does not exist; check the path in the cohort table or on the command line")
-    name = path.name.lower()
-    if path.is_dir():
-        array, affine = _read_dicom_folder(path)
-    elif name.endswith((".nii", ".nii.gz")):
-        array, affine = _read_nifti(path)
-    elif name.endswith((".npy", ".npz")):
-        array, affine = _read_numpy(path, spacing_zyx)
-    elif name.endswith((".nrrd", ".nhdr", ".mha", ".mhd")):
-        array, affine = _read_itk(path)
-    elif name.endswith((".dcm", ".dicom")) or _has_dicom_preamble(path):
-        array, affine = _read_dicom_file(path)
-    else:
-        raise VolumeError(f"{path} has an unsupported format; supported: {SUPPORTED_FORMATS}")
+    array, affine = _read_arrays(path, spacing_zyx, array_key)
     if rescale is not None:
         array = to_hu(array, *rescale)
     return _validated(array, affine, path)
@@ -156,7 +149,84 @@ def to_hu(array: np.ndarray, slope: float, intercept: float) -> np.ndarray:
     return np.asarray(array, dtype=np.float32) * np.float32(slope) + np.float32(intercept)
 
 
+def read_mask(path: str | Path, spacing_zyx: tuple[float, float, float] | None = None, array_key: str | None = None) -> Volume:
+    """Read a region mask (a tumour, an organ) saved in any format :func:`read_volume` reads, as 0/1 float32.
+
+    The region is every voxel whose value is at least 0.5: a boolean or 0/1 mask, every label of a label map
+    together, a probability map cut at 0.5. NumPy masks follow the volumes' (Z, Y, X) convention and take the
+    same ``spacing_zyx``; an ``.npz`` gives its array ``array_key`` (``data.mask_key``), else its only array,
+    else the first of :data:`MASK_KEYS`, so one ``.npz`` may hold both the scan and its mask. A DICOM SEG object
+    is refused with a hint (convert it to NIfTI first). A mask without a single voxel in its region is an error.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise VolumeError(f"mask {path} does not exist; check the mask path in the cohort table")
+    if path.is_file() and _dicom_modality(path) == "SEG":
+        raise VolumeError(
+            f"{path} is a DICOM SEG object, which ctsurv does not read yet; convert it to NIfTI (e.g. dcmqi's "
+            "segimage2itkimage, or highdicom) and give that file in the mask column"
+        )
+    array, affine = _read_arrays(path, spacing_zyx, array_key, MASK_KEYS, "mask")  # the CT's readers and errors
+    if array.ndim == 4 and array.shape[3] == 1:
+        array = array[..., 0]
+    if array.ndim != 3:
+        raise VolumeError(f"mask {path} has shape {tuple(array.shape)}; a mask is a 3D array like its CT")
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+        raise VolumeError(f"mask {path} has an invalid geometry (voxel-to-world matrix {affine[:3, :3].tolist()})")
+    region = np.nan_to_num(np.asarray(array, dtype=np.float32)) >= 0.5
+    if not region.any():
+        raise VolumeError(f"mask {path} marks no voxel (no value >= 0.5); check that it is the right file, or leave "
+                          "the mask cell empty for this study")
+    return Volume(region.astype(np.float32), affine, path)
+
+
+def mask_on_grid(mask: Volume, volume: Volume) -> np.ndarray:
+    """``mask`` on ``volume``'s voxel grid, bool (I, J, K): as it is when both share a grid, else resampled
+    by nearest neighbour through world coordinates (a mask exported at another resolution or extent)."""
+    if mask.shape == volume.shape and np.allclose(mask.affine, volume.affine, atol=1e-3):
+        return mask.array >= 0.5
+    to_mask = np.linalg.inv(mask.affine) @ volume.affine  # volume voxel -> mask voxel
+    out = ndimage.affine_transform(
+        mask.array, to_mask[:3, :3], offset=to_mask[:3, 3], output_shape=volume.shape, order=0, cval=0.0
+    )
+    if not (out >= 0.5).any():
+        raise VolumeError(
+            f"mask {mask.path} does not overlap its CT {volume.path} in world coordinates (mask grid "
+            f"{mask.shape} at {np.round(mask.affine[:3, 3], 1).tolist()} mm, CT grid {volume.shape} at "
+            f"{np.round(volume.affine[:3, 3], 1).tolist()} mm); check that the mask belongs to this scan"
+        )
+    return out >= 0.5
+
+
+def _dicom_modality(path: Path) -> str | None:
+    if not (path.name.lower().endswith((".dcm", ".dicom")) or _has_dicom_preamble(path)):
+        return None
+    try:
+        return str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"]).get("Modality", ""))
+    except Exception:  # noqa: BLE001 - not readable as DICOM: the image readers will say what is wrong
+        return None
+
+
 # --------------------------------------------------------------------------- readers
+
+
+def _read_arrays(
+    path: Path, spacing_zyx: tuple[float, float, float] | None, array_key: str | None,
+    preferred: tuple[str, ...] = VOLUME_KEYS, what: str = "CT volume",
+) -> tuple[np.ndarray, np.ndarray]:
+    """(array, affine) of an existing path, by the reader its name or content calls for, not yet validated."""
+    name = path.name.lower()
+    if path.is_dir():
+        return _read_dicom_folder(path)
+    if name.endswith((".nii", ".nii.gz")):
+        return _read_nifti(path)
+    if name.endswith((".npy", ".npz")):
+        return _read_numpy(path, spacing_zyx, array_key, preferred, what)
+    if name.endswith((".nrrd", ".nhdr", ".mha", ".mhd")):
+        return _read_itk(path)
+    if name.endswith((".dcm", ".dicom")) or _has_dicom_preamble(path):
+        return _read_dicom_file(path)
+    raise VolumeError(f"{path} has an unsupported format; supported: {SUPPORTED_FORMATS}")
 
 
 def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -255,7 +325,36 @@ def _check_slice_positions(reader: sitk.ImageSeriesReader, image: sitk.Image, pa
         )
 
 
-def _read_numpy(path: Path, spacing_zyx: tuple[float, float, float] | None) -> tuple[np.ndarray, np.ndarray]:
+def npz_keys(path: str | Path) -> list[str]:
+    """The names of the arrays in an ``.npz`` file (read from its zip directory, no array is loaded)."""
+    try:
+        with np.load(path, allow_pickle=False) as loaded:
+            return list(loaded.files)
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as e:
+        raise VolumeError(f"{path} cannot be read as a NumPy .npz archive ({type(e).__name__}: {e}); save it again") from None
+
+
+def _npz_key(path: Path, keys: list[str], wanted: str | None, preferred: tuple[str, ...], what: str) -> str:
+    """The array of an .npz to read: ``wanted`` if given, else the only one, else the first of ``preferred``."""
+    if wanted is not None:
+        if wanted not in keys:
+            raise VolumeError(f"{path} has no array {wanted!r} (it holds {keys}); set the key of the {what} to one of these")
+        return wanted
+    if len(keys) == 1:
+        return keys[0]
+    key = next((k for k in preferred if k in keys), None)
+    if key is None:
+        raise VolumeError(
+            f"{path} holds arrays {keys} and none is named {' / '.join(preferred)}; say which one is the {what} "
+            f"(data.array_key for the CT, data.mask_key for a mask)"
+        )
+    return key
+
+
+def _read_numpy(
+    path: Path, spacing_zyx: tuple[float, float, float] | None, array_key: str | None = None,
+    preferred: tuple[str, ...] = VOLUME_KEYS, what: str = "CT volume",
+) -> tuple[np.ndarray, np.ndarray]:
     """A NumPy array of HU ordered (Z, Y, X), as ``sitk.GetArrayFromImage`` or stacked DICOM slices give.
 
     Convention (documented because the file cannot say): ``arr[z]`` is an axial slice displayed
@@ -276,15 +375,12 @@ def _read_numpy(path: Path, spacing_zyx: tuple[float, float, float] | None) -> t
         loaded = np.load(path, allow_pickle=False)
         if isinstance(loaded, np.lib.npyio.NpzFile):
             with loaded:
-                keys = list(loaded.files)
-                key = keys[0] if len(keys) == 1 else next((k for k in ("volume", "arr_0") if k in keys), None)
-                if key is None:
-                    raise VolumeError(f"{path} holds arrays {keys}; save the volume alone or under the key 'volume'")
-                loaded = loaded[key]
+                loaded = loaded[_npz_key(path, list(loaded.files), array_key, preferred, what)]
     except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as e:
         raise VolumeError(f"{path} cannot be read as a NumPy array ({type(e).__name__}: {e}); save it again") from None
-    if not (np.issubdtype(loaded.dtype, np.integer) or np.issubdtype(loaded.dtype, np.floating)):
-        raise VolumeError(f"{path} holds {loaded.dtype} values; a CT volume must be numbers in HU")
+    numbers = np.issubdtype(loaded.dtype, np.integer) or np.issubdtype(loaded.dtype, np.floating)
+    if not (numbers or (loaded.dtype == bool and what == "mask")):
+        raise VolumeError(f"{path} holds {loaded.dtype} values; a {what} must be numbers" + (" in HU" if what != "mask" else ""))
     if loaded.ndim != 3:
         # 2D and 4D arrays get the same messages as other formats; keep the axes as they are.
         return loaded, np.eye(4)
