@@ -55,6 +55,8 @@ LABELS = {  # method key -> (short display name, one-line description for the le
     "encoder_no_instruction": ("Encoder w/o instruction tuning",
                                "ablation: the projector's inputs from the frozen encoder, no language model"),
     "clinical_cox": ("Clinical Cox", "Cox proportional hazards on the clinical variables; the reference for ΔC"),
+    "radiomics_cox": ("Radiomics + clinical Cox", ("Cox on the clinical variables and the masked region's shape and "
+                                                   "intensity features, ridge penalty chosen inside each training fold")),
     "oracle": ("Oracle (true risk)", "the true simulated risk score; synthetic data only, an upper bound"),
 }
 LEGEND = (

@@ -26,11 +26,14 @@ encoder_no_instruction   what the projector receives from the encoder before ins
                          by a PCA of unit-variance blocks (:class:`BlockPCA`) + clinical. With
                          ``--encoder i3resnet152``: its mean-pooled grid, same budget
 clinical_cox             Cox model on the clinical columns alone (lifelines)
+radiomics_cox            Cox model on the clinical columns and the masked region's shape and intensity
+                         features (:mod:`ctsurv.features.radiomics`), ridge penalty chosen by inner
+                         cross-validation on the training fold. Absent when no study has a mask
 oracle                   the true log-hazard from ``truth.csv`` (synthetic cohorts only; no fitting)
 =======================  ==================================================================
 
-The ablation ladder (``LADDER``, bottom rung first) adds one thing per rung: clinical data, the encoder's
-features, a supervised reading of them (the findings classifier), a language model taught to caption
+The ablation ladder (``LADDER``, bottom rung first) adds one thing per rung: clinical data, hand-crafted
+features of the tumour (where masks are given), the encoder's features, a supervised reading of them (the findings classifier), a language model taught to caption
 (align), then instruction tuning (model). Each rung is compared with the one below it in the same folds.
 
 Without ``survival.finetune`` the VLM is frozen in this stage: its features are functions of the
@@ -53,7 +56,9 @@ from lifelines.exceptions import ConvergenceWarning
 from sklearn.decomposition import PCA
 
 from ctsurv.config import ExperimentConfig
-from ctsurv.evaluation.crossval import Fold, FoldPrediction
+from ctsurv.errors import CtsurvError
+from ctsurv.evaluation.crossval import Fold, FoldPrediction, make_folds
+from ctsurv.evaluation.metrics import harrell_c
 from ctsurv.features import Volumes
 from ctsurv.features.extract import RowBuffer
 from ctsurv.io.clinical import ClinicalSchema
@@ -66,7 +71,9 @@ from ctsurv.models.vlm import CTVLM
 from ctsurv.text.questions import PRESENCE_QUESTIONS
 from ctsurv.training.survival_finetune import Tuning, tuned_model
 
-LADDER = ("clinical_cox", "encoder_no_instruction", "findings_classifier", "model_align", "model")  # bottom rung first
+LADDER = ("clinical_cox", "radiomics_cox", "encoder_no_instruction", "findings_classifier", "model_align", "model")  # bottom first
+COX_PENALTIES = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)  # ridge penalties searched by inner cross-validation
+INNER_FOLDS = 3
 RANK_TOLERANCE = 1e-10  # a principal component explaining less of the variance is numerically zero
 SLICE_BYTES = 32 * 2**20  # BlockPCA reads the scaled features in float64 slices of about this size
 
@@ -385,6 +392,62 @@ def clinical_cox(data: FoldData, penalizer: float = 0.01) -> FitPredict:
     return fit_predict
 
 
+def radiomics_cox(data: FoldData, radiomics: np.ndarray, seed: int) -> FitPredict:
+    """lifelines' Cox model on the clinical design matrix and the masked region's radiomics
+    (:mod:`ctsurv.features.radiomics`), standardised on the training fold (a study without a mask reads as the
+    training mean), with the ridge penalty chosen by inner cross-validation on the training fold alone
+    (:func:`choose_cox_penalty`)."""
+
+    def fit_predict(train: np.ndarray, test: np.ndarray) -> FoldPrediction:
+        schema = data.schema(train)
+        mean = np.nanmean(radiomics[train], axis=0)
+        sd = np.nanstd(radiomics[train], axis=0)
+        sd = np.where(np.isfinite(sd) & (sd > 0), sd, 1.0)
+
+        def design(rows: np.ndarray) -> np.ndarray:
+            scaled = np.nan_to_num((radiomics[rows] - np.nan_to_num(mean)) / sd)  # missing -> the training mean
+            return np.hstack([data.clinical(rows, schema).astype(np.float64), scaled])
+
+        x_tr = design(train)
+        groups = np.asarray(data.cohort.patient_ids, dtype=object)[train]
+        penalty = choose_cox_penalty(x_tr, data.time[train], data.event[train], groups, seed)
+        beta = fit_cox(x_tr, data.time[train], data.event[train], penalty)
+        return _prediction(data, train, x_tr @ beta, design(test) @ beta)
+
+    return fit_predict
+
+
+def fit_cox(x: np.ndarray, time: np.ndarray, event: np.ndarray, penalizer: float) -> np.ndarray:
+    """Coefficients of lifelines' ridge-penalised Cox model (Efron ties) on the design matrix ``x`` (n, p)."""
+    frame = pd.DataFrame(x, columns=[f"x{i}" for i in range(x.shape[1])])
+    frame["T"], frame["E"] = time, event.astype(int)
+    with warnings.catch_warnings():  # near-separated columns in small folds; the penalizer keeps it finite
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return CoxPHFitter(penalizer=penalizer).fit(frame, duration_col="T", event_col="E").params_.to_numpy()
+
+
+def choose_cox_penalty(
+    x: np.ndarray, time: np.ndarray, event: np.ndarray, groups: np.ndarray, seed: int,
+    penalties: Sequence[float] = COX_PENALTIES, folds: int = INNER_FOLDS,
+) -> float:
+    """The ridge penalty of :data:`COX_PENALTIES` with the best mean Harrell's C over ``folds`` inner folds of
+    the rows given (a training fold: the test fold never enters). Ties go to the larger penalty; too few
+    events for the inner folds give the middle of the grid."""
+    try:
+        inner = make_folds(time, event, groups=groups, n_splits=folds, seed=seed)
+    except CtsurvError:
+        return float(penalties[len(penalties) // 2])
+    scores = []
+    for penalty in penalties:
+        c = []
+        for fold in inner:
+            beta = fit_cox(x[fold.train_idx], time[fold.train_idx], event[fold.train_idx], penalty)
+            c.append(harrell_c(time[fold.test_idx], event[fold.test_idx], x[fold.test_idx] @ beta))
+        scores.append(float(np.mean(c)))
+    best = max(scores)
+    return float(max(p for p, sc in zip(penalties, scores) if sc >= best - 1e-12))
+
+
 def fixed_risk(data: FoldData, risk: np.ndarray) -> FitPredict:
     """A known risk (the oracle's true log-hazard): nothing is fitted but the Breslow baseline."""
 
@@ -418,12 +481,13 @@ def finetuned_method(data: FoldData, cfg: ExperimentConfig, tuning: Tuning, froz
 def survival_methods(
     data: FoldData, cfg: ExperimentConfig, answers: ImageFeatures | None, encoder: Sequence[np.ndarray] | None,
     truth_risk: np.ndarray | None, tuning: Tuning | None = None, findings: np.ndarray | None = None,
-    align: ImageFeatures | None = None,
+    align: ImageFeatures | None = None, radiomics: np.ndarray | None = None,
 ) -> dict[str, FitPredict]:
     """The methods compared in the same folds (see the module docstring); absent inputs drop methods.
 
     ``answers``: the instruction-tuned model's; ``align``: the stage-1 checkpoint's; ``findings``: the findings
-    classifier's probabilities (n, P); ``encoder``: the feature blocks of the encoder before instruction tuning.
+    classifier's probabilities (n, P); ``encoder``: the feature blocks of the encoder before instruction tuning;
+    ``radiomics``: the masked regions' radiomics (n, F), NaN rows for studies without a mask.
     ``tuning`` (the pretrained checkpoint and the cached encoder grids of the cohort) makes ``model``
     the fine-tuned variant when ``survival.finetune`` asks for one; ``model_frozen`` then keeps the
     frozen model's answers for comparison."""
@@ -448,6 +512,8 @@ def survival_methods(
             data, cfg, encoder_image(encoder, image_budget(cfg)), use_clinical=True, seed=seed
         )
     methods["clinical_cox"] = clinical_cox(data)
+    if radiomics is not None:
+        methods["radiomics_cox"] = radiomics_cox(data, radiomics, seed)
     if truth_risk is not None:
         methods["oracle"] = fixed_risk(data, truth_risk)
     ladder_first = [name for name in LADDER if name in methods] + [name for name in methods if name not in LADDER]

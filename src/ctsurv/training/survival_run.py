@@ -35,6 +35,7 @@ from ctsurv.evaluation import figures, report
 from ctsurv.evaluation.crossval import Fold, OutOfFold, compare_methods, cross_validate, make_folds
 from ctsurv.evaluation.metrics import choose_horizons, p_floor
 from ctsurv.features import Volumes, cells_all, encode_all, volume_store
+from ctsurv.features.radiomics import cohort_radiomics
 from ctsurv.io.cohort import Cohort, load_cohort
 from ctsurv.models.survival import BreslowBaseline, SurvivalHead, fit_survival_head
 from ctsurv.models.vision import build_vision_encoder
@@ -138,6 +139,7 @@ class Features:
     align: ImageFeatures | None = None  # the stage-1 checkpoint's answers (``model_align``)
     absent: dict[str, str] = field(default_factory=dict)  # ladder rung -> why it is absent
     sources: dict[str, str] = field(default_factory=dict)  # method -> the checkpoint (or encoder) it reads
+    radiomics: np.ndarray | None = None  # (n, F) the masked regions' radiomics (``radiomics_cox``), NaN without a mask
 
     def for_cohort(self, cohort: Cohort) -> Features:
         """These features in ``cohort``'s row order (same scans); an error if a study is missing."""
@@ -156,6 +158,7 @@ class Features:
             grids=None if self.grids is None else self.grids[rows], cells=None if self.cells is None else self.cells[rows],
             findings=None if self.findings is None else self.findings[order],
             align=None if self.align is None else self.align.rows(order),
+            radiomics=None if self.radiomics is None else self.radiomics[order],
         )
 
 
@@ -223,8 +226,20 @@ def prepare(
     cohort = load_cohort(cohort_path, cfg.data, require_outcomes=True)
     with volume_store(cohort, cfg.data, progress) as volumes:  # streamed from disk batch by batch
         if pretrained is not None:
-            return cfg, cohort, model_features(vlm, checkpoints, volumes, cohort.ids)
-        return cfg, cohort, bare_encoder_features(cfg, encoder, volumes, cohort.ids)  # type: ignore[arg-type]
+            features = model_features(vlm, checkpoints, volumes, cohort.ids)
+        else:
+            features = bare_encoder_features(cfg, encoder, volumes, cohort.ids)  # type: ignore[arg-type]
+    return cfg, cohort, with_radiomics(features, cohort, progress)
+
+
+def with_radiomics(features: Features, cohort: Cohort, progress: bool = False) -> Features:
+    """``features`` with the masked regions' radiomics, or with a note that ``radiomics_cox`` is absent."""
+    if not any(cohort.mask_path(i) is not None for i in range(len(cohort))):
+        absent = {**features.absent, "radiomics_cox": "absent: no study has a mask (a mask column, or .npz volumes "
+                  "that hold a mask array)"}
+        return dataclasses.replace(features, absent=absent)
+    sources = {**features.sources, "radiomics_cox": "the cohort's masks"}
+    return dataclasses.replace(features, radiomics=cohort_radiomics(cohort, progress), sources=sources)
 
 
 def bare_encoder_features(cfg: ExperimentConfig, encoder: str, volumes: Volumes, ids: list[str]) -> Features:
@@ -271,7 +286,7 @@ def evaluate(
         tuning = Tuning(features.checkpoint, features.grids, features.cells)
     methods = survival_methods(
         data, cfg, features.answers, features.encoder, truth_risk(cohort), tuning, findings=features.findings,
-        align=features.align,
+        align=features.align, radiomics=features.radiomics,
     )
     if only is not None:
         methods = {name: fit for name, fit in methods.items() if name in only}
