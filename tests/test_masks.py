@@ -182,3 +182,43 @@ def test_a_missing_mask_file_is_named_at_load(tmp_path):
     (tmp_path / "m1.nii.gz").unlink()
     with pytest.raises(CohortError, match=r"masks do not exist for .*m1.nii.gz.*column 'mask'"):
         load_cohort(tmp_path / "cohort.csv", cfg)
+
+
+def test_region_pool_weights_cells_by_their_share_of_the_region():
+    from ctsurv.features.extract import region_pool, region_weights
+
+    mask = torch.zeros(8, 8, 4, dtype=torch.bool)
+    mask[0:4, 0:4, 0:2] = True  # exactly cell (0, 0, 0) of a 2 x 2 x 2 grid
+    weights = region_weights(mask, (1.0, 1.0, 1.0), (2, 2, 2), ring_mm=1.0)  # face neighbours only
+    assert weights.shape == (2, 2, 2, 2)
+    assert weights[0, 0, 0, 0] == 1.0 and weights[0].sum() == 1.0  # inside: all of that cell, nothing else
+    assert weights[1, 0, 0, 0] == 0.0 and weights[1, 1, 1, 1] == 0.0  # the ring: neighbours only, never the far corner
+    assert weights[1, 1, 0, 0] > 0 and weights[1, 0, 0, 1] > 0
+    grid = torch.arange(16.0).reshape(2, 2, 2, 2)  # Dv = 2
+    pooled = region_pool(grid, weights)
+    torch.testing.assert_close(pooled[0], grid[:, 0, 0, 0])
+    ring = weights[1].flatten() / weights[1].sum()
+    torch.testing.assert_close(pooled[1], grid.flatten(1) @ ring)
+    everything = region_pool(grid, torch.zeros(1, 2, 2, 2))  # a region that covers nothing: the plain mean
+    torch.testing.assert_close(everything[0], grid.flatten(1).mean(1))
+
+
+def test_encoder_region_features_pool_inside_the_mask(tmp_path):
+    from ctsurv.training.survival import encoder_region_features
+
+    class Identity(torch.nn.Module):  # the volume itself as a 1-channel "grid" at full resolution
+        def features(self, x: torch.Tensor) -> torch.Tensor:
+            return x[:, :1]
+
+    cfg = small_cohort(tmp_path, with_column=True)
+    cohort = load_cohort(tmp_path / "cohort.csv", cfg)
+    with volume_store(cohort, cfg) as store:
+        whole, inside, around = encoder_region_features(Identity(), store, (2.0, 2.0, 2.0), batch_size=2)
+        for i in range(3):
+            image, mask = store[i][0].float(), store.mask(i)
+            assert whole[i, 0] == pytest.approx(float(image.mean()), rel=1e-5)
+            if mask is None:  # no mask: the whole-volume pool stands in
+                assert inside[i, 0] == around[i, 0] == whole[i, 0]
+            else:
+                assert inside[i, 0] == pytest.approx(float(image[mask].mean()), rel=1e-5)
+                assert around[i, 0] != pytest.approx(inside[i, 0])

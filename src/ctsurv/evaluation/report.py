@@ -54,6 +54,8 @@ LABELS = {  # method key -> (short display name, one-line description for the le
                              "P(finding) per finding, no language model")),
     "encoder_no_instruction": ("Encoder w/o instruction tuning",
                                "ablation: the projector's inputs from the frozen encoder, no language model"),
+    "encoder_region": ("Encoder, region-aware", ("the pretrained encoder's grid pooled over the whole volume, inside "
+                                                 "the mask and in a 10 mm ring around it, same budget + clinical")),
     "clinical_cox": ("Clinical Cox", "Cox proportional hazards on the clinical variables; the reference for ΔC"),
     "radiomics_cox": ("Radiomics + clinical Cox", ("Cox on the clinical variables and the masked region's shape and "
                                                    "intensity features, ridge penalty chosen inside each training fold")),

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from scipy import ndimage
 
 from ctsurv.config import ExperimentConfig
 from ctsurv.features.preprocess import save_npy_atomic
@@ -168,3 +170,27 @@ def _entries_beside(volumes: VolumeStore, kind: str, key: str) -> list[Path]:
     """One file per volume, ``<cache_dir>/<kind>/<key>/<volume entry>.npy``."""
     folder = Path(volumes.files[0]).parent / kind / key
     return [folder / Path(f).name for f in volumes.files]
+
+
+RING_MM = 10.0  # "around" a region: the voxels within this distance of it, outside it
+
+
+def region_weights(mask: torch.Tensor, spacing_xyz: tuple[float, float, float], grid_xyz: tuple[int, int, int],
+                   ring_mm: float = RING_MM) -> torch.Tensor:
+    """(2, gx, gy, gz): the fraction of each cell of an encoder's grid that lies inside the region ``mask``
+    ((X, Y, Z) bool, the preprocessed volume's grid) and in the ring of ``ring_mm`` around it. The cells are the
+    volume cut into ``grid_xyz`` near-equal blocks (adaptive average pooling), as a CNN's strided grid covers it."""
+    inside = mask.numpy()
+    ring = (ndimage.distance_transform_edt(~inside, sampling=spacing_xyz) <= ring_mm) & ~inside
+    regions = torch.from_numpy(np.stack([inside, ring]).astype(np.float32))
+    return F.adaptive_avg_pool3d(regions, grid_xyz)
+
+
+def region_pool(grid: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """A (Dv, gx, gy, gz) grid averaged over each region of ``weights`` (R, gx, gy, gz), cells weighted by
+    how much of them the region covers: (R, Dv). A region that covers no cell (a ring around a region that
+    fills the field) gets the grid's plain mean."""
+    w = weights.flatten(1).to(grid.dtype)  # (R, cells)
+    total = w.sum(1, keepdim=True)
+    w = torch.where(total > 0, w / total.clamp_min(1e-12), torch.full_like(w, 1.0 / w.shape[1]))
+    return w @ grid.flatten(1).T

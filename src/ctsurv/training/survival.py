@@ -25,6 +25,8 @@ encoder_no_instruction   what the projector receives from the encoder before ins
                          (:func:`image_budget`; fewer only past n_train - 1 or the training rows' rank)
                          by a PCA of unit-variance blocks (:class:`BlockPCA`) + clinical. With
                          ``--encoder i3resnet152``: its mean-pooled grid, same budget
+encoder_region           with ``--encoder i3resnet152`` and masks: its grid pooled over the whole volume,
+                         inside the mask and in a ring around it (three blocks), same budget + clinical
 clinical_cox             Cox model on the clinical columns alone (lifelines)
 radiomics_cox            Cox model on the clinical columns and the masked region's shape and intensity
                          features (:mod:`ctsurv.features.radiomics`), ridge penalty chosen by inner
@@ -60,7 +62,8 @@ from ctsurv.errors import CtsurvError
 from ctsurv.evaluation.crossval import Fold, FoldPrediction, make_folds
 from ctsurv.evaluation.metrics import harrell_c
 from ctsurv.features import Volumes
-from ctsurv.features.extract import RowBuffer
+from ctsurv.features.extract import RowBuffer, region_pool, region_weights
+from ctsurv.features.store import VolumeStore
 from ctsurv.io.clinical import ClinicalSchema
 from ctsurv.io.cohort import Cohort
 from ctsurv.io.tables import as_text
@@ -71,7 +74,9 @@ from ctsurv.models.vlm import CTVLM
 from ctsurv.text.questions import PRESENCE_QUESTIONS
 from ctsurv.training.survival_finetune import Tuning, tuned_model
 
-LADDER = ("clinical_cox", "radiomics_cox", "encoder_no_instruction", "findings_classifier", "model_align", "model")  # bottom first
+LADDER = (  # bottom rung first
+    "clinical_cox", "radiomics_cox", "encoder_no_instruction", "encoder_region", "findings_classifier", "model_align", "model",
+)
 COX_PENALTIES = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)  # ridge penalties searched by inner cross-validation
 INNER_FOLDS = 3
 RANK_TOLERANCE = 1e-10  # a principal component explaining less of the variance is numerically zero
@@ -149,6 +154,31 @@ def encoder_features(encoder: torch.nn.Module, volumes: Volumes, batch_size: int
     for i in range(0, len(volumes), batch_size):
         out.put(i, encoder.features(volumes[i : i + batch_size].float()).mean(dim=(2, 3, 4)))
     return out.numpy()
+
+
+@torch.no_grad()
+def encoder_region_features(
+    encoder: torch.nn.Module, volumes: VolumeStore, spacing_xyz: tuple[float, float, float], batch_size: int = 16,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A pretrained encoder's grid pooled three ways, three (N, Dv) blocks: over the whole volume (as
+    :func:`encoder_features`), inside the study's mask, and in the ring of ``RING_MM`` around it
+    (:func:`~ctsurv.features.extract.region_weights`). A study without a mask gets its whole-volume pool in all three."""
+    encoder.eval()
+    out = RowBuffer(len(volumes))  # (N, 3, Dv)
+    for start in range(0, len(volumes), batch_size):
+        grids = encoder.features(volumes[start : start + batch_size].float())  # (B, Dv, gx, gy, gz)
+        rows = []
+        for j, grid in enumerate(grids):
+            whole = grid.flatten(1).mean(1)
+            mask = volumes.mask(start + j)
+            if mask is None:
+                rows.append(whole.expand(3, -1))
+            else:
+                pools = region_pool(grid, region_weights(mask, spacing_xyz, tuple(grid.shape[1:])))
+                rows.append(torch.cat([whole[None], pools]))
+        out.put(start, torch.stack(rows))
+    pooled = out.numpy()
+    return pooled[:, 0], pooled[:, 1], pooled[:, 2]
 
 
 # ----------------------------------------------------------------------------- per-fold methods
@@ -482,12 +512,14 @@ def survival_methods(
     data: FoldData, cfg: ExperimentConfig, answers: ImageFeatures | None, encoder: Sequence[np.ndarray] | None,
     truth_risk: np.ndarray | None, tuning: Tuning | None = None, findings: np.ndarray | None = None,
     align: ImageFeatures | None = None, radiomics: np.ndarray | None = None,
+    encoder_region: Sequence[np.ndarray] | None = None,
 ) -> dict[str, FitPredict]:
     """The methods compared in the same folds (see the module docstring); absent inputs drop methods.
 
     ``answers``: the instruction-tuned model's; ``align``: the stage-1 checkpoint's; ``findings``: the findings
     classifier's probabilities (n, P); ``encoder``: the feature blocks of the encoder before instruction tuning;
-    ``radiomics``: the masked regions' radiomics (n, F), NaN rows for studies without a mask.
+    ``radiomics``: the masked regions' radiomics (n, F), NaN rows for studies without a mask; ``encoder_region``:
+    a pretrained encoder's whole, inside-the-mask and around-the-mask pools (:func:`encoder_region_features`).
     ``tuning`` (the pretrained checkpoint and the cached encoder grids of the cohort) makes ``model``
     the fine-tuned variant when ``survival.finetune`` asks for one; ``model_frozen`` then keeps the
     frozen model's answers for comparison."""
@@ -510,6 +542,10 @@ def survival_methods(
     if encoder is not None:
         methods["encoder_no_instruction"] = head_method(
             data, cfg, encoder_image(encoder, image_budget(cfg)), use_clinical=True, seed=seed
+        )
+    if encoder_region is not None:
+        methods["encoder_region"] = head_method(
+            data, cfg, encoder_image(encoder_region, image_budget(cfg)), use_clinical=True, seed=seed
         )
     methods["clinical_cox"] = clinical_cox(data)
     if radiomics is not None:

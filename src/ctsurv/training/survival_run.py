@@ -35,6 +35,7 @@ from ctsurv.evaluation import figures, report
 from ctsurv.evaluation.crossval import Fold, OutOfFold, compare_methods, cross_validate, make_folds
 from ctsurv.evaluation.metrics import choose_horizons, p_floor
 from ctsurv.features import Volumes, cells_all, encode_all, volume_store
+from ctsurv.features.preprocess import zyx_to_xyz
 from ctsurv.features.radiomics import cohort_radiomics
 from ctsurv.io.cohort import Cohort, load_cohort
 from ctsurv.models.survival import BreslowBaseline, SurvivalHead, fit_survival_head
@@ -49,6 +50,7 @@ from ctsurv.training.survival import (
     answer_matrix,
     at_horizon,
     encoder_features,
+    encoder_region_features,
     findings_probabilities,
     fit_answer_pca,
     projector_input_blocks,
@@ -140,6 +142,7 @@ class Features:
     absent: dict[str, str] = field(default_factory=dict)  # ladder rung -> why it is absent
     sources: dict[str, str] = field(default_factory=dict)  # method -> the checkpoint (or encoder) it reads
     radiomics: np.ndarray | None = None  # (n, F) the masked regions' radiomics (``radiomics_cox``), NaN without a mask
+    encoder_region: tuple[np.ndarray, ...] | None = None  # a bare encoder's whole / inside / around pools (``encoder_region``)
 
     def for_cohort(self, cohort: Cohort) -> Features:
         """These features in ``cohort``'s row order (same scans); an error if a study is missing."""
@@ -159,6 +162,7 @@ class Features:
             findings=None if self.findings is None else self.findings[order],
             align=None if self.align is None else self.align.rows(order),
             radiomics=None if self.radiomics is None else self.radiomics[order],
+            encoder_region=None if self.encoder_region is None else tuple(b[order] for b in self.encoder_region),
         )
 
 
@@ -249,7 +253,13 @@ def bare_encoder_features(cfg: ExperimentConfig, encoder: str, volumes: Volumes,
         cfg.vision, size_xyz, in_channels=cfg.data.in_channels, skip_channels=cfg.data.n_blob_channels
     )
     absent = {name: f"absent: --encoder {encoder} has no language model" for name in ("findings_classifier", "model_align", "model")}
-    return Features(ids, None, (encoder_features(bare, volumes),), None, absent=absent, sources={"encoder_no_instruction": str(encoder)})
+    sources = {"encoder_no_instruction": str(encoder)}
+    if not getattr(volumes, "has_masks", False):
+        absent["encoder_region"] = "absent: no study has a mask to pool the encoder's grid in"
+        return Features(ids, None, (encoder_features(bare, volumes),), None, absent=absent, sources=sources)
+    whole, inside, around = encoder_region_features(bare, volumes, zyx_to_xyz(cfg.data.target_spacing_zyx))  # type: ignore[arg-type]
+    sources["encoder_region"] = f"{encoder} and the cohort's masks"
+    return Features(ids, None, (whole,), None, absent=absent, sources=sources, encoder_region=(whole, inside, around))
 
 
 def run_survival(
@@ -286,7 +296,7 @@ def evaluate(
         tuning = Tuning(features.checkpoint, features.grids, features.cells)
     methods = survival_methods(
         data, cfg, features.answers, features.encoder, truth_risk(cohort), tuning, findings=features.findings,
-        align=features.align, radiomics=features.radiomics,
+        align=features.align, radiomics=features.radiomics, encoder_region=features.encoder_region,
     )
     if only is not None:
         methods = {name: fit for name, fit in methods.items() if name in only}
