@@ -330,6 +330,15 @@ def test_unseen_level_names_column_level_rows_and_known_levels() -> None:
         assert fragment in str(info.value)
 
 
+def test_levels_differing_in_case_or_spacing_are_one_level() -> None:
+    train = pd.DataFrame({"histology": ["Adenocarcinoma", "adenocarcinoma", "Adenocarcinoma", " squamous", "Squamous",
+                                        "large  cell", "Large cell", None]})
+    schema = ClinicalSchema.fit(train, [], ["histology"])
+    assert schema.levels == (("Adenocarcinoma", "Large cell", "Squamous"),)  # by count, named by the commonest spelling
+    x = schema.transform(pd.DataFrame({"histology": ["ADENOCARCINOMA", "squamous ", "large cell", None]}))
+    np.testing.assert_array_equal(x, [[0, 0, 0], [0, 1, 0], [1, 0, 0], [0, 0, 1]])
+
+
 def test_schema_json_round_trip_and_column_errors() -> None:
     schema = ClinicalSchema.fit(TRAIN, ["age"], ["sex", "smoker"])
     again = ClinicalSchema.from_dict(json.loads(json.dumps(schema.to_dict())))

@@ -19,7 +19,7 @@ from ctsurv.errors import CohortError, VolumeError
 from ctsurv.features.preprocess import Preprocessor
 from ctsurv.features.store import volume_store
 from ctsurv.io.cohort import load_cohort
-from ctsurv.io.volumes import Volume, mask_on_grid, read_mask, read_volume
+from ctsurv.io.volumes import Volume, is_empty, mask_on_grid, read_mask, read_volume
 
 MARK_HU = -3000.0  # below anything a scanner gives (air is about -1000)
 MARK_WINDOW = (-3100.0, -1100.0)  # the painted ball maps to 0.05, real HU to 1, padding to 0
@@ -94,8 +94,8 @@ def test_npz_array_choice(tmp_path):
     mask = read_mask(tmp_path / "two.npz", spacing)
     assert mask.array.sum() == 4 * 5 * 6
     np.savez(tmp_path / "empty.npz", scan=scan, mask=np.zeros_like(scan, dtype=bool))
-    with pytest.raises(VolumeError, match="marks no voxel"):
-        read_mask(tmp_path / "empty.npz", spacing)
+    empty = read_mask(tmp_path / "empty.npz", spacing)  # a failed segmentation: read, and counted as no mask
+    assert empty.shape == (10, 9, 8) and is_empty(empty) and not is_empty(mask) and is_empty(None)
 
 
 def test_mask_on_another_grid_is_resampled_through_world_coordinates(tmp_path):
@@ -136,6 +136,8 @@ def small_cohort(tmp_path, with_column: bool) -> DataConfig:
         scan = rng.integers(-1000, 200, size=(12, 16, 16)).astype(np.int16)
         region = np.zeros(scan.shape, bool)
         region[4:8, 5 + i : 10 + i, 6:11] = True
+        if i == 1 and not with_column:
+            region[:] = False  # an empty segmentation in the .npz: the study reads as one without a mask
         np.savez(tmp_path / f"p{i}.npz", scan=scan, mask=region)
         rows.append({"id": f"p{i}", "volume": f"p{i}.npz", "spacing_z": 2.0, "spacing_y": 1.0, "spacing_x": 1.0})
         if with_column:
@@ -152,8 +154,9 @@ def small_cohort(tmp_path, with_column: bool) -> DataConfig:
 def test_volume_store_carries_masks_and_caches_them(tmp_path, with_column):
     cfg = small_cohort(tmp_path, with_column)
     cohort = load_cohort(tmp_path / "cohort.csv", cfg)
-    expected_masks = [True, True, not with_column]  # an .npz brings its own mask unless the column says otherwise
-    assert [cohort.mask_path(i) is not None for i in range(3)] == expected_masks
+    files = [True, True, not with_column]  # an .npz brings its own mask unless the column says otherwise
+    assert [cohort.mask_path(i) is not None for i in range(3)] == files
+    expected_masks = [True, with_column, not with_column]
     pre = Preprocessor(cfg)
     with volume_store(cohort, cfg) as store:
         assert store.has_masks
@@ -163,11 +166,11 @@ def test_volume_store_carries_masks_and_caches_them(tmp_path, with_column):
             if expected_masks[i]:
                 assert torch.equal(store.mask(i), mask) and 0 < int(mask.sum()) < mask.numel()
             else:
-                assert store.mask(i) is None and mask is None
+                assert store.mask(i) is None and (mask is None or not mask.any())
         sub = store[[2, 0]]
         assert (sub.mask(1) is None) == (store.mask(0) is None)
     masks = sorted((tmp_path / "cache").glob("*.mask.npy"))
-    assert len(masks) == sum(expected_masks)
+    assert len(masks) == sum(files)
     stamp = [m.stat().st_mtime_ns for m in masks]
     with volume_store(cohort, cfg):  # a second pass finds every entry complete and writes nothing
         pass

@@ -52,14 +52,15 @@ def test_ball_shape_is_a_sphere():
 
 def test_cohort_radiomics_reads_each_masked_study(tmp_path):
     rows = []
-    for i in range(3):
+    for i in range(4):
         scan = np.full((10, 12, 14), -800, np.int16)
         scan[2:6, 3:7, 4 : 6 + i] = 50
-        np.savez(tmp_path / f"p{i}.npz", scan=scan, **({"mask": scan > 0} if i < 2 else {}))
+        masks = [scan > 0, scan > 0, None, scan > 100]  # the fourth: an empty segmentation
+        np.savez(tmp_path / f"p{i}.npz", scan=scan, **({"mask": masks[i]} if masks[i] is not None else {}))
         rows.append({"id": f"p{i}", "volume": f"p{i}.npz", "spacing_z": 2.0, "spacing_y": 1.0, "spacing_x": 1.0})
     pd.DataFrame(rows).to_csv(tmp_path / "cohort.csv", index=False)
     table = cohort_radiomics(load_cohort(tmp_path / "cohort.csv", DataConfig()))
-    assert table.shape == (3, len(RADIOMICS_FEATURES)) and np.isnan(table[2]).all()
+    assert table.shape == (4, len(RADIOMICS_FEATURES)) and np.isnan(table[2:]).all() and np.isfinite(table[:2]).all()
     volume = named(table[0])["log_volume_mm3"], named(table[1])["log_volume_mm3"]
     assert volume == pytest.approx((np.log(4 * 4 * 2 * 2.0), np.log(4 * 4 * 3 * 2.0)))
     assert named(table[1])["mean_hu"] == pytest.approx(50.0)

@@ -441,7 +441,7 @@ def test_bare_i3resnet_keeps_the_users_vision_settings(cohorts: Cohorts, monkeyp
     mean = volumes.mean(dim=(2, 3, 4)).numpy()
     np.testing.assert_allclose(features.encoder[0], np.concatenate([mean, 2 * mean], 1), rtol=1e-6)
     assert features.answers is None
-    assert set(features.absent) == {"model", "model_align", "findings_classifier", "radiomics_cox", "encoder_region"}
+    assert set(features.absent) == {"model", "model_align", "findings_classifier", "radiomics_cox", "encoder_region", "encoder_finetuned"}
 
 
 def test_too_few_patients_with_an_event_is_a_one_line_error(cohorts: Cohorts, pretrained: Path, tmp_path: Path) -> None:

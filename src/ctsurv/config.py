@@ -267,11 +267,17 @@ class SurvivalConfig:
     epochs: int = 500  # full-batch epochs of the head per fold
     lr: float = 0.05
     l2: float = 0.05  # ridge penalty on the head's weights (l2/2 · Σw²), against overfitting ~30 image features
+    # choose every method's ridge penalty, and the number of principal components its image features keep, by
+    # inner cross-validation on each training fold (slower: ~45 head fits per fold and method; for small cohorts);
+    # false: survival.l2 and the whole budget for the heads, lifelines' 0.01 for clinical_cox, l2 for radiomics_cox
+    nested: bool = False
     bootstrap: int = 1000  # resamples for confidence intervals and paired comparisons
     horizon_quantile: float = 0.5  # Uno's C horizon and calibration time: this quantile of the event times
     # what of the CT-VLM stage 3 tunes per training fold before reading the answers (the encoder stays frozen):
     # "none" (the default: features of the frozen model), "projector", or "projector+lora" (LoRA models)
-    finetune: Literal["none", "projector", "projector+lora"] = "none"
+    # or, for a bare pretrained encoder (--encoder i3resnet152), "last_block": its last residual block tuned per fold
+    # (the encoder_finetuned rung; training/encoder_finetune.py)
+    finetune: Literal["none", "projector", "projector+lora", "last_block"] = "none"
     finetune_epochs: int = 2
     finetune_lr: float = 1e-4
     finetune_batch_size: int = 32

@@ -295,6 +295,9 @@ def results_markdown(results: Mapping[str, Any]) -> str:
     lines += ["", "Methods:", ""]
     lines += [f"- `{k}`: {label(k)}" + (f" ({LABELS[k][1]})" if k in LABELS else "")
               + (f"; rung below: `{m['previous_rung']}`" if m.get("previous_rung") else "") for k, m in methods.items()]
+    notes = results.get("notes") or {}
+    if notes:  # why a rung is absent, folds a metric skipped, what a method's input lacked
+        lines += ["", "Notes:", ""] + [f"- `{k}`: {note}" for k, said in notes.items() for note in said]
     return "\n".join(lines) + "\n"
 
 

@@ -61,8 +61,8 @@ def region_features(volume: Volume, mask: np.ndarray) -> np.ndarray:
 
 
 def cohort_radiomics(cohort: Cohort, progress: bool = False) -> np.ndarray:
-    """:func:`region_features` of every study, (n, F) float64: NaN rows for studies without a mask (the
-    survival baseline imputes them from the training fold)."""
+    """:func:`region_features` of every study, (n, F) float64: NaN rows for studies without a mask or with an
+    empty one (the survival baseline imputes them from the training fold)."""
     c = cohort.config
     out = np.full((len(cohort), len(RADIOMICS_FEATURES)), np.nan)
     rows = [i for i in range(len(cohort)) if cohort.mask_path(i) is not None]
@@ -70,5 +70,6 @@ def cohort_radiomics(cohort: Cohort, progress: bool = False) -> np.ndarray:
         spacing = cohort.spacing_zyx(i)
         volume = read_volume(cohort.volume_paths[i], spacing, cohort.rescale(i), c.array_key)
         mask = mask_on_grid(read_mask(cohort.mask_path(i), spacing, c.mask_key), volume)  # type: ignore[arg-type]
-        out[i] = region_features(volume, mask)
+        if mask.any():
+            out[i] = region_features(volume, mask)
     return out

@@ -118,7 +118,8 @@ class VolumeStore(Dataset):
         return any(f is not None for f in self.mask_files)
 
     def mask(self, i: int) -> torch.Tensor | None:
-        """Study i's region mask on the preprocessed grid, (X, Y, Z) bool, or None when it has none."""
+        """Study i's region mask on the preprocessed grid, (X, Y, Z) bool, or None when it has none: no mask
+        file, or one whose region is empty, or lies wholly outside the preprocessed field."""
         file = self.mask_files[i]
         if file is None:
             return None
@@ -128,7 +129,7 @@ class VolumeStore(Dataset):
             raise CtsurvError(f"cannot read the preprocessed mask {file} ({e}); run the command again") from e
         if tuple(mask.shape) != self.shape[2:]:
             raise CtsurvError(f"{file} holds shape {tuple(mask.shape)}, expected {self.shape[2:]}; run the command again")
-        return mask
+        return mask if bool(mask.any()) else None
 
     @property
     def persistent(self) -> bool:

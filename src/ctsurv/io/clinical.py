@@ -21,6 +21,12 @@ from ctsurv.io.tables import MAX_LISTED, as_text
 MISSING_LEVEL = "<missing>"
 
 
+def level_text(value: Any) -> str | None:
+    """A categorical cell as the level it names: stripped, inner spaces collapsed, case-folded; None when missing."""
+    text = as_text(value)
+    return None if text is None else " ".join(text.split()).casefold()
+
+
 @dataclass(frozen=True)
 class ClinicalSchema:
     """How clinical columns become a float32 design matrix, with statistics fitted on training rows only.
@@ -33,6 +39,8 @@ class ClinicalSchema:
       and gets no column, because a full one-hot sums to 1 and a Cox model has no intercept to absorb it.
       Missing values get a '<missing>' column when training had missing values; otherwise they fall on the
       reference level (mode imputation, as the mean is for numerics).
+    - levels are compared as :func:`level_text`: spellings that differ only in case or spacing ("Adenocarcinoma",
+      "adenocarcinoma ", "large  cell" / "Large cell") are one level, as a registry's hand-typed columns mean.
     - a level never seen in training is an error at transform time, never silently zeroed.
     """
 
@@ -61,12 +69,15 @@ class ClinicalSchema:
                 indicators.append(col)
         levels, missing_levels = [], []
         for col in categorical:
-            x = df[col].map(as_text)
+            x, spelled = df[col].map(level_text), df[col].map(as_text)
             counts = x.value_counts(dropna=True)
             if counts.empty:
                 raise CohortError(f"clinical column {col!r} has no values in the training rows; "
                                   f"fill it or remove it from data.categorical_columns")
-            levels.append(tuple(sorted(counts.index, key=lambda level: (-counts[level], level))))
+            # each level is named by its most frequent spelling in training (ties: alphabetical)
+            names = spelled.groupby(x).agg(lambda s: min(s.value_counts().items(), key=lambda kv: (-kv[1], kv[0]))[0])
+            order = sorted(counts.index, key=lambda level: (-counts[level], names[level]))
+            levels.append(tuple(names[level] for level in order))
             if x.isna().any():
                 missing_levels.append(col)
         return cls(tuple(numeric), tuple(means), tuple(stds), tuple(indicators), tuple(categorical),
@@ -88,10 +99,10 @@ class ClinicalSchema:
             _numeric(df, col)
         problems = []
         for col, levels in zip(self.categorical, self.levels, strict=True):
-            x = df[col].map(as_text)
-            unseen = np.flatnonzero((x.notna() & ~x.isin(levels)).to_numpy(bool))
+            x = df[col].map(level_text)
+            unseen = np.flatnonzero((x.notna() & ~x.isin([level_text(level) for level in levels])).to_numpy(bool))
             if len(unseen):
-                where = ", ".join(f"{x.iloc[p]!r} at row {df.index[p]!r}" for p in unseen[:MAX_LISTED])
+                where = ", ".join(f"{as_text(df[col].iloc[p])!r} at row {df.index[p]!r}" for p in unseen[:MAX_LISTED])
                 more = f" and {len(unseen) - MAX_LISTED} more" if len(unseen) > MAX_LISTED else ""
                 problems.append(f"clinical column {col!r} has levels never seen in training: {where}{more}; "
                                 f"known levels: {', '.join(map(repr, levels))}. "
@@ -108,8 +119,8 @@ class ClinicalSchema:
             blocks.append(np.nan_to_num(z, nan=0.0))
         blocks += [_numeric(df, col).isna().to_numpy(np.float64) for col in self.missing_indicators]
         for col, levels in zip(self.categorical, self.levels, strict=True):
-            x = df[col].map(as_text)
-            blocks += [(x == level).to_numpy(np.float64) for level in levels[1:]]
+            x = df[col].map(level_text)
+            blocks += [(x == level_text(level)).to_numpy(np.float64) for level in levels[1:]]
             if col in self.missing_levels:
                 blocks.append(x.isna().to_numpy(np.float64))
         if not blocks:

@@ -156,7 +156,9 @@ def read_mask(path: str | Path, spacing_zyx: tuple[float, float, float] | None =
     together, a probability map cut at 0.5. NumPy masks follow the volumes' (Z, Y, X) convention and take the
     same ``spacing_zyx``; an ``.npz`` gives its array ``array_key`` (``data.mask_key``), else its only array,
     else the first of :data:`MASK_KEYS`, so one ``.npz`` may hold both the scan and its mask. A DICOM SEG object
-    is refused with a hint (convert it to NIfTI first). A mask without a single voxel in its region is an error.
+    is refused with a hint (convert it to NIfTI first). A mask without a single voxel in its region (a failed or
+    missing segmentation, as planning exports hold) is read as it is: an empty region, which the features that
+    use masks treat as a study without one (:func:`is_empty`).
     """
     path = Path(path)
     if not path.exists():
@@ -174,10 +176,15 @@ def read_mask(path: str | Path, spacing_zyx: tuple[float, float, float] | None =
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
         raise VolumeError(f"mask {path} has an invalid geometry (voxel-to-world matrix {affine[:3, :3].tolist()})")
     region = np.nan_to_num(np.asarray(array, dtype=np.float32)) >= 0.5
-    if not region.any():
-        raise VolumeError(f"mask {path} marks no voxel (no value >= 0.5); check that it is the right file, or leave "
-                          "the mask cell empty for this study")
     return Volume(region.astype(np.float32), affine, path)
+
+
+def is_empty(mask: Volume | np.ndarray | None) -> bool:
+    """Whether a region mask is absent or marks no voxel: the study then counts as one without a mask."""
+    if mask is None:
+        return True
+    array = mask.array if isinstance(mask, Volume) else mask
+    return not bool((array >= 0.5).any())
 
 
 def mask_on_grid(mask: Volume, volume: Volume) -> np.ndarray:
@@ -189,7 +196,7 @@ def mask_on_grid(mask: Volume, volume: Volume) -> np.ndarray:
     out = ndimage.affine_transform(
         mask.array, to_mask[:3, :3], offset=to_mask[:3, 3], output_shape=volume.shape, order=0, cval=0.0
     )
-    if not (out >= 0.5).any():
+    if not (out >= 0.5).any() and not is_empty(mask):
         raise VolumeError(
             f"mask {mask.path} does not overlap its CT {volume.path} in world coordinates (mask grid "
             f"{mask.shape} at {np.round(mask.affine[:3, 3], 1).tolist()} mm, CT grid {volume.shape} at "

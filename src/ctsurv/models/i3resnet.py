@@ -147,6 +147,18 @@ class Bottleneck3d(nn.Module):
         return self.relu(out + identity)
 
 
+class LastBlock(nn.Module):
+    """An :class:`I3ResNet152`'s last residual block as a module of its own (sharing its weights): cached
+    :meth:`I3ResNet152.last_block_inputs` -> the grid (B, 2048, gx, gy, gz), for tuning that block alone."""
+
+    def __init__(self, encoder: I3ResNet152) -> None:
+        super().__init__()
+        self.block = encoder.layer4[-1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.block(x).permute(0, 1, 3, 4, 2)
+
+
 class I3ResNet152(nn.Module):
     """Inflated ResNet-152 CT encoder: a (B, 1, X, Y, Z) RAS volume in [0, 1] -> a 2048-channel grid.
 
@@ -199,6 +211,10 @@ class I3ResNet152(nn.Module):
 
         The grid is returned in the input's (X, Y, Z) axis order, as every ctsurv encoder does.
         """
+        return self.last_block(self.last_block_inputs(x))
+
+    def last_block_inputs(self, x: Tensor) -> Tensor:
+        """(B, 1, X, Y, Z) -> (B, 2048, Z/16, X/32, Y/32): what the last residual block receives (depth first)."""
         if x.ndim != 5 or x.shape[1] != 1:
             raise ValueError(f"I3ResNet152 expects a (B, 1, X, Y, Z) volume, got shape {tuple(x.shape)}")
         x = x.expand(-1, 3, -1, -1, -1)  # (B, 3, X, Y, Z) grey -> RGB; Merlin applies no mean/std
@@ -208,8 +224,11 @@ class I3ResNet152(nn.Module):
         x = self.layer1(x)  # (B, 256, Z/2, X/4, Y/4)
         x = self.layer2(x)  # (B, 512, Z/4, X/8, Y/8)
         x = self.layer3(x)  # (B, 1024, Z/8, X/16, Y/16)
-        x = self.layer4(x)  # (B, 2048, Z/16, X/32, Y/32)
-        return x.permute(0, 1, 3, 4, 2)  # (B, 2048, X/32, Y/32, Z/16)
+        return self.layer4[:-1](x)  # (B, 2048, Z/16, X/32, Y/32)
+
+    def last_block(self, x: Tensor) -> Tensor:
+        """The last residual block on :meth:`last_block_inputs`: the grid (B, 2048, X/32, Y/32, Z/16)."""
+        return self.layer4[-1](x).permute(0, 1, 3, 4, 2)
 
     def forward(self, x: Tensor) -> Tensor:
         """Same as :meth:`features`: (B, 1, X, Y, Z) -> (B, 2048, gx, gy, gz)."""

@@ -27,6 +27,9 @@ encoder_no_instruction   what the projector receives from the encoder before ins
                          ``--encoder i3resnet152``: its mean-pooled grid, same budget
 encoder_region           with ``--encoder i3resnet152`` and masks: its grid pooled over the whole volume,
                          inside the mask and in a ring around it (three blocks), same budget + clinical
+encoder_finetuned        with ``--encoder i3resnet152`` and ``survival.finetune: last_block``: the same pools
+                         (whole, and inside / around where masks are given) of the encoder with its last
+                         residual block tuned per training fold (:mod:`ctsurv.training.encoder_finetune`)
 clinical_cox             Cox model on the clinical columns alone (lifelines)
 radiomics_cox            Cox model on the clinical columns and the masked region's shape and intensity
                          features (:mod:`ctsurv.features.radiomics`), ridge penalty chosen by inner
@@ -35,7 +38,8 @@ oracle                   the true log-hazard from ``truth.csv`` (synthetic cohor
 =======================  ==================================================================
 
 The ablation ladder (``LADDER``, bottom rung first) adds one thing per rung: clinical data, hand-crafted
-features of the tumour (where masks are given), the encoder's features, a supervised reading of them (the findings classifier), a language model taught to caption
+features of the tumour (where masks are given), the encoder's features, pooled where the mask says, its last block
+tuned for survival, a supervised reading of them (the findings classifier), a language model taught to caption
 (align), then instruction tuning (model). Each rung is compared with the one below it in the same folds.
 
 Without ``survival.finetune`` the VLM is frozen in this stage: its features are functions of the
@@ -54,7 +58,7 @@ import pandas as pd
 import scipy.linalg
 import torch
 from lifelines import CoxPHFitter
-from lifelines.exceptions import ConvergenceWarning
+from lifelines.exceptions import ConvergenceError, ConvergenceWarning
 from sklearn.decomposition import PCA
 
 from ctsurv.config import ExperimentConfig
@@ -64,20 +68,25 @@ from ctsurv.evaluation.metrics import harrell_c
 from ctsurv.features import Volumes
 from ctsurv.features.extract import RowBuffer, region_pool, region_weights
 from ctsurv.features.store import VolumeStore
-from ctsurv.io.clinical import ClinicalSchema
+from ctsurv.io.clinical import ClinicalSchema, level_text
 from ctsurv.io.cohort import Cohort
-from ctsurv.io.tables import as_text
 from ctsurv.models.projector import Projector
 from ctsurv.models.representation import answer_features, visual_states
 from ctsurv.models.survival import BreslowBaseline, RiskQueryHead, SurvivalHead, fit_survival_head
 from ctsurv.models.vlm import CTVLM
 from ctsurv.text.questions import PRESENCE_QUESTIONS
+from ctsurv.training.encoder_finetune import BlockTuning, tuned_pools
 from ctsurv.training.survival_finetune import Tuning, tuned_model
 
 LADDER = (  # bottom rung first
-    "clinical_cox", "radiomics_cox", "encoder_no_instruction", "encoder_region", "findings_classifier", "model_align", "model",
+    "clinical_cox", "radiomics_cox", "encoder_no_instruction", "encoder_region", "encoder_finetuned", "findings_classifier",
+    "model_align", "model",
 )
-COX_PENALTIES = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)  # ridge penalties searched by inner cross-validation
+COX_PENALTIES = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)  # lifelines' ridge penalties searched by inner cross-validation
+# with survival.nested: the survival head's ridge penalties (the same scale as lifelines': the mean negative log
+# partial likelihood + l2/2 |w|^2) and the shares of a principal-component budget searched by inner cross-validation
+HEAD_PENALTIES = (0.01, 0.05, 0.2, 1.0, 5.0)
+BUDGET_SHARES = (0.25, 0.5, 1.0)
 INNER_FOLDS = 3
 RANK_TOLERANCE = 1e-10  # a principal component explaining less of the variance is numerically zero
 SLICE_BYTES = 32 * 2**20  # BlockPCA reads the scaled features in float64 slices of about this size
@@ -159,18 +168,27 @@ def encoder_features(encoder: torch.nn.Module, volumes: Volumes, batch_size: int
 @torch.no_grad()
 def encoder_region_features(
     encoder: torch.nn.Module, volumes: VolumeStore, spacing_xyz: tuple[float, float, float], batch_size: int = 16,
+    masks: bool = True, block_inputs: RowBuffer | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A pretrained encoder's grid pooled three ways, three (N, Dv) blocks: over the whole volume (as
     :func:`encoder_features`), inside the study's mask, and in the ring of ``RING_MM`` around it
-    (:func:`~ctsurv.features.extract.region_weights`). A study without a mask gets its whole-volume pool in all three."""
+    (:func:`~ctsurv.features.extract.region_weights`). A study without a mask (or every study, with ``masks``
+    false) gets its whole-volume pool in all three. With ``block_inputs`` (an I3ResNet-152) what its last block
+    receives from each study is kept there too, from the same pass."""
     encoder.eval()
     out = RowBuffer(len(volumes))  # (N, 3, Dv)
     for start in range(0, len(volumes), batch_size):
-        grids = encoder.features(volumes[start : start + batch_size].float())  # (B, Dv, gx, gy, gz)
+        x = volumes[start : start + batch_size].float()
+        if block_inputs is None:
+            grids = encoder.features(x)  # (B, Dv, gx, gy, gz)
+        else:
+            inputs = encoder.last_block_inputs(x)
+            block_inputs.put(start, inputs)
+            grids = encoder.last_block(inputs)
         rows = []
         for j, grid in enumerate(grids):
             whole = grid.flatten(1).mean(1)
-            mask = volumes.mask(start + j)
+            mask = volumes.mask(start + j) if masks else None
             if mask is None:
                 rows.append(whole.expand(3, -1))
             else:
@@ -192,14 +210,19 @@ class FoldData:
     time: np.ndarray
     event: np.ndarray
 
+    @property
+    def groups(self) -> np.ndarray:
+        """The patient of each row (inner folds keep a patient's studies together)."""
+        return np.asarray(self.cohort.patient_ids, dtype=object)
+
     def clinical(self, idx: np.ndarray, schema: ClinicalSchema) -> np.ndarray:
         """The design matrix of rows ``idx`` under a training fold's ``schema``. A categorical level the
         training fold lacks (a rare level whose patients all fell in one test fold) reads as missing: the
         fold's model knows nothing of it, and the schema refuses unseen levels (right for `ctsurv predict`)."""
         frame = self.cohort.clinical().iloc[idx]
         for col, levels in zip(schema.categorical, schema.levels, strict=True):
-            text = frame[col].map(as_text)
-            unseen = text.notna() & ~text.isin(levels)
+            text = frame[col].map(level_text)
+            unseen = text.notna() & ~text.isin([level_text(level) for level in levels])
             if unseen.any():
                 frame = frame.assign(**{col: frame[col].mask(unseen)})
         return schema.transform(frame)
@@ -215,36 +238,120 @@ def _prediction(data: FoldData, train: np.ndarray, risk_train: np.ndarray, risk_
     return FoldPrediction(risk_test, survival=lambda times: baseline.survival_function(risk_test, times))
 
 
+ImageBuilder = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class HeadChoice:
+    """What the survival head of one training fold uses: its ridge penalty and how many image columns."""
+
+    l2: float
+    width: int | None = None  # the leading image columns kept (None: all)
+
+
 def head_method(
-    data: FoldData, cfg: ExperimentConfig, image: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None,
-    use_clinical: bool, seed: int, risk_query: bool = False,
+    data: FoldData, cfg: ExperimentConfig, image: ImageBuilder | None, use_clinical: bool, seed: int,
+    risk_query: bool = False, kept: int | None = None,
 ) -> FitPredict:
     """A survival head on image features (built per fold by ``image``) and/or clinical data; with
-    ``risk_query`` the image features are visual-token states (n, N, D) read by a :class:`RiskQueryHead`."""
+    ``risk_query`` the image features are visual-token states (n, N, D) read by a :class:`RiskQueryHead`.
+
+    With ``survival.nested`` the head's ridge penalty (:data:`HEAD_PENALTIES`) and, for features whose columns
+    past the first ``kept`` are principal components (leading first), how many of them it reads
+    (:data:`BUDGET_SHARES` of the budget), are chosen by inner cross-validation on the training fold
+    (:func:`choose_head`); otherwise ``survival.l2`` and every column."""
     s = cfg.survival
 
     def fit_predict(train: np.ndarray, test: np.ndarray) -> FoldPrediction:
         img_tr, img_te = image(train, test) if image is not None else (None, None)
-        clin_tr = clin_te = None
-        if use_clinical:
-            schema = data.schema(train)
-            clin_tr, clin_te = data.clinical(train, schema), data.clinical(test, schema)
-        n_clinical = 0 if clin_tr is None else clin_tr.shape[1]
-        head: SurvivalHead | RiskQueryHead
-        if risk_query and img_tr is not None:
-            head = RiskQueryHead(img_tr.shape[2], n_clinical, kind=s.head)
-        else:
-            head = SurvivalHead(image_dim=0 if img_tr is None else img_tr.shape[1], n_clinical=n_clinical, kind=s.head)
-        as_t = lambda a: None if a is None else torch.as_tensor(a, dtype=torch.float32)
-        fit_survival_head(
-            head, as_t(img_tr), as_t(clin_tr), torch.as_tensor(data.time[train]), torch.as_tensor(data.event[train]),
-            epochs=s.epochs, lr=s.lr, seed=seed, l2=s.l2,
-        )
-        risk_tr = head.predict_risk(as_t(img_tr), as_t(clin_tr)).numpy().astype(np.float64)
-        risk_te = head.predict_risk(as_t(img_te), as_t(clin_te)).numpy().astype(np.float64)
+        choice = HeadChoice(s.l2)
+        if s.nested:
+            budget = None if kept is None or img_tr is None else img_tr.shape[1] - kept
+            choice = choose_head(data, cfg, image, use_clinical, seed, train, kept, budget, risk_query)
+        if choice.width is not None:
+            img_tr, img_te = img_tr[:, : choice.width], img_te[:, : choice.width]  # type: ignore[index]
+        risk_tr, risk_te = _fit_head(data, cfg, img_tr, img_te, use_clinical, train, test, seed, risk_query, choice.l2)
         return _prediction(data, train, risk_tr, risk_te)
 
     return fit_predict
+
+
+def _fit_head(
+    data: FoldData, cfg: ExperimentConfig, img_tr: np.ndarray | None, img_te: np.ndarray | None, use_clinical: bool,
+    train: np.ndarray, test: np.ndarray, seed: int, risk_query: bool, l2: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The risks (train, test) of a survival head fitted on rows ``train`` with ridge penalty ``l2``."""
+    s = cfg.survival
+    clin_tr = clin_te = None
+    if use_clinical:
+        schema = data.schema(train)
+        clin_tr, clin_te = data.clinical(train, schema), data.clinical(test, schema)
+    n_clinical = 0 if clin_tr is None else clin_tr.shape[1]
+    head: SurvivalHead | RiskQueryHead
+    if risk_query and img_tr is not None:
+        head = RiskQueryHead(img_tr.shape[2], n_clinical, kind=s.head)
+    else:
+        head = SurvivalHead(image_dim=0 if img_tr is None else img_tr.shape[1], n_clinical=n_clinical, kind=s.head)
+    as_t = lambda a: None if a is None else torch.as_tensor(a, dtype=torch.float32)
+    fit_survival_head(
+        head, as_t(img_tr), as_t(clin_tr), torch.as_tensor(data.time[train]), torch.as_tensor(data.event[train]),
+        epochs=s.epochs, lr=s.lr, seed=seed, l2=l2,
+    )
+    risk_tr = head.predict_risk(as_t(img_tr), as_t(clin_tr)).numpy().astype(np.float64)
+    risk_te = head.predict_risk(as_t(img_te), as_t(clin_te)).numpy().astype(np.float64)
+    return risk_tr, risk_te
+
+
+def choose_head(
+    data: FoldData, cfg: ExperimentConfig, image: ImageBuilder | None, use_clinical: bool, seed: int, train: np.ndarray,
+    kept: int | None = None, budget: int | None = None, risk_query: bool = False,
+) -> HeadChoice:
+    """The head's ridge penalty of :data:`HEAD_PENALTIES` and image width (``kept`` + a share of :data:`BUDGET_SHARES`
+    of ``budget`` principal components; all columns without a budget) with the best mean Harrell's C over
+    :data:`INNER_FOLDS` inner folds of the rows ``train``: the image features (their PCA) and the clinical
+    standardisation are refitted on each inner training part, and the test fold never enters. Ties go to the
+    simpler head (fewer columns, then a larger penalty); too few events for inner folds give ``survival.l2``
+    and every column.
+
+    A linear head is the ridge Cox model on standardised columns, so the inner fits use lifelines'
+    Newton-Raphson (:func:`fit_cox`) with the penalty moved to its per-patient scale (``l2 * events / n``); they
+    differ from the head's own fit only in that lifelines also standardises 0/1 clinical columns. Other heads
+    (``mlp``, the risk query) are trained in the inner folds as they are in the outer one."""
+    try:
+        inner = make_folds(data.time[train], data.event[train], groups=data.groups[train], n_splits=INNER_FOLDS, seed=seed)
+    except CtsurvError:
+        return HeadChoice(cfg.survival.l2)
+    widths: list[int | None] = [None]
+    if budget is not None and kept is not None and budget > 0:
+        widths = sorted({kept + max(1, round(share * budget)) for share in BUDGET_SHARES})
+    newton = cfg.survival.head == "linear" and not risk_query
+    scores: dict[tuple[int | None, float], list[float]] = {}
+    for fold in inner:
+        tr, te = train[fold.train_idx], train[fold.test_idx]
+        img_tr, img_te = image(tr, te) if image is not None else (None, None)
+        if newton and use_clinical:
+            schema = data.schema(tr)
+            clin_tr, clin_te = data.clinical(tr, schema), data.clinical(te, schema)
+        for width in widths:
+            parts = (img_tr, img_te) if width is None else (img_tr[:, :width], img_te[:, :width])  # type: ignore[index]
+            if newton:  # the same linear Cox model by lifelines' Newton-Raphson, ~20x faster than the head's epochs
+                x_tr, x_te = (np.hstack([a for a in pair if a is not None]).astype(np.float64) for pair in (
+                    (parts[0], clin_tr if use_clinical else None), (parts[1], clin_te if use_clinical else None)))
+                mean, sd = x_tr.mean(0), x_tr.std(0)
+                sd = np.where(sd > 0, sd, 1.0)
+                x_tr, x_te = (x_tr - mean) / sd, (x_te - mean) / sd
+                events = max(int(data.event[tr].sum()), 1)
+            for l2 in HEAD_PENALTIES:
+                if newton:  # the head's loss is per event, lifelines' per patient: the same penalty, rescaled
+                    risk = x_te @ fit_cox(x_tr, data.time[tr], data.event[tr], l2 * events / len(tr))
+                else:
+                    _, risk = _fit_head(data, cfg, *parts, use_clinical, tr, te, seed, risk_query, l2)
+                scores.setdefault((width, l2), []).append(harrell_c(data.time[te], data.event[te], risk))
+    mean = {key: float(np.mean(c)) for key, c in scores.items()}
+    best = max(mean.values())
+    simplest_first = sorted(mean, key=lambda key: (key[0] or 0, -key[1]))
+    width, l2 = next(key for key in simplest_first if mean[key] >= best - 1e-12)
+    return HeadChoice(l2, width)
 
 
 def fit_answer_pca(features: ImageFeatures, rows: np.ndarray, components: int) -> PCA | None:
@@ -403,30 +510,27 @@ def visual_image(features: ImageFeatures) -> Callable[[np.ndarray, np.ndarray], 
     return lambda train, test: (features.visual[train], features.visual[test])
 
 
-def clinical_cox(data: FoldData, penalizer: float = 0.01) -> FitPredict:
-    """lifelines' Cox model (Efron ties) on the fold's standardised, imputed clinical design matrix."""
+def clinical_cox(data: FoldData, penalizer: float = 0.01, seed: int = 0, nested: bool = False) -> FitPredict:
+    """lifelines' Cox model (Efron ties) on the fold's standardised, imputed clinical design matrix, with the ridge
+    ``penalizer``, or (``nested``) the penalty chosen by inner cross-validation on the training fold."""
 
     def fit_predict(train: np.ndarray, test: np.ndarray) -> FoldPrediction:
         schema = data.schema(train)
-        names = [f"x{i}" for i in range(len(schema.feature_names))]
-        frame = pd.DataFrame(data.clinical(train, schema), columns=names)
-        frame["T"], frame["E"] = data.time[train], data.event[train].astype(int)
-        with warnings.catch_warnings():  # near-separated columns in small folds; the penalizer keeps it finite
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            cph = CoxPHFitter(penalizer=penalizer).fit(frame, duration_col="T", event_col="E")
-        beta = cph.params_.to_numpy()
-        risk_tr = frame[names].to_numpy() @ beta
-        risk_te = data.clinical(test, schema).astype(np.float64) @ beta
-        return _prediction(data, train, risk_tr, risk_te)
+        x_tr = data.clinical(train, schema).astype(np.float64)
+        penalty = penalizer
+        if nested:
+            penalty = choose_cox_penalty(x_tr, data.time[train], data.event[train], data.groups[train], seed)
+        beta = fit_cox(x_tr, data.time[train], data.event[train], penalty)
+        return _prediction(data, train, x_tr @ beta, data.clinical(test, schema).astype(np.float64) @ beta)
 
     return fit_predict
 
 
-def radiomics_cox(data: FoldData, radiomics: np.ndarray, seed: int) -> FitPredict:
+def radiomics_cox(data: FoldData, radiomics: np.ndarray, seed: int, penalizer: float | None = None) -> FitPredict:
     """lifelines' Cox model on the clinical design matrix and the masked region's radiomics
     (:mod:`ctsurv.features.radiomics`), standardised on the training fold (a study without a mask reads as the
-    training mean), with the ridge penalty chosen by inner cross-validation on the training fold alone
-    (:func:`choose_cox_penalty`)."""
+    training mean), with the ridge ``penalizer``, or (None) the penalty chosen by inner cross-validation on the
+    training fold alone (:func:`choose_cox_penalty`)."""
 
     def fit_predict(train: np.ndarray, test: np.ndarray) -> FoldPrediction:
         schema = data.schema(train)
@@ -439,8 +543,9 @@ def radiomics_cox(data: FoldData, radiomics: np.ndarray, seed: int) -> FitPredic
             return np.hstack([data.clinical(rows, schema).astype(np.float64), scaled])
 
         x_tr = design(train)
-        groups = np.asarray(data.cohort.patient_ids, dtype=object)[train]
-        penalty = choose_cox_penalty(x_tr, data.time[train], data.event[train], groups, seed)
+        penalty = penalizer
+        if penalty is None:
+            penalty = choose_cox_penalty(x_tr, data.time[train], data.event[train], data.groups[train], seed)
         beta = fit_cox(x_tr, data.time[train], data.event[train], penalty)
         return _prediction(data, train, x_tr @ beta, design(test) @ beta)
 
@@ -448,12 +553,30 @@ def radiomics_cox(data: FoldData, radiomics: np.ndarray, seed: int) -> FitPredic
 
 
 def fit_cox(x: np.ndarray, time: np.ndarray, event: np.ndarray, penalizer: float) -> np.ndarray:
-    """Coefficients of lifelines' ridge-penalised Cox model (Efron ties) on the design matrix ``x`` (n, p)."""
-    frame = pd.DataFrame(x, columns=[f"x{i}" for i in range(x.shape[1])])
+    """Coefficients of lifelines' ridge-penalised Cox model (Efron ties) on the design matrix ``x`` (n, p).
+
+    A column constant on these rows (a rare level absent from an inner training fold) gets coefficient 0:
+    lifelines would divide it by its zero standard deviation. Should Newton-Raphson still diverge (columns
+    nearly collinear in a small fold), the fit is repeated with half the step size, then with ten times the
+    penalty."""
+    beta = np.zeros(x.shape[1])
+    varies = np.ptp(x, axis=0) > 0
+    if not varies.any():
+        return beta
+    frame = pd.DataFrame(x[:, varies], columns=[f"x{i}" for i in range(int(varies.sum()))])
     frame["T"], frame["E"] = time, event.astype(int)
-    with warnings.catch_warnings():  # near-separated columns in small folds; the penalizer keeps it finite
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        return CoxPHFitter(penalizer=penalizer).fit(frame, duration_col="T", event_col="E").params_.to_numpy()
+    tries = [(penalizer, 0.95), (penalizer, 0.5), (penalizer * 10, 0.5)]
+    for i, (pen, step) in enumerate(tries):
+        try:
+            with warnings.catch_warnings():  # near-separated columns in small folds; the penalizer keeps it finite
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                cph = CoxPHFitter(penalizer=pen).fit(frame, duration_col="T", event_col="E", fit_options={"step_size": step})
+            beta[varies] = cph.params_.to_numpy()
+            return beta
+        except ConvergenceError:
+            if i == len(tries) - 1:
+                raise
+    return beta
 
 
 def choose_cox_penalty(
@@ -494,7 +617,7 @@ def finetuned_method(data: FoldData, cfg: ExperimentConfig, tuning: Tuning, froz
     """``model`` with stage-3 fine-tuning: per fold, a fresh copy of the pretrained model is tuned on the
     training patients (:mod:`ctsurv.training.survival_finetune`), then reads every study; the head is
     fitted on its answers as in ``model``."""
-    k, seed = cfg.survival.hidden_components, cfg.seed
+    k, seed, q = cfg.survival.hidden_components, cfg.seed, len(PRESENCE_QUESTIONS)
 
     def fit_predict(train: np.ndarray, test: np.ndarray) -> FoldPrediction:
         schema = data.schema(train)
@@ -503,7 +626,21 @@ def finetuned_method(data: FoldData, cfg: ExperimentConfig, tuning: Tuning, froz
             frozen.p_yes[train], PRESENCE_QUESTIONS, cfg, seed, cells=tuning.cells_of(train),
         )
         tuned = vlm_features(vlm, tuning.grids, kind="features", cells=tuning.cells)
-        return head_method(data, cfg, answer_image(tuned, k), use_clinical=True, seed=seed)(train, test)
+        return head_method(data, cfg, answer_image(tuned, k), use_clinical=True, seed=seed, kept=q)(train, test)
+
+    return fit_predict
+
+
+def finetuned_encoder_method(data: FoldData, cfg: ExperimentConfig, tuning: BlockTuning) -> FitPredict:
+    """``encoder_finetuned``: per fold, a copy of the encoder's last block tuned on the training patients
+    (:func:`~ctsurv.training.encoder_finetune.tuned_pools`), then the head of ``encoder_region`` on its pools."""
+    budget, seed = image_budget(cfg), cfg.seed
+
+    def fit_predict(train: np.ndarray, test: np.ndarray) -> FoldPrediction:
+        clinical = data.clinical(train, data.schema(train))
+        pools, _ = tuned_pools(tuning, cfg, clinical, data.time, data.event, data.groups, train, budget, seed)
+        blocks = tuple(pools[:, r].numpy() for r in range(pools.shape[1]))
+        return head_method(data, cfg, encoder_image(blocks, budget), use_clinical=True, seed=seed, kept=0)(train, test)
 
     return fit_predict
 
@@ -512,44 +649,49 @@ def survival_methods(
     data: FoldData, cfg: ExperimentConfig, answers: ImageFeatures | None, encoder: Sequence[np.ndarray] | None,
     truth_risk: np.ndarray | None, tuning: Tuning | None = None, findings: np.ndarray | None = None,
     align: ImageFeatures | None = None, radiomics: np.ndarray | None = None,
-    encoder_region: Sequence[np.ndarray] | None = None,
+    encoder_region: Sequence[np.ndarray] | None = None, block_tuning: BlockTuning | None = None,
 ) -> dict[str, FitPredict]:
     """The methods compared in the same folds (see the module docstring); absent inputs drop methods.
 
     ``answers``: the instruction-tuned model's; ``align``: the stage-1 checkpoint's; ``findings``: the findings
     classifier's probabilities (n, P); ``encoder``: the feature blocks of the encoder before instruction tuning;
     ``radiomics``: the masked regions' radiomics (n, F), NaN rows for studies without a mask; ``encoder_region``:
-    a pretrained encoder's whole, inside-the-mask and around-the-mask pools (:func:`encoder_region_features`).
+    a pretrained encoder's whole, inside-the-mask and around-the-mask pools (:func:`encoder_region_features`);
+    ``block_tuning``: what ``encoder_finetuned`` tunes (its last block, cached inputs, pooling weights).
     ``tuning`` (the pretrained checkpoint and the cached encoder grids of the cohort) makes ``model``
     the fine-tuned variant when ``survival.finetune`` asks for one; ``model_frozen`` then keeps the
     frozen model's answers for comparison."""
-    k, seed = cfg.survival.hidden_components, cfg.seed
+    k, seed, q = cfg.survival.hidden_components, cfg.seed, len(PRESENCE_QUESTIONS)
     methods: dict[str, FitPredict] = {}
     if answers is not None:
-        methods["model"] = head_method(data, cfg, answer_image(answers, k), use_clinical=True, seed=seed)
+        methods["model"] = head_method(data, cfg, answer_image(answers, k), use_clinical=True, seed=seed, kept=q)
         if cfg.survival.finetune != "none" and tuning is not None:
             methods["model_frozen"] = methods["model"]
             methods["model"] = finetuned_method(data, cfg, tuning, answers)
-        methods["model_image_only"] = head_method(data, cfg, answer_image(answers, k), use_clinical=False, seed=seed)
+        methods["model_image_only"] = head_method(
+            data, cfg, answer_image(answers, k), use_clinical=False, seed=seed, kept=q
+        )
         if answers.visual is not None:
             methods["model_risk_query"] = head_method(
                 data, cfg, visual_image(answers), use_clinical=True, seed=seed, risk_query=True
             )
     if align is not None:
-        methods["model_align"] = head_method(data, cfg, answer_image(align, k), use_clinical=True, seed=seed)
+        methods["model_align"] = head_method(data, cfg, answer_image(align, k), use_clinical=True, seed=seed, kept=q)
     if findings is not None:
         methods["findings_classifier"] = head_method(data, cfg, fixed_image(findings), use_clinical=True, seed=seed)
     if encoder is not None:
         methods["encoder_no_instruction"] = head_method(
-            data, cfg, encoder_image(encoder, image_budget(cfg)), use_clinical=True, seed=seed
+            data, cfg, encoder_image(encoder, image_budget(cfg)), use_clinical=True, seed=seed, kept=0
         )
     if encoder_region is not None:
         methods["encoder_region"] = head_method(
-            data, cfg, encoder_image(encoder_region, image_budget(cfg)), use_clinical=True, seed=seed
+            data, cfg, encoder_image(encoder_region, image_budget(cfg)), use_clinical=True, seed=seed, kept=0
         )
-    methods["clinical_cox"] = clinical_cox(data)
+    if block_tuning is not None:
+        methods["encoder_finetuned"] = finetuned_encoder_method(data, cfg, block_tuning)
+    methods["clinical_cox"] = clinical_cox(data, seed=seed, nested=cfg.survival.nested)
     if radiomics is not None:
-        methods["radiomics_cox"] = radiomics_cox(data, radiomics, seed)
+        methods["radiomics_cox"] = radiomics_cox(data, radiomics, seed, penalizer=None if cfg.survival.nested else cfg.survival.l2)
     if truth_risk is not None:
         methods["oracle"] = fixed_risk(data, truth_risk)
     ladder_first = [name for name in LADDER if name in methods] + [name for name in methods if name not in LADDER]

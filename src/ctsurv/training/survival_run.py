@@ -35,21 +35,23 @@ from ctsurv.evaluation import figures, report
 from ctsurv.evaluation.crossval import Fold, OutOfFold, compare_methods, cross_validate, make_folds
 from ctsurv.evaluation.metrics import choose_horizons, p_floor
 from ctsurv.features import Volumes, cells_all, encode_all, volume_store
+from ctsurv.features.extract import RowBuffer, region_weights
 from ctsurv.features.preprocess import zyx_to_xyz
 from ctsurv.features.radiomics import cohort_radiomics
 from ctsurv.io.cohort import Cohort, load_cohort
+from ctsurv.models.i3resnet import LastBlock
 from ctsurv.models.survival import BreslowBaseline, SurvivalHead, fit_survival_head
 from ctsurv.models.vision import build_vision_encoder
 from ctsurv.models.vlm import CTVLM
 from ctsurv.text.questions import PRESENCE_LABELS, PRESENCE_QUESTIONS
 from ctsurv.training.checkpoint import checkpoint_stage, load_checkpoint, refuse_untrained_language, save_checkpoint
+from ctsurv.training.encoder_finetune import BlockTuning, region_weight_rows
 from ctsurv.training.survival import (
     LADDER,
     FoldData,
     ImageFeatures,
     answer_matrix,
     at_horizon,
-    encoder_features,
     encoder_region_features,
     findings_probabilities,
     fit_answer_pca,
@@ -143,6 +145,8 @@ class Features:
     sources: dict[str, str] = field(default_factory=dict)  # method -> the checkpoint (or encoder) it reads
     radiomics: np.ndarray | None = None  # (n, F) the masked regions' radiomics (``radiomics_cox``), NaN without a mask
     encoder_region: tuple[np.ndarray, ...] | None = None  # a bare encoder's whole / inside / around pools (``encoder_region``)
+    notes: dict[str, list[str]] = field(default_factory=dict)  # method -> what the results should say of its input
+    block_tuning: BlockTuning | None = None  # a bare encoder's last block and its cached inputs (``encoder_finetuned``)
 
     def for_cohort(self, cohort: Cohort) -> Features:
         """These features in ``cohort``'s row order (same scans); an error if a study is missing."""
@@ -163,6 +167,7 @@ class Features:
             align=None if self.align is None else self.align.rows(order),
             radiomics=None if self.radiomics is None else self.radiomics[order],
             encoder_region=None if self.encoder_region is None else tuple(b[order] for b in self.encoder_region),
+            block_tuning=None if self.block_tuning is None else self.block_tuning.rows(order),
         )
 
 
@@ -220,6 +225,13 @@ def prepare(
     """The config with the model's preprocessing, the validated cohort, and its frozen image features."""
     if (pretrained is None) == (encoder is None):
         raise CtsurvError("give exactly one of --pretrained CHECKPOINT (a `ctsurv pretrain` folder) or --encoder NAME")
+    mode = cfg.survival.finetune
+    if pretrained is not None and mode == "last_block":
+        raise CtsurvError("survival.finetune=last_block tunes a bare encoder (--encoder i3resnet152); with --pretrained "
+                          "use survival.finetune=projector or projector+lora")
+    if encoder is not None and mode in ("projector", "projector+lora"):
+        raise CtsurvError(f"survival.finetune={mode} tunes a pretrained CT-VLM (--pretrained); with --encoder use "
+                          "survival.finetune=last_block")
     if pretrained is not None:
         checkpoints = pretrained_checkpoints(Path(pretrained))
         vlm, model_cfg = load_checkpoint(checkpoints.instruct)
@@ -243,23 +255,52 @@ def with_radiomics(features: Features, cohort: Cohort, progress: bool = False) -
                   "that hold a mask array)"}
         return dataclasses.replace(features, absent=absent)
     sources = {**features.sources, "radiomics_cox": "the cohort's masks"}
-    return dataclasses.replace(features, radiomics=cohort_radiomics(cohort, progress), sources=sources)
+    radiomics = cohort_radiomics(cohort, progress)
+    notes = dict(features.notes)
+    empty = [cohort.ids[i] for i in range(len(cohort)) if cohort.mask_path(i) is not None and np.isnan(radiomics[i]).all()]
+    if empty:
+        note = (f"{len(empty)} studies have an empty mask (e.g. {', '.join(empty[:5])}): they read as studies without "
+                "one (radiomics imputed from the training fold, region pools equal to the whole-volume pool)")
+        for name in ("radiomics_cox", "encoder_region"):
+            notes[name] = [*notes.get(name, []), note]
+    return dataclasses.replace(features, radiomics=radiomics, sources=sources, notes=notes)
 
 
 def bare_encoder_features(cfg: ExperimentConfig, encoder: str, volumes: Volumes, ids: list[str]) -> Features:
-    """The mean-pooled grid of a pretrained encoder (--encoder) without a language model: the one rung it has."""
+    """A pretrained encoder (--encoder) without a language model: its mean-pooled grid (``encoder_no_instruction``),
+    with masks also pooled inside and around them (``encoder_region``), and with ``survival.finetune: last_block``
+    what its last block receives from every study, for ``encoder_finetuned``; all in one pass over the volumes."""
     size_xyz = tuple(reversed(cfg.data.target_shape_zyx))
     bare = build_vision_encoder(  # type: ignore[arg-type]
         cfg.vision, size_xyz, in_channels=cfg.data.in_channels, skip_channels=cfg.data.n_blob_channels
     )
     absent = {name: f"absent: --encoder {encoder} has no language model" for name in ("findings_classifier", "model_align", "model")}
     sources = {"encoder_no_instruction": str(encoder)}
-    if not getattr(volumes, "has_masks", False):
+    has_masks = bool(getattr(volumes, "has_masks", False))
+    tune = cfg.survival.finetune == "last_block"
+    spacing = zyx_to_xyz(cfg.data.target_spacing_zyx)
+    inputs = RowBuffer(len(volumes), np.float16) if tune else None
+    whole, inside, around = encoder_region_features(bare, volumes, spacing, masks=has_masks, block_inputs=inputs)  # type: ignore[arg-type]
+    region = None
+    if has_masks:
+        sources["encoder_region"] = f"{encoder} and the cohort's masks"
+        region = (whole, inside, around)
+    else:
         absent["encoder_region"] = "absent: no study has a mask to pool the encoder's grid in"
-        return Features(ids, None, (encoder_features(bare, volumes),), None, absent=absent, sources=sources)
-    whole, inside, around = encoder_region_features(bare, volumes, zyx_to_xyz(cfg.data.target_spacing_zyx))  # type: ignore[arg-type]
-    sources["encoder_region"] = f"{encoder} and the cohort's masks"
-    return Features(ids, None, (whole,), None, absent=absent, sources=sources, encoder_region=(whole, inside, around))
+    tuning = None
+    if tune:
+        grid = bare.grid_shape(*size_xyz)
+        cells = int(np.prod(grid))
+        per_study = [None] * len(volumes)
+        if has_masks:
+            per_study = [None if (m := volumes.mask(i)) is None else region_weights(m, spacing, grid).flatten(1)  # type: ignore[attr-defined]
+                         for i in range(len(volumes))]
+        tuning = BlockTuning(LastBlock(bare), inputs.tensor(), region_weight_rows(per_study, cells))  # type: ignore[union-attr]
+        sources["encoder_finetuned"] = f"{encoder}, its last block tuned per fold"
+    else:
+        absent["encoder_finetuned"] = (f"absent: survival.finetune is {cfg.survival.finetune!r}; set it to last_block to "
+                                       f"tune {encoder}'s last block per training fold")
+    return Features(ids, None, (whole,), None, absent=absent, sources=sources, encoder_region=region, block_tuning=tuning)
 
 
 def run_survival(
@@ -297,6 +338,7 @@ def evaluate(
     methods = survival_methods(
         data, cfg, features.answers, features.encoder, truth_risk(cohort), tuning, findings=features.findings,
         align=features.align, radiomics=features.radiomics, encoder_region=features.encoder_region,
+        block_tuning=features.block_tuning,
     )
     if only is not None:
         methods = {name: fit for name, fit in methods.items() if name in only}
@@ -320,6 +362,9 @@ def evaluate(
         "methods": compare_methods(time, event, oofs, n_boot=boot, seed=cfg.seed, groups=cohort.patient_ids, ladder=ladder),
         "notes": {name: oof.notes() for name, oof in oofs.items() if oof.notes()},
     }
+    for name, said in features.notes.items():
+        if name in oofs:
+            results["notes"][name] = [*said, *results["notes"].get(name, [])]
     for name, why in features.absent.items():
         if name not in oofs and (only is None or name in only):
             results["notes"][name] = [why]
