@@ -6,6 +6,8 @@ orientation, resampling and cropping, the painted voxels and the mask's must be 
 
 from __future__ import annotations
 
+import dataclasses
+
 import nibabel as nib
 import numpy as np
 import pandas as pd
@@ -47,7 +49,7 @@ def marked_config(crop: str) -> DataConfig:
     return DataConfig(crop=crop, extra_hu_windows=(MARK_WINDOW,), target_spacing_zyx=(3.0, 2.5, 2.0), target_shape_zyx=(40, 56, 64))
 
 
-@pytest.mark.parametrize("crop", ["center", "foreground"])
+@pytest.mark.parametrize("crop", ["center", "foreground", "mask"])
 @pytest.mark.parametrize("name", ["chest_cta_pulmonary_crop.nii.gz", "abdomen_ct_small.nii.gz", "chest_ct_dicom_series"])
 def test_mask_stays_on_its_voxels_through_preprocessing(realdata, name, crop):
     volume = read_volume(realdata / name)  # LPS and RAS NIfTI, a DICOM series
@@ -58,8 +60,29 @@ def test_mask_stays_on_its_voxels_through_preprocessing(realdata, name, crop):
     seen = painted(image[1])
     assert 0 < int(mask.sum()) < mask.numel()
     assert dice(seen, mask) > 0.85
-    flipped = mask.flip(0)  # the patient's left-right: a mask that missed a flip would sit here
-    assert dice(seen, flipped) < 0.3
+    if crop != "mask":  # (the mask crop centres the ball, which a flip then leaves in place)
+        flipped = mask.flip(0)  # the patient's left-right: a mask that missed a flip would sit here
+        assert dice(seen, flipped) < 0.3
+
+
+def bbox_centre(mask: torch.Tensor) -> np.ndarray:
+    where = np.argwhere(mask.numpy())
+    return (where.min(0) + where.max(0)) / 2
+
+
+@pytest.mark.parametrize("name", ["chest_cta_pulmonary_crop.nii.gz", "chest_ct_dicom_series"])
+def test_mask_crop_centres_the_field_on_the_region_at_true_scale(realdata, name):
+    volume = read_volume(realdata / name)
+    region = ball(volume, (0.08, 0.5, 0.5), radius_mm=12.0)  # near one end of the first array axis
+    marked = Volume(np.where(region, MARK_HU, volume.array), volume.affine, volume.path)
+    centred, mask = Preprocessor(marked_config("mask")).with_mask(marked, region)
+    _, centre_crop_mask = Preprocessor(marked_config("center")).with_mask(marked, region)
+    assert dice(painted(centred[1]), mask) > 0.85
+    assert np.abs(bbox_centre(mask) - (np.asarray(mask.shape) - 1) / 2).max() <= 1.0  # the region in the middle
+    assert int(mask.sum()) >= int(centre_crop_mask.sum())  # nothing of it cut off that the centre crop kept
+    # the same region at the same scale: its extent in voxels is the same as in the centre crop, where it is whole
+    whole = Preprocessor(dataclasses.replace(marked_config("mask"), target_shape_zyx=(400, 400, 400))).with_mask(marked, region)[1]
+    assert abs(int(mask.sum()) - int(whole.sum())) <= 0.02 * int(whole.sum())
 
 
 def test_npz_scan_and_mask_are_read_as_the_ct_and_its_region(realdata, tmp_path):
@@ -225,3 +248,18 @@ def test_encoder_region_features_pool_inside_the_mask(tmp_path):
             else:
                 assert inside[i, 0] == pytest.approx(float(image[mask].mean()), rel=1e-5)
                 assert around[i, 0] != pytest.approx(inside[i, 0])
+
+
+def test_mask_crop_keys_the_volume_cache_by_its_mask(tmp_path):
+    cfg = small_cohort(tmp_path, with_column=True)
+    cohort = load_cohort(tmp_path / "cohort.csv", cfg)
+    path, spacing = cohort.volume_paths[0], cohort.spacing_zyx(0)
+    m0, m1 = tmp_path / "m0.nii.gz", tmp_path / "m1.nii.gz"
+    centre = Preprocessor(cfg)
+    assert centre.cache_file(path, spacing, None, m0) == centre.cache_file(path, spacing, None, m1)
+    by_mask = Preprocessor(dataclasses.replace(cfg, crop="mask"))
+    assert by_mask.cache_file(path, spacing, None, m0) != by_mask.cache_file(path, spacing, None, m1)
+    with volume_store(cohort, dataclasses.replace(cfg, crop="mask")) as store:
+        for i in range(2):  # each field centred on its own region
+            where = np.argwhere(store.mask(i).numpy())
+            assert np.abs((where.min(0) + where.max(0)) / 2 - (np.asarray(store.shape[2:]) - 1) / 2).max() <= 1.0

@@ -68,7 +68,9 @@ class DataConfig:
     # the windows whose images get blob channels: 0 is hu_window, 1.. the extra_hu_windows in order (e.g. [0, 2]:
     # lung window for nodules, bone window for calcified plaques); one channel per window and scale, window-major
     blob_windows: tuple[int, ...] = (0,)
-    crop: Literal["center", "foreground"] = "center"
+    # center: the field centred on the scan; foreground: on the body's bounding box; mask: on the study's mask (a tumour
+    # in a whole scan; studies without a mask are centred), at true scale in every case
+    crop: Literal["center", "foreground", "mask"] = "center"
     # on-disk cache of preprocessed volumes (one .npy per volume), reused by later runs; None: a temporary folder
     # removed at the end of the command (set it for big cohorts: the volumes are read from there, never stacked)
     cache_dir: str | None = None

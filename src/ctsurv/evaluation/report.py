@@ -56,9 +56,11 @@ LABELS = {  # method key -> (short display name, one-line description for the le
                                "ablation: the projector's inputs from the frozen encoder, no language model"),
     "encoder_region": ("Encoder, region-aware", ("the pretrained encoder's grid pooled over the whole volume, inside "
                                                  "the mask and in a 10 mm ring around it, same budget + clinical")),
+    "encoder_finetuned": ("Encoder, last block fine-tuned", ("the region-aware encoder with its last residual block tuned "
+                                                         "for survival on each training fold (early stopping on a fifth of it)")),
     "clinical_cox": ("Clinical Cox", "Cox proportional hazards on the clinical variables; the reference for ΔC"),
     "radiomics_cox": ("Radiomics + clinical Cox", ("Cox on the clinical variables and the masked region's shape and "
-                                                   "intensity features, ridge penalty chosen inside each training fold")),
+                                                   "intensity features; ridge penalty survival.l2, or chosen inside each training fold with survival.nested")),
     "oracle": ("Oracle (true risk)", "the true simulated risk score; synthetic data only, an upper bound"),
 }
 LEGEND = (

@@ -49,12 +49,14 @@ import SimpleITK as sitk
 import torch
 from monai.data import MetaTensor
 from monai.transforms import (
+    BorderPad,
     Compose,
     CropForeground,
     Orientation,
     ResizeWithPadOrCrop,
     ScaleIntensityRange,
     Spacing,
+    SpatialCrop,
 )
 from nibabel.orientations import io_orientation
 from scipy import ndimage
@@ -143,6 +145,8 @@ class Preprocessor:
             region = self.mask_geometry(MetaTensor(torch.from_numpy(mask.astype(np.float32))[None], affine=affine))
         if self.crop is not None:
             image, region = self.crop(image, region)
+        elif self.cfg.crop == "mask" and region is not None and bool((region >= 0.5).any()):
+            image, region = self.mask_crop(image, region)
         image = torch.cat([w(image) for w in self.windows]) if len(self.windows) > 1 else self.windows[0](image)
         out = self.resize(image)
         out = out.as_tensor() if isinstance(out, MetaTensor) else out  # plain tensor: no metadata to collate
@@ -159,6 +163,22 @@ class Preprocessor:
             region = self.resize(region)
             region = (region.as_tensor() if isinstance(region, MetaTensor) else region)[0] >= 0.5  # (X, Y, Z); padding: outside
         return out.contiguous(), region
+
+    def mask_crop(self, image: MetaTensor, region: MetaTensor) -> tuple[MetaTensor, MetaTensor]:
+        """``data.crop: mask``: the field (``target_shape_zyx``) centred on the region's bounding box, at true scale;
+        where it reaches past the scan, the padding that follows fills it with air."""
+        where = np.argwhere(region[0].numpy() >= 0.5)
+        centre = ((where.min(0) + where.max(0)) // 2).tolist()
+        size = np.asarray(self.shape_xyz)
+        start = np.asarray(centre) - size // 2
+        before = np.clip(-start, 0, None)  # the part of the field before the scan's first voxel
+        after = np.clip(start + size - np.asarray(image.shape[1:]), 0, None)
+        pad = [(0, 0), *zip(before.tolist(), after.tolist())]
+        air = min(lo for lo, _ in self.cfg.hu_windows) - 1.0  # below every window: 0 after windowing, like other padding
+        image = BorderPad(spatial_border=[v for pair in pad[1:] for v in pair], mode="constant", value=air)(image)
+        region = BorderPad(spatial_border=[v for pair in pad[1:] for v in pair], mode="constant", value=0.0)(region)
+        crop = SpatialCrop(roi_start=(start + before).tolist(), roi_end=(start + before + size).tolist())
+        return crop(image), crop(region)
 
     def load(
         self, path: str | Path, spacing_zyx: tuple[float, float, float] | None = None,
@@ -181,7 +201,7 @@ class Preprocessor:
         that overlaps the volume's) taken through the same steps: ((C, X, Y, Z) float32, (X, Y, Z) bool or None).
         The mask's cache entry (:meth:`mask_cache_file`) sits beside the volume's."""
         path = Path(path)
-        cache_file = self.cache_file(path, spacing_zyx, rescale)
+        cache_file = self.cache_file(path, spacing_zyx, rescale, mask)
         mask_file = None if mask is None or cache_file is None else self.mask_cache_file(cache_file, mask)
         cached = _read_entry(cache_file, (self.cfg.in_channels, *self.shape_xyz), np.float32)
         cached_mask = _read_entry(mask_file, self.shape_xyz, np.uint8)
@@ -207,9 +227,10 @@ class Preprocessor:
 
     def cache_file(
         self, path: str | Path, spacing_zyx: tuple[float, float, float] | None = None,
-        rescale: tuple[float, float] | None = None,
+        rescale: tuple[float, float] | None = None, mask: str | Path | None = None,
     ) -> Path | None:
-        """Where ``load`` keeps the result for ``path``; None when caching is off or the path is missing."""
+        """Where ``load`` keeps the result for ``path``; None when caching is off or the path is missing. With
+        ``data.crop: mask`` the study's ``mask`` places the field, so its fingerprint is part of the key."""
         if self.cfg.cache_dir is None:
             return None
         fingerprint = _fingerprint(Path(path))
@@ -221,6 +242,8 @@ class Preprocessor:
             "spacing_zyx": None if spacing_zyx is None else [float(s) for s in spacing_zyx],
             **({} if rescale is None else {"rescale": [float(v) for v in rescale]}),  # absent: keys cached before stay
             **({} if self.cfg.array_key is None else {"array_key": self.cfg.array_key}),
+            **({"mask": _fingerprint(Path(mask)), "mask_key": self.cfg.mask_key}
+               if self.cfg.crop == "mask" and mask is not None else {}),
             # empty channel lists and later fields at their defaults are left out, so entries cached before
             # such a field existed stay valid
             **{k: v for k, v in self.cfg.preprocessing().items() if v != () and _LATER_FIELD_DEFAULTS.get(k) != v},

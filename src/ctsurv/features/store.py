@@ -160,7 +160,7 @@ def volume_store(cohort: Cohort, data: DataConfig, progress: bool = False, worke
     try:
         pre = Preprocessor(data)
         jobs = [(Path(p), cohort.spacing_zyx(i), cohort.rescale(i), cohort.mask_path(i)) for i, p in enumerate(cohort.volume_paths)]
-        files = [_cache_file(pre, *job[:3]) for job in jobs]
+        files = [_cache_file(pre, *job) for job in jobs]
         mask_files = [None if job[3] is None else _mask_file(pre, file, job) for job, file in zip(jobs, files)]
         preprocess_missing(pre, jobs, files, workers or data.workers or default_workers(), progress)
     except BaseException:
@@ -216,9 +216,9 @@ def _load(pre: Preprocessor, job: Job) -> None:
                           "with `ctsurv inspect`, or remove it from the cohort table") from e
 
 
-def _cache_file(pre: Preprocessor, path: Path, spacing: Any, rescale: tuple[float, float] | None) -> Path:
+def _cache_file(pre: Preprocessor, path: Path, spacing: Any, rescale: tuple[float, float] | None, mask: Path | None) -> Path:
     """The cache entry of one volume; a missing or unreadable path fails here, with read_volume's message."""
-    file = pre.cache_file(path, spacing, rescale)
+    file = pre.cache_file(path, spacing, rescale, mask)
     if file is None:
         pre.load(path, spacing_zyx=spacing, rescale=rescale)  # raises read_volume's error, which says what is wrong with the path
         raise CtsurvError(f"{path}: cannot fingerprint this volume for the preprocessing cache; check that it is readable")
