@@ -140,7 +140,53 @@ def test_mask_on_another_grid_is_resampled_through_world_coordinates(tmp_path):
         mask_on_grid(read_mask(tmp_path / "far.nii.gz"), ct)
 
 
-def test_dicom_seg_is_refused_with_a_hint(tmp_path):
+def write_seg(series: Path, region_of, out: Path) -> None:
+    """A binary DICOM SEG (highdicom) of the real series ``series``: ``region_of(slices)`` gives the mask
+    (frames, rows, columns) in the order of the given slice datasets."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    slices = [pydicom.dcmread(f) for f in sorted(series.iterdir())]
+    for ds in slices:  # this anonymised series left SOPClassUID blank; its file meta still says CT Image Storage
+        ds.SOPClassUID = ds.SOPClassUID or ds.file_meta.MediaStorageSOPClassUID
+    description = hd.seg.SegmentDescription(
+        segment_number=1, segment_label="region", segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Neoplasm, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+    )
+    seg = hd.seg.Segmentation(
+        source_images=slices, pixel_array=region_of(slices), segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[description], series_instance_uid=hd.UID(), series_number=2, sop_instance_uid=hd.UID(),
+        instance_number=1, manufacturer="ctsurv", manufacturer_model_name="test", software_versions="0",
+        device_serial_number="0",
+    )
+    seg.save_as(out)
+
+
+def test_dicom_seg_is_read_on_its_ct_grid(realdata, tmp_path):
+    series = realdata / "chest_ct_dicom_series"
+    ct = read_volume(series)
+    region = ball(ct, (0.3, 0.6, 0.5), radius_mm=20.0)  # off centre in every axis
+
+    def region_of(slices):  # the ball, frame by frame: each slice's own position says which CT plane it is
+        index = np.stack(np.meshgrid(*(np.arange(n) for n in ct.shape), indexing="ij"), -1).reshape(-1, 3)
+        world = index @ ct.affine[:3, :3].T + ct.affine[:3, 3]  # RAS
+        frames = []
+        for ds in slices:
+            position = np.asarray(ds.ImagePositionPatient, float) * [-1, -1, 1]  # LPS -> RAS
+            on_plane = np.abs(world - position) @ np.abs(np.cross(*np.reshape(ds.ImageOrientationPatient, (2, 3)))) < 0.5
+            plane = region.reshape(-1)[on_plane].reshape(int(ds.Columns), int(ds.Rows)).T  # (rows, columns)
+            frames.append(plane)
+        return np.stack(frames).astype(np.uint8)
+
+    write_seg(series, region_of, tmp_path / "seg.dcm")
+    mask = read_mask(tmp_path / "seg.dcm")
+    on_grid = mask_on_grid(mask, ct)
+    assert on_grid.sum() == region.sum() > 0
+    np.testing.assert_array_equal(on_grid, region)
+    assert dice(torch.from_numpy(on_grid), torch.from_numpy(np.flip(region, 0).copy())) < 0.3  # a missed LPS flip shows
+
+
+def test_a_broken_dicom_seg_names_the_file(tmp_path):
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.66.4"  # Segmentation Storage
     meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
@@ -148,7 +194,7 @@ def test_dicom_seg_is_refused_with_a_hint(tmp_path):
     ds = pydicom.Dataset()
     ds.file_meta, ds.Modality = meta, "SEG"
     ds.save_as(tmp_path / "seg.dcm", enforce_file_format=True)
-    with pytest.raises(VolumeError, match="DICOM SEG.*convert it to NIfTI"):
+    with pytest.raises(VolumeError, match=r"seg.dcm cannot be read as a 3D DICOM SEG .*NIfTI"):
         read_mask(tmp_path / "seg.dcm")
 
 

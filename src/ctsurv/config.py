@@ -51,7 +51,7 @@ class DataConfig:
     # the array of an .npz that holds several (e.g. "scan" beside "mask"); None: the only one, else the first of
     # volume / scan / image / ct / arr_0
     array_key: str | None = None
-    # optional column: a region mask per study (tumour, organ; NIfTI, NRRD, MHA, DICOM, .npy/.npz), resampled and
+    # optional column: a region mask per study (tumour, organ; NIfTI, NRRD, MHA, DICOM, DICOM SEG, .npy/.npz), resampled and
     # cropped with its volume. Without the column, an .npz volume holding a mask array (below) brings its own
     mask_column: str = "mask"
     # the array of an .npz that is the mask; None: its only array, else the first of mask / seg / segmentation / label

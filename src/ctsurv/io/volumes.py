@@ -156,7 +156,7 @@ def read_mask(path: str | Path, spacing_zyx: tuple[float, float, float] | None =
     together, a probability map cut at 0.5. NumPy masks follow the volumes' (Z, Y, X) convention and take the
     same ``spacing_zyx``; an ``.npz`` gives its array ``array_key`` (``data.mask_key``), else its only array,
     else the first of :data:`MASK_KEYS`, so one ``.npz`` may hold both the scan and its mask. A DICOM SEG object
-    is refused with a hint (convert it to NIfTI first). A mask without a single voxel in its region (a failed or
+    (binary or fractional, every segment together) is read with highdicom on the grid its frames span. A mask without a single voxel in its region (a failed or
     missing segmentation, as planning exports hold) is read as it is: an empty region, which the features that
     use masks treat as a study without one (:func:`is_empty`).
     """
@@ -164,11 +164,9 @@ def read_mask(path: str | Path, spacing_zyx: tuple[float, float, float] | None =
     if not path.exists():
         raise VolumeError(f"mask {path} does not exist; check the mask path in the cohort table")
     if path.is_file() and _dicom_modality(path) == "SEG":
-        raise VolumeError(
-            f"{path} is a DICOM SEG object, which ctsurv does not read yet; convert it to NIfTI (e.g. dcmqi's "
-            "segimage2itkimage, or highdicom) and give that file in the mask column"
-        )
-    array, affine = _read_arrays(path, spacing_zyx, array_key, MASK_KEYS, "mask")  # the CT's readers and errors
+        array, affine = _read_dicom_seg(path)
+    else:
+        array, affine = _read_arrays(path, spacing_zyx, array_key, MASK_KEYS, "mask")  # the CT's readers and errors
     if array.ndim == 4 and array.shape[3] == 1:
         array = array[..., 0]
     if array.ndim != 3:
@@ -203,6 +201,26 @@ def mask_on_grid(mask: Volume, volume: Volume) -> np.ndarray:
             f"{np.round(volume.affine[:3, 3], 1).tolist()} mm); check that the mask belongs to this scan"
         )
     return out >= 0.5
+
+
+def _read_dicom_seg(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A DICOM SEG object (binary or fractional; every segment together) as (array, voxel -> RAS affine), read by
+    highdicom on the regular 3D grid its frames span."""
+    import highdicom as hd
+
+    try:
+        seg = hd.seg.segread(path)
+        volume = seg.get_volume(rescale_fractional=True)
+    except Exception as e:  # noqa: BLE001 - highdicom raises many kinds; the user needs the file and the reason
+        raise VolumeError(
+            f"{path} cannot be read as a 3D DICOM SEG ({type(e).__name__}: {e}); its frames must tile a regular 3D "
+            "grid: export the segmentation as NIfTI instead (e.g. dcmqi's segimage2itkimage) and give that file"
+        ) from None
+    array = np.asarray(volume.array, dtype=np.float32)  # (slices, rows, columns[, segments])
+    if array.ndim == 4:
+        array = array.max(axis=3)  # the region is every segment together
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0, 1.0])  # DICOM's patient coordinates are LPS
+    return array, lps_to_ras @ np.asarray(volume.affine, dtype=np.float64)
 
 
 def _dicom_modality(path: Path) -> str | None:
