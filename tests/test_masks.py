@@ -7,6 +7,7 @@ orientation, resampling and cropping, the painted voxels and the mask's must be 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
