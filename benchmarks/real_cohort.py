@@ -13,7 +13,8 @@ is reported for orientation only: 54 events are too few to choose by it.
 
 Default arms: ``merlin`` (configs/nsclc.yaml: the weights' own RAS, 3 x 1.5 x 1.5 mm, HU [-1000, 1000], a 96 mm field
 at true scale), ``lung_window`` (HU [-1000, 400], not what the weights saw), ``fine_1mm`` (1.5 x 1 x 1 mm,
-32 x 96 x 96: the tumour twice as many voxels wide, finer than the weights were trained at).
+32 x 96 x 96: the tumour twice as many voxels wide, finer than the weights were trained at), ``astra`` (the
+weights' release preset: the body's box resized to the field, HU [-1000, 200]).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ ARMS = {
     "merlin": [],
     "lung_window": ["data.hu_window=[-1000,400]"],
     "fine_1mm": ["data.target_spacing_zyx=[1.5,1.0,1.0]", "data.target_shape_zyx=[32,96,96]"],
+    "astra": ["data.crop=foreground", "data.resize_to_shape=true", "data.hu_window=[-1000,200]"],
 }
 
 
@@ -59,7 +61,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--cohort", type=Path, required=True)
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "nsclc.yaml")
-    parser.add_argument("--arm", action="append", default=[], help="NAME=override,override (default: merlin, lung_window, fine_1mm)")
+    parser.add_argument("--arm", action="append", default=[], help="NAME=override,override (default: all of ARMS)")
     parser.add_argument("--out", type=Path, default=HERE / "real_cohort_probe.md")
     args = parser.parse_args()
     arms = {a.split("=", 1)[0]: [o for o in a.split("=", 1)[1].split(",") if o] for a in args.arm} or ARMS

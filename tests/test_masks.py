@@ -47,10 +47,13 @@ def dice(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def marked_config(crop: str) -> DataConfig:
-    return DataConfig(crop=crop, extra_hu_windows=(MARK_WINDOW,), target_spacing_zyx=(3.0, 2.5, 2.0), target_shape_zyx=(40, 56, 64))
+    """``crop`` is a data.crop, or "resize": the foreground box resized to the shape (data.resize_to_shape)."""
+    resize = crop == "resize"
+    return DataConfig(crop="foreground" if resize else crop, resize_to_shape=resize, extra_hu_windows=(MARK_WINDOW,),
+                      target_spacing_zyx=(3.0, 2.5, 2.0), target_shape_zyx=(40, 56, 64))
 
 
-@pytest.mark.parametrize("crop", ["center", "foreground", "mask"])
+@pytest.mark.parametrize("crop", ["center", "foreground", "mask", "resize"])
 @pytest.mark.parametrize("name", ["chest_cta_pulmonary_crop.nii.gz", "abdomen_ct_small.nii.gz", "chest_ct_dicom_series"])
 def test_mask_stays_on_its_voxels_through_preprocessing(realdata, name, crop):
     volume = read_volume(realdata / name)  # LPS and RAS NIfTI, a DICOM series
@@ -61,6 +64,9 @@ def test_mask_stays_on_its_voxels_through_preprocessing(realdata, name, crop):
     seen = painted(image[1])
     assert 0 < int(mask.sum()) < mask.numel()
     assert dice(seen, mask) > 0.85
+    if crop == "resize":  # the body's box fills the field: body voxels on both faces of every axis
+        body = image[0] > 0.05
+        assert all(bool(body.select(axis, 0).any() and body.select(axis, -1).any()) for axis in range(3))
     if crop != "mask":  # (the mask crop centres the ball, which a flip then leaves in place)
         flipped = mask.flip(0)  # the patient's left-right: a mask that missed a flip would sit here
         assert dice(seen, flipped) < 0.3

@@ -29,6 +29,7 @@ T = TypeVar("T")
 
 PREPROCESSING_FIELDS = (
     "target_spacing_zyx", "target_shape_zyx", "hu_window", "extra_hu_windows", "blob_sigmas_mm", "blob_windows", "crop",
+    "resize_to_shape",
 )
 
 
@@ -71,6 +72,9 @@ class DataConfig:
     # center: the field centred on the scan; foreground: on the body's bounding box; mask: on the study's mask (a tumour
     # in a whole scan; studies without a mask are centred), at true scale in every case
     crop: Literal["center", "foreground", "mask"] = "center"
+    # true: after the crop, resize (trilinear; masks nearest) what is left to target_shape_zyx instead of padding or
+    # cropping it: Astra's "foreground box resized to 224 x 224 x 160" (a study's scale then follows its box)
+    resize_to_shape: bool = False
     # on-disk cache of preprocessed volumes (one .npy per volume), reused by later runs; None: a temporary folder
     # removed at the end of the command (set it for big cohorts: the volumes are read from there, never stacked)
     cache_dir: str | None = None

@@ -53,6 +53,7 @@ from monai.transforms import (
     Compose,
     CropForeground,
     Orientation,
+    Resize,
     ResizeWithPadOrCrop,
     ScaleIntensityRange,
     Spacing,
@@ -126,6 +127,10 @@ class Preprocessor:
         self.crop = BodyCrop(self.spacing_xyz) if cfg.crop == "foreground" else None
         self.windows = [ScaleIntensityRange(a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True) for lo, hi in cfg.hu_windows]
         self.resize = ResizeWithPadOrCrop(spatial_size=self.shape_xyz, mode="constant")  # pads with 0 = air after windowing
+        self.mask_resize = self.resize
+        if cfg.resize_to_shape:  # the cropped box stretched to the shape (Astra's preset)
+            self.resize = Resize(spatial_size=self.shape_xyz, mode="trilinear", anti_aliasing=True)
+            self.mask_resize = Resize(spatial_size=self.shape_xyz, mode="nearest-exact")  # torch "nearest" shifts half a voxel
 
     def __call__(self, volume: Volume) -> torch.Tensor:
         """Preprocess one volume: (C, X, Y, Z) float32 in [0, 1], axes growing towards R, A, S."""
@@ -160,7 +165,7 @@ class Preprocessor:
             ]
             out = torch.cat([out, torch.stack(blobs)])
         if region is not None:
-            region = self.resize(region)
+            region = self.mask_resize(region)
             region = (region.as_tensor() if isinstance(region, MetaTensor) else region)[0] >= 0.5  # (X, Y, Z); padding: outside
         return out.contiguous(), region
 
@@ -252,7 +257,7 @@ class Preprocessor:
         return Path(self.cfg.cache_dir) / f"{digest}.npy"
 
 
-_LATER_FIELD_DEFAULTS = {"blob_windows": (0,)}  # preprocessing fields added after the cache format
+_LATER_FIELD_DEFAULTS = {"blob_windows": (0,), "resize_to_shape": False}  # preprocessing fields added after the cache format
 
 
 def blobness(image: torch.Tensor, spacing_xyz: tuple[float, float, float], sigma_mm: float) -> torch.Tensor:

@@ -68,6 +68,7 @@ class EncoderPreprocess:
     hu_window: tuple[float, float]  # HU clipped to this window and mapped linearly to [0, 1]
     crop: Literal["center", "foreground"]
     note: str
+    resize_to_shape: bool = False  # the cropped box resized to the shape rather than padded or cropped
 
     def data_overrides(self) -> dict[str, object]:
         """The ``DataConfig`` fields this preset fixes (spacing only when the preset has one)."""
@@ -75,6 +76,7 @@ class EncoderPreprocess:
             "target_shape_zyx": self.target_shape_zyx,
             "hu_window": self.hu_window,
             "crop": self.crop,
+            "resize_to_shape": self.resize_to_shape,
         }
         if self.target_spacing_zyx is not None:
             out["target_spacing_zyx"] = self.target_spacing_zyx
@@ -102,8 +104,9 @@ ASTRA_PREPROCESS = EncoderPreprocess(
     crop="foreground",
     note="Astra chest preset: orient RAS, crop the body foreground, resize (interpolate) the box to "
     "224 x 224 x 160, HU [-1000, 200] -> [0, 1] clipped. The weights shipped here are Astra's. "
-    "ctsurv's Preprocessor pads/crops the box rather than resizing it, so this preset leaves the "
-    "spacing to the data config; Merlin's 1.5 x 1.5 x 3 mm fits a chest box in 224 x 224 x 160.",
+    "data.resize_to_shape does the resize; the data config's spacing is then only the resolution the "
+    "scan is resampled to before the crop.",
+    resize_to_shape=True,
 )
 
 
