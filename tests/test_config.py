@@ -37,7 +37,7 @@ def test_override_beats_file(tmp_path: Path) -> None:
     [
         ("data.target_shap=[1,2,3]", "did you mean 'target_shape_zyx'"),
         ("dta.crop=center", "did you mean 'data'"),
-        ("data.crop=middle", "must be one of ['center', 'foreground']"),
+        ("data.crop=middle", "must be one of ['center', 'foreground', 'mask']"),
         ("pretrain.vision.mixed_precision=no", "YAML reads an unquoted no/yes/off/on as a boolean: quote it"),
         ("data.target_shape_zyx=[32,48]", "must have 3 entries"),
         ("data.target_shape_zyx=[32,48,0]", "three positive integers"),
