@@ -16,6 +16,7 @@ from ctsurv.evaluation.metrics import harrell_c
 from ctsurv.io.cohort import load_cohort
 from ctsurv.training.survival import (
     BUDGET_SHARES,
+    COX_PENALTIES,
     HEAD_PENALTIES,
     FoldData,
     choose_head,
@@ -55,6 +56,7 @@ def test_choice_keeps_to_its_grid_and_never_sees_the_test_fold(tmp_path):
     assert choice.width in {max(1, round(share * 12)) for share in BUDGET_SHARES}
     pred = head_method(data, cfg, build, use_clinical=True, seed=0, kept=0)(train, test)
     assert np.isfinite(pred.risk).all() and pred.risk.shape == (20,)
+    assert pred.chosen == {"l2": choice.l2, "image_columns": choice.width}  # what results.json's "chosen" counts
     # other outcomes in the test fold change nothing: neither the inner search nor the fit saw them
     time, event = cohort.times.copy(), cohort.events.copy()
     time[test], event[test] = time[test][::-1] * 2.0, ~event[test]
@@ -100,3 +102,15 @@ def test_categorical_spellings_fold_into_one_level_in_every_fold(tmp_path, neste
     assert {level.casefold() for level in schema.levels[0]} == {"i", "ii", "iii"}  # "ii" and "II" are one level
     pred = clinical_cox(data, seed=0, nested=nested)(np.arange(60), np.arange(60, 80))
     assert np.isfinite(pred.risk).all()
+
+
+def test_cross_validation_counts_what_the_folds_chose(tmp_path):
+    from ctsurv.evaluation.crossval import cross_validate, make_folds
+
+    cohort, _, _ = cohort_with_image(tmp_path, n=90, seed=5)
+    data = FoldData(cohort, cohort.times, cohort.events)
+    folds = make_folds(cohort.times, cohort.events, n_splits=3, seed=0)
+    oof = cross_validate(folds, clinical_cox(data, seed=0, nested=True), cohort.times, cohort.events)
+    counts = oof.chosen()["penalizer"]
+    assert sum(counts.values()) == 3 and set(counts) <= {f"{p:g}" for p in COX_PENALTIES}
+    assert cross_validate(folds, clinical_cox(data), cohort.times, cohort.events).chosen() == {}

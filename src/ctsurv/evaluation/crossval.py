@@ -156,6 +156,7 @@ class FoldPrediction:
 
     risk: ArrayLike
     survival: Callable[[np.ndarray], np.ndarray] | None = None  # times (m,) -> (n_test, m) P(T > t)
+    chosen: dict[str, Any] | None = None  # what the fold chose on its training rows (a penalty, a budget, an epoch)
 
 
 FitPredict = Callable[[np.ndarray, np.ndarray], "np.ndarray | FoldPrediction"]
@@ -170,6 +171,15 @@ class OutOfFold:
     horizons: list[float]
     tau: float
     fold_metrics: list[dict[str, Any]] = field(default_factory=list)
+
+    def chosen(self) -> dict[str, dict[str, int]]:
+        """What the folds chose, counted: {"l2": {"0.2": 14, "1": 11}, ...} (empty when nothing was chosen)."""
+        counts: dict[str, dict[str, int]] = {}
+        for m in self.fold_metrics:
+            for key, value in m.get("chosen", {}).items():
+                text = f"{value:g}" if isinstance(value, float) else str(value)
+                counts.setdefault(key, {})[text] = counts.get(key, {}).get(text, 0) + 1
+        return counts
 
     def notes(self) -> list[str]:
         """Why a metric was not computed on a fold (for the results' notes)."""
@@ -279,6 +289,8 @@ def cross_validate(
                               "(lower the learning rate or standardise the clinical columns)")
         risk[fold.repeat, fold.test_idx] = r
         oof.fold_metrics.append(_score_fold(fold, pred, t, e, hz, tau, ibs_grid))
+        if pred.chosen:
+            oof.fold_metrics[-1]["chosen"] = dict(pred.chosen)
     if np.isnan(risk).any():
         raise ValueError("the folds do not give every row a test fold in every repeat; build them with make_folds")
     for note in oof.notes():

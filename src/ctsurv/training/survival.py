@@ -49,6 +49,7 @@ them. With it, each fold tunes its own copy on its training patients only.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -271,7 +272,12 @@ def head_method(
         if choice.width is not None:
             img_tr, img_te = img_tr[:, : choice.width], img_te[:, : choice.width]  # type: ignore[index]
         risk_tr, risk_te = _fit_head(data, cfg, img_tr, img_te, use_clinical, train, test, seed, risk_query, choice.l2)
-        return _prediction(data, train, risk_tr, risk_te)
+        pred = _prediction(data, train, risk_tr, risk_te)
+        if not s.nested:
+            return pred
+        width = choice.width if choice.width is not None or img_tr is None else img_tr.shape[1]
+        chosen = {"l2": choice.l2, **({} if width is None else {"image_columns": width})}
+        return dataclasses.replace(pred, chosen=chosen)
 
     return fit_predict
 
@@ -521,7 +527,8 @@ def clinical_cox(data: FoldData, penalizer: float = 0.01, seed: int = 0, nested:
         if nested:
             penalty = choose_cox_penalty(x_tr, data.time[train], data.event[train], data.groups[train], seed)
         beta = fit_cox(x_tr, data.time[train], data.event[train], penalty)
-        return _prediction(data, train, x_tr @ beta, data.clinical(test, schema).astype(np.float64) @ beta)
+        pred = _prediction(data, train, x_tr @ beta, data.clinical(test, schema).astype(np.float64) @ beta)
+        return dataclasses.replace(pred, chosen={"penalizer": penalty}) if nested else pred
 
     return fit_predict
 
@@ -547,7 +554,8 @@ def radiomics_cox(data: FoldData, radiomics: np.ndarray, seed: int, penalizer: f
         if penalty is None:
             penalty = choose_cox_penalty(x_tr, data.time[train], data.event[train], data.groups[train], seed)
         beta = fit_cox(x_tr, data.time[train], data.event[train], penalty)
-        return _prediction(data, train, x_tr @ beta, design(test) @ beta)
+        pred = _prediction(data, train, x_tr @ beta, design(test) @ beta)
+        return dataclasses.replace(pred, chosen={"penalizer": penalty}) if penalizer is None else pred
 
     return fit_predict
 
@@ -638,9 +646,10 @@ def finetuned_encoder_method(data: FoldData, cfg: ExperimentConfig, tuning: Bloc
 
     def fit_predict(train: np.ndarray, test: np.ndarray) -> FoldPrediction:
         clinical = data.clinical(train, data.schema(train))
-        pools, _ = tuned_pools(tuning, cfg, clinical, data.time, data.event, data.groups, train, budget, seed)
+        pools, epoch = tuned_pools(tuning, cfg, clinical, data.time, data.event, data.groups, train, budget, seed)
         blocks = tuple(pools[:, r].numpy() for r in range(pools.shape[1]))
-        return head_method(data, cfg, encoder_image(blocks, budget), use_clinical=True, seed=seed, kept=0)(train, test)
+        pred = head_method(data, cfg, encoder_image(blocks, budget), use_clinical=True, seed=seed, kept=0)(train, test)
+        return dataclasses.replace(pred, chosen={**(pred.chosen or {}), "tuned_epochs": epoch})
 
     return fit_predict
 

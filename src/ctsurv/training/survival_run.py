@@ -11,7 +11,8 @@ method in the same folds, write the results and figures, and fit the final model
 
 results.json: "methods" (see ``training.survival``), "ladder" (the methods of ``LADDER`` present, bottom rung
 first; each is compared with the rung below it), "cohort" (with "bootstrap": resamples, unit, p_floor),
-"notes" (per method: folds a metric skipped, or why a ladder rung is absent), "figures".
+"notes" (per method: folds a metric skipped, or why a ladder rung is absent), "chosen" (per method, what its folds
+chose on their training rows, counted: penalty, image columns, tuned epochs), "figures".
 """
 
 from __future__ import annotations
@@ -361,6 +362,8 @@ def evaluate(
         "ladder": ladder,
         "methods": compare_methods(time, event, oofs, n_boot=boot, seed=cfg.seed, groups=cohort.patient_ids, ladder=ladder),
         "notes": {name: oof.notes() for name, oof in oofs.items() if oof.notes()},
+        # what the folds chose on their training rows (survival.nested, survival.finetune: last_block), counted
+        "chosen": {name: oof.chosen() for name, oof in oofs.items() if oof.chosen()},
     }
     for name, said in features.notes.items():
         if name in oofs:
