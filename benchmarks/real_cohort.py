@@ -20,6 +20,7 @@ weights' release preset: the body's box resized to the field, HU [-1000, 200]).
 from __future__ import annotations
 
 import argparse
+import re
 import time
 from pathlib import Path
 
@@ -64,7 +65,8 @@ def main() -> None:
     parser.add_argument("--arm", action="append", default=[], help="NAME=override,override (default: all of ARMS)")
     parser.add_argument("--out", type=Path, default=HERE / "real_cohort_probe.md")
     args = parser.parse_args()
-    arms = {a.split("=", 1)[0]: [o for o in a.split("=", 1)[1].split(",") if o] for a in args.arm} or ARMS
+    split = lambda text: [o for o in re.split(r",(?![^\[]*\])", text) if o]  # commas outside [...]
+    arms = {a.split("=", 1)[0]: split(a.split("=", 1)[1]) for a in args.arm} or ARMS
     rows = []
     radiomics = None
     for name, overrides in arms.items():
