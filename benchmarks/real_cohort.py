@@ -11,10 +11,10 @@ predicts what the mask says of the tumour and the encoder was never told: its lo
 number, the Harrell's C of the same cross-validated ridge on log survival time among patients with an event,
 is reported for orientation only: 54 events are too few to choose by it.
 
-Default arms: ``merlin`` (configs/nsclc.yaml: the weights' own RAS, 3 x 1.5 x 1.5 mm, HU [-1000, 1000], a 96 mm field
-at true scale), ``lung_window`` (HU [-1000, 400], not what the weights saw), ``fine_1mm`` (1.5 x 1 x 1 mm,
-32 x 96 x 96: the tumour twice as many voxels wide, finer than the weights were trained at), ``astra`` (the
-weights' release preset: the body's box resized to the field, HU [-1000, 200]).
+Default arms: ``merlin`` (the weights' own RAS, 3 x 1.5 x 1.5 mm, HU [-1000, 1000], a 96 mm field at true
+scale), ``lung_window`` (HU [-1000, 400], not what the weights saw), ``fine_1mm`` (1.5 x 1 x 1 mm, 32 x 96 x 96,
+configs/nsclc.yaml's grid: the tumour 1.5 times as many voxels wide, finer than the weights were trained at),
+``astra`` (the weights' release preset: the body's box resized to the field, HU [-1000, 200]).
 """
 
 from __future__ import annotations
@@ -41,11 +41,12 @@ from ctsurv.training.survival import encoder_region_features
 
 HERE = Path(__file__).parent
 ROOT = HERE.resolve().parent  # the repository root
-ARMS = {
-    "merlin": [],
-    "lung_window": ["data.hu_window=[-1000,400]"],
+MERLIN_GRID = ["data.target_spacing_zyx=[3.0,1.5,1.5]", "data.target_shape_zyx=[32,64,64]"]
+ARMS = {  # overrides of configs/nsclc.yaml
+    "merlin": MERLIN_GRID,
+    "lung_window": [*MERLIN_GRID, "data.hu_window=[-1000,400]"],
     "fine_1mm": ["data.target_spacing_zyx=[1.5,1.0,1.0]", "data.target_shape_zyx=[32,96,96]"],
-    "astra": ["data.crop=foreground", "data.resize_to_shape=true", "data.hu_window=[-1000,200]"],
+    "astra": [*MERLIN_GRID, "data.crop=foreground", "data.resize_to_shape=true", "data.hu_window=[-1000,200]"],
 }
 
 
