@@ -712,3 +712,23 @@ def test_survival_preprocesses_as_the_pretrained_model_did(tmp_path: Path) -> No
     volume = tmp_path / "v.npy"
     np.save(volume, np.zeros((4, 4, 4)))
     assert Preprocessor(merged.data).cache_file(volume) == Preprocessor(model.data).cache_file(volume)
+
+
+def test_nested_final_model_keeps_its_choice_and_predict_reads_it(prepared: tuple, cohorts: Cohorts, tmp_path: Path) -> None:
+    """survival.nested: the final model chooses its penalty and components on the whole cohort as each fold does;
+    model.json keeps them, and predict gives back its training risks from the scans."""
+    from ctsurv.training.survival import HEAD_PENALTIES
+
+    cfg, cohort, features = prepared
+    cfg = dataclasses.replace(cfg, survival=dataclasses.replace(cfg.survival, nested=True))
+    run = evaluate(cfg, cohort, features, tmp_path / "nested", folds=3, progress=False, only={"model", "clinical_cox"})
+    assert set(run.results["chosen"]) == {"model", "clinical_cox"}
+    assert sum(run.results["chosen"]["model"]["l2"].values()) == 3
+    meta = json.loads((run.model_dir / "model.json").read_text())
+    assert meta["l2"] in HEAD_PENALTIES
+    kept = 0 if meta["pca"] is None else len(meta["pca"]["components"])
+    assert kept <= cfg.survival.hidden_components and meta["head"]["image_dim"] == len(PRESENCE_QUESTIONS) + kept
+    result = cli("predict", run.out_dir, cohorts.cohort, "--out", tmp_path / "predict")
+    assert result.exit_code == 0, result.output
+    risk = read_table(tmp_path / "predict" / "predictions.csv")["risk"].to_numpy()
+    np.testing.assert_allclose(np.sort(risk), meta["training_risk"], rtol=0, atol=1e-9)

@@ -32,8 +32,9 @@ encoder_finetuned        with ``--encoder i3resnet152`` and ``survival.finetune:
                          residual block tuned per training fold (:mod:`ctsurv.training.encoder_finetune`)
 clinical_cox             Cox model on the clinical columns alone (lifelines)
 radiomics_cox            Cox model on the clinical columns and the masked region's shape and intensity
-                         features (:mod:`ctsurv.features.radiomics`), ridge penalty chosen by inner
-                         cross-validation on the training fold. Absent when no study has a mask
+                         features (:mod:`ctsurv.features.radiomics`), ridge penalty ``survival.l2``, or
+                         with ``survival.nested`` chosen by inner cross-validation on the training fold (as
+                         every method's is then). Absent when no study has a mask
 oracle                   the true log-hazard from ``truth.csv`` (synthetic cohorts only; no fitting)
 =======================  ==================================================================
 

@@ -51,8 +51,10 @@ from ctsurv.training.survival import (
     LADDER,
     FoldData,
     ImageFeatures,
+    answer_image,
     answer_matrix,
     at_horizon,
+    choose_head,
     encoder_region_features,
     findings_probabilities,
     fit_answer_pca,
@@ -429,13 +431,19 @@ def fit_final_model(
         )
         checkpoint = save_checkpoint(out / "vlm", vlm, model_cfg, stage="survival")
         answers = vlm_features(vlm, tuning.grids, kind="features", cells=tuning.cells)
-    pca = fit_answer_pca(answers, everyone, cfg.survival.hidden_components)
+    components, l2 = cfg.survival.hidden_components, cfg.survival.l2
+    if cfg.survival.nested:  # the penalty and the components chosen as in each fold, here on the whole cohort
+        q, widest = len(PRESENCE_QUESTIONS), fit_answer_pca(answers, everyone, components)
+        budget = 0 if widest is None else int(widest.n_components_)
+        choice = choose_head(data, cfg, answer_image(answers, components), True, cfg.seed, everyone, kept=q, budget=budget)
+        l2, components = choice.l2, components if choice.width is None else choice.width - q
+    pca = fit_answer_pca(answers, everyone, components)
     image = torch.as_tensor(answer_matrix(answers, everyone, pca), dtype=torch.float32)
     clinical = torch.as_tensor(schema.transform(data.cohort.clinical()))
     head = SurvivalHead(image_dim=image.shape[1], n_clinical=clinical.shape[1], kind=cfg.survival.head)
     fit_survival_head(
         head, image, clinical, torch.as_tensor(data.time), torch.as_tensor(data.event),
-        epochs=cfg.survival.epochs, lr=cfg.survival.lr, seed=cfg.seed, l2=cfg.survival.l2,
+        epochs=cfg.survival.epochs, lr=cfg.survival.lr, seed=cfg.seed, l2=l2,
     )
     risk = head.predict_risk(image, clinical).numpy()
     out.mkdir(parents=True, exist_ok=True)
@@ -450,6 +458,7 @@ def fit_final_model(
         "training_risk": sorted(float(r) for r in risk),
         "presence_labels": PRESENCE_LABELS,
         "horizon_times": choose_horizons(data.time, data.event),
+        "l2": l2,
     }
     (out / "model.json").write_text(json.dumps(meta))
     save_config(cfg, out / "config.yaml")
