@@ -109,7 +109,7 @@ def test_blob_windows_give_one_channel_per_window_and_scale() -> None:
 
 
 def test_the_default_blob_window_keeps_older_cache_keys(tmp_path: Path) -> None:
-    """Entries cached before data.blob_windows existed (always the lung window) keep their key."""
+    """Entries cached before data.blob_windows (always the lung window) and data.resize_to_shape existed keep their key."""
     path = tmp_path / "v.npy"
     np.save(path, np.zeros((8, 8, 8), dtype=np.float32))
     cfg = config(cache_dir=str(tmp_path), blob_sigmas_mm=(4.0,))
@@ -117,7 +117,7 @@ def test_the_default_blob_window_keeps_older_cache_keys(tmp_path: Path) -> None:
     assert key is not None and cfg.preprocessing()["blob_windows"] == (0,)
     other = Preprocessor(DataConfig(**{**cfg.__dict__, "extra_hu_windows": ((-200.0, 1300.0),), "blob_windows": (0, 1)}))
     assert other.cache_file(path, (1.0, 1.0, 1.0)) != key
-    no_field = {k: v for k, v in cfg.preprocessing().items() if k != "blob_windows"}
+    no_field = {k: v for k, v in cfg.preprocessing().items() if k not in ("blob_windows", "resize_to_shape")}  # later fields
     fingerprint = transforms._fingerprint(path)
     digest = hashlib.sha256(json.dumps({"version": transforms.CACHE_VERSION, "file": fingerprint, "spacing_zyx": [1.0, 1.0, 1.0],
                                         **{k: v for k, v in no_field.items() if v != ()}}, sort_keys=True).encode()).hexdigest()
