@@ -58,7 +58,7 @@ def test_lora_mode_adds_the_adapters(tmp_path: Path) -> None:
 
 def test_finetuning_changes_the_projector_alone_and_is_deterministic() -> None:
     cfg = tiny_config("survival.finetune=projector", "survival.finetune_epochs=2", "survival.finetune_batch_size=6",
-                      "survival.finetune_lr=0.01")
+                      "survival.finetune_lr=0.01", "survival.finetune_validation=0")
     models = [build(cfg) for _ in range(3)]
     before = {n: t.clone() for n, t in models[0].state_dict().items()}
     data = training_set(models[0])
@@ -98,3 +98,29 @@ def test_a_findings_head_that_reads_cells_gets_them_in_tuning() -> None:
     finetune_vlm(vlm, **data, cfg=cfg, seed=0, cells=cells)
     for name, tensor in vlm.projector.findings.state_dict().items():
         assert torch.equal(tensor, head[name]), name
+
+
+def test_early_stopping_keeps_the_untuned_weights_when_tuning_only_hurts() -> None:
+    """survival.finetune_validation: a learning rate that wrecks the projector is caught by the held-out patients
+    and the untuned weights come back; without validation the wrecked ones stay."""
+    wreck = ["survival.finetune=projector", "survival.finetune_epochs=2", "survival.finetune_batch_size=6",
+             "survival.finetune_lr=50.0"]
+    kept, wrecked = (tiny_config(*wreck, f"survival.finetune_validation={v}") for v in (0.25, 0))
+    vlm = build(kept)
+    data = training_set(vlm, n=24)
+    before = {n: t.clone() for n, t in vlm.state_dict().items()}
+    finetune_vlm(vlm, **data, cfg=kept, seed=0)
+    assert all(torch.equal(before[n], t) for n, t in vlm.state_dict().items())
+    finetune_vlm(vlm, **data, cfg=wrecked, seed=0)
+    assert any(not torch.equal(before[n], t) for n, t in vlm.state_dict().items())
+
+
+def test_validation_split_holds_out_a_share_by_event() -> None:
+    from ctsurv.training.survival_finetune import validation_split
+
+    rng = np.random.default_rng(0)
+    time, event = rng.exponential(100, 50) + 1, rng.random(50) < 0.5
+    fit, val = validation_split(time, event, 0.2, seed=0)
+    assert sorted([*fit, *val]) == list(range(50)) and 8 <= len(val) <= 12 and event[val].any()
+    assert validation_split(time, event, 0.0, seed=0)[1] is None
+    assert validation_split(time, np.zeros(50, bool), 0.2, seed=0)[1] is None  # no events: nothing to stop on

@@ -499,7 +499,7 @@ def test_finetuned_run_tunes_per_fold_saves_the_tuned_model_and_predict_reads_it
 
     out = tmp_path / "tuned"
     tuning = ["survival.finetune=projector", "survival.finetune_epochs=1", "survival.finetune_batch_size=10",
-              "survival.finetune_lr=0.01"]
+              "survival.finetune_lr=0.01", "survival.finetune_validation=0"]
     result = cli("survival", "--config", CONFIG, "--cohort", cohorts.cohort, "--out", out, "--pretrained", pretrained,
                  "--folds", 3, *SURVIVAL, *tuning)
     assert result.exit_code == 0, result.output

@@ -287,6 +287,9 @@ class SurvivalConfig:
     finetune_epochs: int = 2
     finetune_lr: float = 1e-4
     finetune_batch_size: int = 32
+    # the share of a training fold's patients held out to stop fine-tuning early (the weights of the epoch with the
+    # lowest validation Cox loss are kept, the untuned ones included); 0: tune on all of it for finetune_epochs
+    finetune_validation: float = 0.2
     answer_loss_weight: float = 1.0  # joint LM loss: the yes/no answers the frozen model gave, so it keeps answering
 
     def __post_init__(self) -> None:
@@ -297,6 +300,8 @@ class SurvivalConfig:
                 "survival.finetune_epochs must be >= 1, finetune_batch_size >= 2 (a Cox loss compares patients), "
                 "finetune_lr > 0 and answer_loss_weight >= 0"
             )
+        if not 0 <= self.finetune_validation < 0.5:
+            raise ConfigError(f"survival.finetune_validation must be in [0, 0.5), got {self.finetune_validation}")
         if self.bootstrap < 100:
             raise ConfigError(f"survival.bootstrap must be at least 100 resamples, got {self.bootstrap}")
 

@@ -4,8 +4,9 @@ residual block tuned with the Cox loss on each training fold, the ``encoder_fine
 Everything before the last block stays frozen, so what that block receives from every study is computed once
 (:func:`block_inputs`, with the frozen grid) and each fold tunes a fresh copy of the block on cached inputs:
 
-1. the training fold is split once more (:data:`VALIDATION_FOLDS`: one part of that many, by patient,
-   stratified by event) into a fitting part and a validation part for early stopping;
+1. the training fold is split once more (``survival.finetune_validation`` of its patients held out, stratified by
+   event; :func:`~ctsurv.training.survival_finetune.validation_split`) into a fitting part and a validation part
+   for early stopping; without one (share 0, or too few events) the pretrained block is kept;
 2. a linear Cox head reads the principal components of the frozen block's pools (whole volume, and inside /
    around the mask where studies have one; :class:`~ctsurv.training.survival.BlockPCA` fitted on the fitting
    part) plus the clinical data; it is first fitted with the block frozen, as ``encoder_region`` is;
@@ -29,14 +30,12 @@ import torch
 from torch import nn
 
 from ctsurv.config import ExperimentConfig
-from ctsurv.errors import CtsurvError
-from ctsurv.evaluation.crossval import make_folds
 from ctsurv.features.extract import RowBuffer
 from ctsurv.models.survival import SurvivalHead, cox_loss, fit_survival_head
+from ctsurv.training.survival_finetune import validation_split
 
 MAX_EPOCHS = 15
 PATIENCE = 3
-VALIDATION_FOLDS = 5  # one fifth of a training fold validates
 
 
 @dataclass(frozen=True)
@@ -93,13 +92,12 @@ def tuned_pools(
     from ctsurv.training.survival import BlockPCA  # that module builds this rung
 
     s = cfg.survival
-    try:
-        split = make_folds(time[train], event[train], groups=groups[train], n_splits=VALIDATION_FOLDS, seed=seed)[0]
-    except CtsurvError:  # too few events to validate: the pretrained block
+    fit_idx, val_idx = validation_split(time[train], event[train], s.finetune_validation, seed, groups[train])
+    if val_idx is None:  # nothing to stop the tuning on: the pretrained block
         return tuning.pools(tuning.block), 0
-    fit, val = train[split.train_idx], train[split.test_idx]
+    fit, val = train[fit_idx], train[val_idx]
     clin = torch.as_tensor(clinical, dtype=torch.float32)
-    clin_fit, clin_val = clin[split.train_idx], clin[split.test_idx]
+    clin_fit, clin_val = clin[fit_idx], clin[val_idx]
     block = copy.deepcopy(tuning.block).float().eval()  # eval: BatchNorm keeps the pretrained statistics
     frozen = tuning.pools(block, fit)  # (n_fit, R, Dv)
     blocks = tuple(frozen[:, r].double().numpy() for r in range(frozen.shape[1]))
