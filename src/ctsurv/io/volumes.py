@@ -156,9 +156,9 @@ def read_mask(path: str | Path, spacing_zyx: tuple[float, float, float] | None =
     together, a probability map cut at 0.5. NumPy masks follow the volumes' (Z, Y, X) convention and take the
     same ``spacing_zyx``; an ``.npz`` gives its array ``array_key`` (``data.mask_key``), else its only array,
     else the first of :data:`MASK_KEYS`, so one ``.npz`` may hold both the scan and its mask. A DICOM SEG object
-    (binary or fractional, every segment together) is read with highdicom on the grid its frames span. A mask without a single voxel in its region (a failed or
-    missing segmentation, as planning exports hold) is read as it is: an empty region, which the features that
-    use masks treat as a study without one (:func:`is_empty`).
+    (binary or fractional, every segment together) is read with highdicom on the grid its frames span. A mask
+    without a single voxel in its region (a failed or missing segmentation, as planning exports hold) is read as
+    it is: an empty region, which the features that use masks treat as a study without one (:func:`is_empty`).
     """
     path = Path(path)
     if not path.exists():
