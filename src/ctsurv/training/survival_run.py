@@ -264,7 +264,7 @@ def with_radiomics(features: Features, cohort: Cohort, progress: bool = False) -
     if empty:
         note = (f"{len(empty)} studies have an empty mask (e.g. {', '.join(empty[:5])}): they read as studies without "
                 "one (radiomics imputed from the training fold, region pools equal to the whole-volume pool)")
-        for name in ("radiomics_cox", "encoder_region"):
+        for name in ("radiomics_cox", "encoder_region", "encoder_finetuned"):
             notes[name] = [*notes.get(name, []), note]
     return dataclasses.replace(features, radiomics=radiomics, sources=sources, notes=notes)
 
