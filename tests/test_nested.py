@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from lifelines import CoxPHFitter
+from tiny_setups import survival_table
 
 from ctsurv.config import DataConfig, ExperimentConfig
 from ctsurv.evaluation.metrics import harrell_c
-from ctsurv.io.cohort import load_cohort
 from ctsurv.training.survival import (
     BUDGET_SHARES,
     COX_PENALTIES,
@@ -31,16 +31,8 @@ def cohort_with_image(tmp_path, n: int = 90, seed: int = 0):
     """A cohort (no volumes read) with one clinical column and 40 image columns, one of which carries the risk."""
     rng = np.random.default_rng(seed)
     image = rng.normal(size=(n, 40))
-    age = rng.normal(size=n)
-    hazard = np.exp(1.0 * image[:, 3] + 0.3 * age)
-    time = rng.exponential(1 / hazard) * 100 + 1
-    censor = rng.uniform(50, 400, n)
-    frame = pd.DataFrame({"id": [f"s{i}" for i in range(n)], "volume": "x.nii.gz", "age": age,
-                          "stage": rng.choice(["I", "ii", "II", "III"], n),
-                          "time": np.minimum(time, censor), "event": (time <= censor).astype(int)})
-    frame.to_csv(tmp_path / "cohort.csv", index=False)
     data_cfg = DataConfig(numeric_columns=("age",), categorical_columns=("stage",))
-    cohort = load_cohort(tmp_path / "cohort.csv", data_cfg, require_outcomes=True, check_files=False)
+    cohort = survival_table(tmp_path, rng, image[:, 3], 1.0, data_cfg, stage=lambda rng, n: rng.choice(["I", "ii", "II", "III"], n))
     cfg = ExperimentConfig(data=data_cfg)
     cfg = dataclasses.replace(cfg, survival=dataclasses.replace(cfg.survival, nested=True, epochs=150))
     return cohort, image, cfg

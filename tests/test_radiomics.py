@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
+from tiny_setups import survival_table
 
 from ctsurv.config import DataConfig
 from ctsurv.features.radiomics import RADIOMICS_FEATURES, cohort_radiomics, region_features
@@ -70,14 +71,7 @@ def survival_frame(tmp_path, n: int = 120, seed: int = 0):
     """A cohort table (no volumes read) with one clinical column, and radiomics of which column 0 carries the risk."""
     rng = np.random.default_rng(seed)
     radiomics = rng.normal(size=(n, 6))
-    age = rng.normal(size=n)
-    hazard = np.exp(1.2 * radiomics[:, 0] + 0.3 * age)
-    time = rng.exponential(1 / hazard) * 100 + 1
-    censor = rng.uniform(50, 400, n)
-    frame = pd.DataFrame({"id": [f"s{i}" for i in range(n)], "volume": "x.nii.gz", "age": age,
-                          "time": np.minimum(time, censor), "event": (time <= censor).astype(int)})
-    frame.to_csv(tmp_path / "cohort.csv", index=False)
-    cohort = load_cohort(tmp_path / "cohort.csv", DataConfig(numeric_columns=("age",)), require_outcomes=True, check_files=False)
+    cohort = survival_table(tmp_path, rng, radiomics[:, 0], 1.2, DataConfig(numeric_columns=("age",)))
     return cohort, radiomics
 
 

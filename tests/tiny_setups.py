@@ -1,4 +1,5 @@
-"""Tiny model setups shared by test_stages, test_checkpoint and test_pretrain_cli (not a test module).
+"""Tiny model setups shared by test_stages, test_checkpoint and test_pretrain_cli, and small survival tables for
+test_radiomics and test_nested (not a test module).
 
 A setup is a list of config overrides on top of ``TINY``: (a) scratch ViT + tiny LM, (b) scratch ViT +
 a local Hugging Face LM with LoRA, (c) the same local LM without LoRA, (d) the pretrained I3ResNet-152.
@@ -8,15 +9,18 @@ The local LM is a tiny LLaMA saved with ``save_pretrained`` (the route a real Mi
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from typer.testing import CliRunner, Result
 
 from ctsurv.cli import app
-from ctsurv.config import ExperimentConfig, load_config
+from ctsurv.config import DataConfig, ExperimentConfig, load_config
+from ctsurv.io.cohort import Cohort, load_cohort
 from ctsurv.models.vlm import CTVLM, build_vlm
 from ctsurv.text.answers import instruction_pairs
 from ctsurv.training.datasets import align_pairs, study_collate
@@ -133,3 +137,21 @@ def assert_user_error(result: Result, *fragments: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+def survival_table(
+    folder: Path, rng: np.random.Generator, signal: np.ndarray, weight: float, data: DataConfig,
+    **columns: Callable[[np.random.Generator, int], np.ndarray],
+) -> Cohort:
+    """A cohort table (no volumes read) written to ``folder / "cohort.csv"``: an ``age`` column and, drawn after the
+    outcomes, the other ``columns``; proportional-hazards survival with log-hazard ``weight * signal + 0.3 * age``,
+    censored uniformly between 50 and 400."""
+    n = len(signal)
+    age = rng.normal(size=n)
+    time = rng.exponential(1 / np.exp(weight * signal + 0.3 * age)) * 100 + 1
+    censor = rng.uniform(50, 400, n)
+    frame = pd.DataFrame({"id": [f"s{i}" for i in range(n)], "volume": "x.nii.gz", "age": age,
+                          **{name: draw(rng, n) for name, draw in columns.items()},
+                          "time": np.minimum(time, censor), "event": (time <= censor).astype(int)})
+    frame.to_csv(folder / "cohort.csv", index=False)
+    return load_cohort(folder / "cohort.csv", data, require_outcomes=True, check_files=False)

@@ -188,9 +188,12 @@ def region_weights(mask: torch.Tensor, spacing_xyz: tuple[float, float, float], 
 
 def region_pool(grid: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """A (Dv, gx, gy, gz) grid averaged over each region of ``weights`` (R, gx, gy, gz), cells weighted by
-    how much of them the region covers: (R, Dv). A region that covers no cell (a ring around a region that
-    fills the field) gets the grid's plain mean."""
-    w = weights.flatten(1).to(grid.dtype)  # (R, cells)
-    total = w.sum(1, keepdim=True)
-    w = torch.where(total > 0, w / total.clamp_min(1e-12), torch.full_like(w, 1.0 / w.shape[1]))
-    return w @ grid.flatten(1).T
+    how much of them the region covers: (R, Dv) (:func:`pooling_weights`)."""
+    return pooling_weights(weights.flatten(1).to(grid.dtype)) @ grid.flatten(1).T
+
+
+def pooling_weights(weights: torch.Tensor) -> torch.Tensor:
+    """Region weights (R, cells) normalised to sum to 1 per region; a region that covers no cell (a ring around a
+    region that fills the field) averages every cell alike, the grid's plain mean."""
+    total = weights.sum(1, keepdim=True)
+    return torch.where(total > 0, weights / total.clamp_min(1e-12), torch.full_like(weights, 1.0 / weights.shape[1]))

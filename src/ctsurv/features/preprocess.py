@@ -178,10 +178,10 @@ class Preprocessor:
         start = np.asarray(centre) - size // 2
         before = np.clip(-start, 0, None)  # the part of the field before the scan's first voxel
         after = np.clip(start + size - np.asarray(image.shape[1:]), 0, None)
-        pad = [(0, 0), *zip(before.tolist(), after.tolist())]
+        border = [v for pair in zip(before.tolist(), after.tolist()) for v in pair]  # x before, x after, y ...
         air = min(lo for lo, _ in self.cfg.hu_windows) - 1.0  # below every window: 0 after windowing, like other padding
-        image = BorderPad(spatial_border=[v for pair in pad[1:] for v in pair], mode="constant", value=air)(image)
-        region = BorderPad(spatial_border=[v for pair in pad[1:] for v in pair], mode="constant", value=0.0)(region)
+        image = BorderPad(spatial_border=border, mode="constant", value=air)(image)
+        region = BorderPad(spatial_border=border, mode="constant", value=0.0)(region)
         crop = SpatialCrop(roi_start=(start + before).tolist(), roi_end=(start + before + size).tolist())
         return crop(image), crop(region)
 

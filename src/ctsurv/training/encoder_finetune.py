@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ctsurv.config import ExperimentConfig
-from ctsurv.features.extract import RowBuffer
+from ctsurv.features.extract import RowBuffer, pooling_weights
 from ctsurv.models.survival import SurvivalHead, cox_loss, fit_survival_head
 from ctsurv.training.survival_finetune import validation_split
 
@@ -73,10 +73,8 @@ def region_weight_rows(weights: list[torch.Tensor | None], cells: int) -> torch.
     regions = 1 + (2 if any(w is not None for w in weights) else 0)
     out = torch.full((len(weights), regions, cells), 1.0 / cells)
     for i, w in enumerate(weights):
-        if w is None or regions == 1:
-            continue
-        total = w.sum(1, keepdim=True)
-        out[i, 1:] = torch.where(total > 0, w / total.clamp_min(1e-12), out[i, 1:])
+        if w is not None and regions > 1:
+            out[i, 1:] = pooling_weights(w.float())
     return out
 
 

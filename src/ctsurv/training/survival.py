@@ -157,26 +157,16 @@ def projector_input_blocks(projector: Projector, grids: torch.Tensor, cells: tor
 
 
 @torch.no_grad()
-def encoder_features(encoder: torch.nn.Module, volumes: Volumes, batch_size: int = 16) -> np.ndarray:
-    """Mean-pooled vision features (N, Dv) of a pretrained encoder used without instruction tuning, read
-    ``batch_size`` volumes at a time."""
-    encoder.eval()
-    out = RowBuffer(len(volumes))
-    for i in range(0, len(volumes), batch_size):
-        out.put(i, encoder.features(volumes[i : i + batch_size].float()).mean(dim=(2, 3, 4)))
-    return out.numpy()
-
-
-@torch.no_grad()
 def encoder_region_features(
     encoder: torch.nn.Module, volumes: VolumeStore, spacing_xyz: tuple[float, float, float], batch_size: int = 16,
-    masks: bool = True, block_inputs: RowBuffer | None = None,
+    masks: bool = True, block_inputs: RowBuffer | None = None, weights: list[torch.Tensor | None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A pretrained encoder's grid pooled three ways, three (N, Dv) blocks: over the whole volume (as
-    :func:`encoder_features`), inside the study's mask, and in the ring of ``RING_MM`` around it
+    """A pretrained encoder's grid pooled three ways, three (N, Dv) blocks: over the whole volume (its mean),
+    inside the study's mask, and in the ring of ``RING_MM`` around it
     (:func:`~ctsurv.features.extract.region_weights`). A study without a mask (or every study, with ``masks``
     false) gets its whole-volume pool in all three. With ``block_inputs`` (an I3ResNet-152) what its last block
-    receives from each study is kept there too, from the same pass."""
+    receives from each study is kept there too, from the same pass; with ``weights`` each study's region
+    weights ((2, cells), None without a mask) are appended to that list, for tuning the block later."""
     encoder.eval()
     out = RowBuffer(len(volumes))  # (N, 3, Dv)
     for start in range(0, len(volumes), batch_size):
@@ -191,11 +181,13 @@ def encoder_region_features(
         for j, grid in enumerate(grids):
             whole = grid.flatten(1).mean(1)
             mask = volumes.mask(start + j) if masks else None
-            if mask is None:
+            regions = None if mask is None else region_weights(mask, spacing_xyz, tuple(grid.shape[1:]))
+            if weights is not None:
+                weights.append(None if regions is None else regions.flatten(1))
+            if regions is None:
                 rows.append(whole.expand(3, -1))
             else:
-                pools = region_pool(grid, region_weights(mask, spacing_xyz, tuple(grid.shape[1:])))
-                rows.append(torch.cat([whole[None], pools]))
+                rows.append(torch.cat([whole[None], region_pool(grid, regions)]))
         out.put(start, torch.stack(rows))
     pooled = out.numpy()
     return pooled[:, 0], pooled[:, 1], pooled[:, 2]

@@ -36,7 +36,7 @@ from ctsurv.evaluation import figures, report
 from ctsurv.evaluation.crossval import Fold, OutOfFold, compare_methods, cross_validate, make_folds
 from ctsurv.evaluation.metrics import choose_horizons, p_floor
 from ctsurv.features import Volumes, cells_all, encode_all, volume_store
-from ctsurv.features.extract import RowBuffer, region_weights
+from ctsurv.features.extract import RowBuffer
 from ctsurv.features.preprocess import zyx_to_xyz
 from ctsurv.features.radiomics import cohort_radiomics
 from ctsurv.io.cohort import Cohort, load_cohort
@@ -283,7 +283,10 @@ def bare_encoder_features(cfg: ExperimentConfig, encoder: str, volumes: Volumes,
     tune = cfg.survival.finetune == "last_block"
     spacing = zyx_to_xyz(cfg.data.target_spacing_zyx)
     inputs = RowBuffer(len(volumes), np.float16) if tune else None
-    whole, inside, around = encoder_region_features(bare, volumes, spacing, masks=has_masks, block_inputs=inputs)  # type: ignore[arg-type]
+    per_study: list[torch.Tensor | None] | None = [] if tune else None  # each study's region weights, for the tuning
+    whole, inside, around = encoder_region_features(  # type: ignore[arg-type]
+        bare, volumes, spacing, masks=has_masks, block_inputs=inputs, weights=per_study,
+    )
     region = None
     if has_masks:
         sources["encoder_region"] = f"{encoder} and the cohort's masks"
@@ -292,13 +295,8 @@ def bare_encoder_features(cfg: ExperimentConfig, encoder: str, volumes: Volumes,
         absent["encoder_region"] = "absent: no study has a mask to pool the encoder's grid in"
     tuning = None
     if tune:
-        grid = bare.grid_shape(*size_xyz)
-        cells = int(np.prod(grid))
-        per_study = [None] * len(volumes)
-        if has_masks:
-            per_study = [None if (m := volumes.mask(i)) is None else region_weights(m, spacing, grid).flatten(1)  # type: ignore[attr-defined]
-                         for i in range(len(volumes))]
-        tuning = BlockTuning(LastBlock(bare), inputs.tensor(), region_weight_rows(per_study, cells))  # type: ignore[union-attr]
+        cells = int(np.prod(bare.grid_shape(*size_xyz)))
+        tuning = BlockTuning(LastBlock(bare), inputs.tensor(), region_weight_rows(per_study, cells))  # type: ignore[union-attr, arg-type]
         sources["encoder_finetuned"] = f"{encoder}, its last block tuned per fold"
     else:
         absent["encoder_finetuned"] = (f"absent: survival.finetune is {cfg.survival.finetune!r}; set it to last_block to "
