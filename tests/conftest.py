@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from survival_setups import cohorts, pretrained, run  # noqa: F401 (session fixtures shared by several modules)
 
 ROOT = Path(__file__).resolve().parents[1]
 

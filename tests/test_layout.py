@@ -8,7 +8,8 @@ Layers, bottom first (a module may import its own package and any layer below):
     synthetic the phantom world: patients, phantom, reports     (no torch)
     models    encoders, projector, language model, survival head (of text: only questions and findings)
     features  volumes -> preprocessed tensors -> frozen features
-    evaluation, training, then the commands (inference, prediction, demo, cli)
+    evaluation, training, then one patient read by a fitted model (reading), then the commands (inference,
+    prediction, serve, demo, cli)
 
 Only imports at module level count for cycles (an import inside a function is deferred on purpose);
 every import, deferred or not, counts for the layer rules.
@@ -33,10 +34,12 @@ ALLOWED: dict[str, set[str]] = {  # package -> the packages it may import (besid
     "evaluation": {"text", "io", "models"},
     "training": {"text", "io", "features", "models", "evaluation"},
     "inference": {"text", "io", "features", "models", "evaluation", "training"},
-    "prediction": {"text", "io", "features", "models", "evaluation", "training"},
+    "reading": {"text", "io", "features", "models", "evaluation", "training"},
+    "prediction": {"text", "io", "features", "models", "evaluation", "training", "reading"},
+    "serve": {"text", "io", "features", "models", "evaluation", "training", "reading"},
     "demo": {"text", "io", "synthetic", "features", "models", "evaluation", "training"},
     "cli": {"text", "io", "synthetic", "features", "models", "evaluation", "training", "inference", "prediction",
-            "demo"},
+            "demo", "reading", "serve"},
 }
 NO_TORCH = ("text", "io", "synthetic")
 HEAVY = {"torch", "monai", "transformers", "peft", "accelerate"}

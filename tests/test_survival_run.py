@@ -16,7 +16,6 @@ import itertools
 import json
 import shutil
 import warnings
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -30,7 +29,8 @@ from lifelines.exceptions import ConvergenceWarning
 from rich.console import Console
 from sksurv.linear_model.coxph import BreslowEstimator
 from sksurv.metrics import concordance_index_censored
-from tiny_setups import TINY_PIPELINE, assert_user_error, cli, one_torch_thread  # noqa: F401 (autouse)
+from survival_setups import CONFIG, N_PAIRS, N_SIM, N_TWINS, RUN, SIM, SURVIVAL, Cohorts, read_table
+from tiny_setups import assert_user_error, cli, one_torch_thread  # noqa: F401 (autouse)
 
 import ctsurv.demo
 from ctsurv.config import ExperimentConfig, load_config
@@ -53,10 +53,6 @@ from ctsurv.training.survival import (
 )
 from ctsurv.training.survival_run import Features, evaluate, prepare
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
-RUN = TINY_PIPELINE
-SURVIVAL = ["survival.bootstrap=100", "survival.epochs=50"]
-SIM = {"shape_zyx": (16, 32, 32), "spacing_zyx": (18, 10, 10), "workers": 1}
 METHODS = {"model", "model_image_only", "model_risk_query", "model_align", "findings_classifier", "clinical_cox",
            "encoder_no_instruction", "oracle"}
 LADDER = ["clinical_cox", "encoder_no_instruction", "findings_classifier", "model_align", "model"]
@@ -67,7 +63,6 @@ METHOD_KEYS = {
 }
 LEARNED = ("model", "model_image_only", "model_risk_query", "model_align", "findings_classifier",
            "encoder_no_instruction")  # fitted per fold on image features
-N_SIM, N_PAIRS, N_TWINS = 40, 6, 3  # 40 simulated patients; 6 get a second, identical study; 3 an identical twin
 
 
 def strict_json(path: Path) -> object:
@@ -84,64 +79,7 @@ def sksurv_c(event: np.ndarray, time: np.ndarray, risk: np.ndarray) -> float:
     return float(concordance_index_censored(e, t, r)[0])
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path, dtype={"id": str, "patient_id": str, "sex": str, "smoking_status": str, "stage": str})
-
-
 # ------------------------------------------------------------------------------------------------ fixtures
-
-
-@dataclass(frozen=True)
-class Cohorts:
-    pretrain: Path  # cohort.csv of 12 studies with reports
-    cohort: Path  # grouped/cohort.csv: 40 + 6 second studies + 3 twins, patient_id, absolute volume paths
-    pairs: list[tuple[str, str]]  # (first study, second study) of the patients with two studies
-    twins: list[tuple[str, str]]  # (study, its twin): the same scan and data as another patient
-
-
-@pytest.fixture(scope="module")
-def cohorts(tmp_path_factory: pytest.TempPathFactory) -> Cohorts:
-    """A 12-study pretraining cohort and a 40-patient survival cohort (16×32×32 voxels), the latter with
-    a second study for 6 patients (3 with an event, 3 censored): the same scan, clinical data and outcome
-    under a new study id and a shared ``patient_id``; and 3 twins: such copies as patients of their own.
-    truth.csv gets the same rows."""
-    root = tmp_path_factory.mktemp("survival_cohorts")
-    simulate(root / "pretrain", n=12, seed=5, progress=False, **SIM)
-    simulate(root / "sim", n=N_SIM, seed=3, progress=False, **SIM)
-    table = read_table(root / "sim" / "cohort.csv")
-    truth = pd.read_csv(root / "sim" / "truth.csv", dtype={"id": str})
-    assert table["id"].tolist() == truth["id"].tolist()
-    table["volume"] = [str((root / "sim" / v).resolve()) for v in table["volume"]]
-    table["patient_id"] = table["id"]
-    twice = [*np.flatnonzero(table["event"] == 1)[:3], *np.flatnonzero(table["event"] == 0)[:3]]
-    second = table.iloc[twice].assign(id=lambda t: t["id"] + "_b")
-    twin_rows = np.flatnonzero(table["event"] == 1)[3:6]
-    twin = table.iloc[twin_rows].assign(id=lambda t: t["id"] + "_t", patient_id=lambda t: t["id"])
-    copies = [truth.iloc[rows].assign(id=lambda t, s=suffix: t["id"] + s)
-              for rows, suffix in ((twice, "_b"), (twin_rows, "_t"))]
-    (root / "grouped").mkdir()
-    pd.concat([table, second, twin], ignore_index=True).to_csv(root / "grouped" / "cohort.csv", index=False)
-    pd.concat([truth, *copies], ignore_index=True).to_csv(root / "grouped" / "truth.csv", index=False)
-    return Cohorts(root / "pretrain" / "cohort.csv", root / "grouped" / "cohort.csv",
-                   list(zip(table["id"].iloc[twice], second["id"])), list(zip(table["id"].iloc[twin_rows], twin["id"])))
-
-
-@pytest.fixture(scope="module")
-def pretrained(cohorts: Cohorts, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("survival_pretrain") / "run"
-    result = cli("pretrain", "--config", CONFIG, "--cohort", cohorts.pretrain, "--out", out, *RUN)
-    assert result.exit_code == 0, result.output
-    return out
-
-
-@pytest.fixture(scope="module")
-def run(cohorts: Cohorts, pretrained: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("survival_run") / "survival"
-    result = cli("survival", "--config", CONFIG, "--cohort", cohorts.cohort, "--out", out, "--pretrained", pretrained,
-                 "--folds", 3, *SURVIVAL)
-    assert result.exit_code == 0, result.output
-    assert f"model: {out / 'model'}" in result.stdout
-    return out
 
 
 @pytest.fixture(scope="module")

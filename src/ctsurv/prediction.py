@@ -4,6 +4,13 @@
                            training cohort's horizon times, P(yes) and the answer per finding
     out/curves.csv         id, time, survival (the Breslow curve of the training cohort)
     out/curves/<id>.png    one survival curve per patient
+    out/evidence/<id>.png  with ``evidence``: the evidence maps (ctsurv.evaluation.explain) of the risk and of every finding
+                           answered "Yes", over the axial, coronal and sagittal slices through their peaks;
+    out/evidence/<id>.npz  every map (risk and every finding) as blocks (bx, by, bz), and the block grid
+
+predictions.csv also holds the out-of-distribution score of each scan (``ood_score``: Mahalanobis distance of its
+pooled encoder features from the training cohort's; ``ood_percentile``; ``ood``: 1 when further than 99% of the
+training scans' cross-fitted distances), for runs that saved the reference (``model/ood.safetensors``).
 
 The model reads the scans as in `ctsurv survival`: encoder features pooled by the projector, then the
 answers. model.json names its checkpoint relative to the model folder when it lies inside it (a fine-tuned
@@ -12,71 +19,31 @@ answers. model.json names its checkpoint relative to the model folder when it li
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
-from safetensors.torch import load_file
 
 from ctsurv.config import load_config
 from ctsurv.errors import CtsurvError
+from ctsurv.evaluation.explain import OutOfDistribution, pooled_features
 from ctsurv.evaluation.vlm_eval import SHORT_ANSWER_TOKENS, answer_questions
 from ctsurv.features import cells_all, encode_all, volume_store
-from ctsurv.io.clinical import ClinicalSchema
 from ctsurv.io.cohort import TABLE_SUFFIXES, load_cohort
-from ctsurv.models.survival import BreslowBaseline, SurvivalHead
+from ctsurv.reading import DEFAULT_BLOCKS_ZYX, RISK, FittedModel, PatientReader
 from ctsurv.text.questions import PRESENCE_LABELS, QUESTIONS
-from ctsurv.training.checkpoint import load_checkpoint, refuse_untrained_language
+from ctsurv.training.checkpoint import load_checkpoint
 from ctsurv.training.survival import vlm_features
 
 
-@dataclass(frozen=True)
-class FittedModel:
-    """Everything `ctsurv survival` saved in ``<run>/model``."""
-
-    meta: dict
-    head: SurvivalHead
-    schema: ClinicalSchema
-    baseline: BreslowBaseline
-    model_dir: Path
-
-    @classmethod
-    def load(cls, run_dir: Path) -> FittedModel:
-        model_dir = run_dir / "model" if (run_dir / "model" / "model.json").is_file() else run_dir
-        if not (model_dir / "model.json").is_file():
-            raise CtsurvError(f"{run_dir} holds no fitted survival model (model/model.json); pass a `ctsurv survival` --out folder")
-        meta = json.loads((model_dir / "model.json").read_text())
-        head = SurvivalHead(**meta["head"])
-        head.load_state_dict(load_file(model_dir / "head.safetensors"), strict=True)
-        return cls(
-            meta, head.eval(), ClinicalSchema.from_dict(meta["clinical_schema"]), BreslowBaseline.from_dict(meta["breslow"]),
-            model_dir,
-        )
-
-    def checkpoint(self) -> Path:
-        """The VLM checkpoint the head reads: model.json's path relative to the model folder, else (the run folder
-        moved without it) its absolute path when that still holds a checkpoint; a stage-0 (vision) checkpoint is refused."""
-        path = self.model_dir / self.meta["checkpoint"]  # an absolute path (older runs) stays as it is
-        fallback = self.meta.get("checkpoint_absolute")
-        if not (path / "config.yaml").is_file() and fallback and (Path(fallback) / "config.yaml").is_file():
-            path = Path(fallback)
-        refuse_untrained_language(path)
-        return path
-
-    def image_features(self, p_yes: np.ndarray, hidden: np.ndarray) -> np.ndarray:
-        pca = self.meta["pca"]
-        if pca is None:
-            return p_yes
-        projected = (hidden - np.asarray(pca["mean"])) @ np.asarray(pca["components"]).T
-        return np.concatenate([p_yes, projected], 1)
-
-
-def predict(run_dir: str | Path, target: str | Path, out_dir: str | Path, spacing_zyx: tuple[float, float, float] | None = None) -> pd.DataFrame:
-    """Predictions for a cohort table or a single volume (whose clinical data are then all missing)."""
+def predict(
+    run_dir: str | Path, target: str | Path, out_dir: str | Path, spacing_zyx: tuple[float, float, float] | None = None,
+    evidence: bool = False, blocks_zyx: tuple[int, int, int] = DEFAULT_BLOCKS_ZYX,
+) -> pd.DataFrame:
+    """Predictions for a cohort table or a single volume (whose clinical data are then all missing); with
+    ``evidence``, the evidence maps of every study too (one occluded read per block of ``blocks_zyx``)."""
     run_dir, target, out_dir = Path(run_dir), Path(target), Path(out_dir)
     fitted = FittedModel.load(run_dir)
     checkpoint = fitted.checkpoint()
@@ -107,6 +74,12 @@ def predict(run_dir: str | Path, target: str | Path, out_dir: str | Path, spacin
         table[f"p_yes: {label}"] = answers.p_yes[:, j]
     for j, label in enumerate(PRESENCE_LABELS):
         table[f"answer: {label}"] = np.where(answers.p_yes[:, j] >= 0.5, "Yes.", "No.")
+    ood_file = fitted.model_dir / "ood.safetensors"
+    if ood_file.is_file():
+        ood = OutOfDistribution.load(ood_file)
+        distance = ood.distance(pooled_features(grids))
+        table["ood_score"], table["ood_percentile"] = distance, ood.percentile(distance)
+        table["ood"] = (distance > ood.threshold).astype(int)
     details = [q for q in QUESTIONS if q.kind not in ("presence", "report")]
     generated = answer_questions(vlm, volumes, "images", [q.text for q in details], max_new_tokens=SHORT_ANSWER_TOKENS)
     volumes.close()  # removes a temporary cache (data.cache_dir unset)
@@ -121,8 +94,27 @@ def predict(run_dir: str | Path, target: str | Path, out_dir: str | Path, spacin
     (out_dir / "curves").mkdir(exist_ok=True)
     for i, study in enumerate(cohort.ids):
         _curve_png(grid, curves[i], f"{study}: risk percentile {table.risk_percentile[i]:.0f}", out_dir / "curves" / f"{study}.png")
+    if evidence:
+        _evidence_files(run_dir, cohort, clinical_frame, answers.p_yes, blocks_zyx, out_dir / "evidence")
     table.to_csv(out_dir / "predictions.csv", index=False)
     return table
+
+
+def _evidence_files(run_dir: Path, cohort, clinical: pd.DataFrame, p_yes: np.ndarray, blocks_zyx, folder: Path) -> None:
+    """evidence/<id>.png and .npz for every study (see the module docstring)."""
+    from ctsurv.evaluation.explain import to_voxels
+    from ctsurv.evaluation.viewer import evidence_panel
+
+    reader = PatientReader(run_dir)
+    folder.mkdir(exist_ok=True)
+    for i, study in enumerate(cohort.ids):
+        scan = reader.scan(cohort.volume_paths[i], cohort.spacing_zyx(i), study)
+        values = {k: (None if pd.isna(v) else v) for k, v in clinical.iloc[i].items()}
+        blocks = reader.evidence(scan, values, blocks_zyx)
+        shown = [RISK, *(label for j, label in enumerate(PRESENCE_LABELS) if p_yes[i, j] >= 0.5)]
+        maps = {name: to_voxels(blocks[name], scan.hu.shape) for name in shown}
+        evidence_panel(scan.hu, scan.spacing_xyz, maps, folder / f"{study}.png")
+        np.savez_compressed(folder / f"{study}.npz", blocks_zyx=np.asarray(blocks_zyx), **blocks)
 
 
 def _single_volume_cohort(volume: Path, cfg, out_dir: Path, spacing_zyx):

@@ -216,15 +216,39 @@ def predict(
     target: Path = typer.Argument(..., help="A cohort table (.csv/.parquet) or one volume (file or DICOM folder)."),
     out: Path = typer.Option(..., "--out", help="Folder to create for predictions.csv, curves.csv and curves/*.png."),
     spacing: tuple[float, float, float] | None = typer.Option(None, "--spacing", help="Spacing Z Y X (mm) for a .npy/.npz volume."),
+    evidence: bool = typer.Option(
+        False, "--evidence", help="Also write evidence/<id>.png and .npz: occlusion maps of the risk and of the findings "
+        "answered Yes (one read of the scan per block: 384 with the default blocks)."
+    ),
+    blocks: tuple[int, int, int] = typer.Option((6, 8, 8), "--evidence-blocks", help="Evidence-map blocks Z Y X."),
 ) -> None:
-    """Risk score, its percentile in the training cohort, survival curve and answers for new patients."""
+    """Risk score, its percentile in the training cohort, survival curve, answers and out-of-distribution score for
+    new patients."""
+    from ctsurv.errors import CtsurvError
     from ctsurv.prediction import predict as run_predict
 
+    if min(blocks) < 1:
+        raise CtsurvError(f"--evidence-blocks must be three integers >= 1 (Z Y X), got {blocks}")
     with staged_output(out, [checkpoint, target]) as folder:
-        table = run_predict(checkpoint, target, folder, spacing_zyx=spacing)
+        table = run_predict(checkpoint, target, folder, spacing_zyx=spacing, evidence=evidence, blocks_zyx=blocks)
     for _, row in table.head(10).iterrows():
-        console.print(f"{escape(str(row['id']))}: risk {row['risk']:+.3f} (percentile {row['risk_percentile']:.0f})")
-    console.print(f"predictions: [bold]{escape(str(out / 'predictions.csv'))}[/]  curves: {escape(str(out / 'curves'))}")
+        ood = "" if "ood" not in row else ("  [bold yellow]unlike the training scans[/]" if row["ood"] else "")
+        console.print(f"{escape(str(row['id']))}: risk {row['risk']:+.3f} (percentile {row['risk_percentile']:.0f}){ood}")
+    extra = f"  evidence: {escape(str(out / 'evidence'))}" if evidence else ""
+    console.print(f"predictions: [bold]{escape(str(out / 'predictions.csv'))}[/]  curves: {escape(str(out / 'curves'))}{extra}")
+
+
+@app.command()
+@user_errors
+def serve(
+    run: Path = typer.Argument(..., metavar="RUN_DIR", help="A `ctsurv survival` output folder (it holds the fitted model)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 exposes the page to your network)."),
+    port: int = typer.Option(7860, "--port", help="Port to listen on."),
+) -> None:
+    """A local web page to read one patient: slices, answers with evidence maps, risk and survival curve, OOD warning."""
+    from ctsurv.serve import launch
+
+    launch(run, host=host, port=port)
 
 
 @app.command()

@@ -66,6 +66,7 @@ from ctsurv.config import DataConfig
 from ctsurv.io.volumes import Volume, mask_on_grid, read_mask, read_volume
 
 CACHE_VERSION = 1  # bump when the pipeline or the constants below change: old cache entries are then never reused
+AIR_HU = -1024.0  # what the viewer's grid is padded with (hu_on_grid)
 BODY_HU = -500.0  # voxels above this are body (soft tissue, bone, vessels); lungs and air are below
 BODY_MARGIN_MM = 10.0  # margin around the body's bounding box
 BODY_OPENING_MM = 4.0  # structures thinner than about twice this (the scanner table) are not body
@@ -141,17 +142,7 @@ class Preprocessor:
         :func:`~ctsurv.io.volumes.mask_on_grid`): ((C, X, Y, Z) float32, (X, Y, Z) bool or None). The mask takes
         the volume's every geometric step (orientation, spacing, the same crop and pad), so that voxel (x, y, z)
         of both is the same place in the patient."""
-        affine = torch.as_tensor(volume.affine, dtype=torch.float64)
-        image = self.geometry(MetaTensor(torch.from_numpy(np.ascontiguousarray(volume.array))[None], affine=affine))
-        region = None
-        if mask is not None:
-            if mask.shape != volume.shape:
-                raise ValueError(f"mask shape {mask.shape} differs from its volume's {volume.shape}; use mask_on_grid")
-            region = self.mask_geometry(MetaTensor(torch.from_numpy(mask.astype(np.float32))[None], affine=affine))
-        if self.crop is not None:
-            image, region = self.crop(image, region)
-        elif self.cfg.crop == "mask" and region is not None and bool((region >= 0.5).any()):
-            image, region = self.mask_crop(image, region)
+        image, region = self._spatial(volume, mask)
         image = torch.cat([w(image) for w in self.windows]) if len(self.windows) > 1 else self.windows[0](image)
         out = self.resize(image)
         out = out.as_tensor() if isinstance(out, MetaTensor) else out  # plain tensor: no metadata to collate
@@ -168,6 +159,31 @@ class Preprocessor:
             region = self.mask_resize(region)
             region = (region.as_tensor() if isinstance(region, MetaTensor) else region)[0] >= 0.5  # (X, Y, Z); padding: outside
         return out.contiguous(), region
+
+    def _spatial(self, volume: Volume, mask: np.ndarray | None = None) -> tuple[MetaTensor, MetaTensor | None]:
+        """The geometric steps before windowing (orientation, spacing, crop), on the volume in HU and its mask."""
+        affine = torch.as_tensor(volume.affine, dtype=torch.float64)
+        image = self.geometry(MetaTensor(torch.from_numpy(np.ascontiguousarray(volume.array))[None], affine=affine))
+        region = None
+        if mask is not None:
+            if mask.shape != volume.shape:
+                raise ValueError(f"mask shape {mask.shape} differs from its volume's {volume.shape}; use mask_on_grid")
+            region = self.mask_geometry(MetaTensor(torch.from_numpy(mask.astype(np.float32))[None], affine=affine))
+        if self.crop is not None:
+            image, region = self.crop(image, region)
+        elif self.cfg.crop == "mask" and region is not None and bool((region >= 0.5).any()):
+            image, region = self.mask_crop(image, region)
+        return image, region
+
+    def hu_on_grid(self, volume: Volume) -> np.ndarray:
+        """The volume in HU on the model's input grid (X, Y, Z) float32, RAS, voxel for voxel where the model's
+        channels are (same orientation, spacing, crop and pad; padding is air, -1024 HU): what a viewer shows
+        under the model's evidence maps."""
+        image, _ = self._spatial(volume)
+        shifted = (image - AIR_HU).clamp(min=0)  # air -> 0, so that the zero padding of the resize is air
+        out = self.resize(shifted)
+        out = out.as_tensor() if isinstance(out, MetaTensor) else out
+        return (out[0].to(torch.float32) + AIR_HU).numpy()
 
     def mask_crop(self, image: MetaTensor, region: MetaTensor) -> tuple[MetaTensor, MetaTensor]:
         """``data.crop: mask``: the field (``target_shape_zyx``) centred on the region's bounding box, at true scale;

@@ -108,7 +108,8 @@ def render_phantom_full(findings: Findings, shape_zyx: tuple[int, int, int], spa
     peri_mm = float(rng.uniform(15, 25)) if f.pericardial_effusion else 0.0
     lung, right = lung_occupancy(g, a, wall, dia, cavity, heart, peri_mm, vessels)
     lobes = lobe_masks(g, a, lung > 0.5, right)
-    lesions = paint_lungs(hu, g, a, f, lung, right, lobes, wall, rng)
+    findings_masks: dict[str, np.ndarray] = {}
+    lesions = paint_lungs(hu, g, a, f, lung, right, lobes, wall, rng, findings_masks)
     lesions += paint_mediastinum(hu, g, a, f, heart, peri_mm, vessels, cavity, rng)
     bone = bones(hu, g, a, wall)
     lesions += paint_lytic(hu, g, a, f.lytic_bone_lesions, bone, rng)
@@ -117,14 +118,19 @@ def render_phantom_full(findings: Findings, shape_zyx: tuple[int, int, int], spa
     noise = ndimage.gaussian_filter(rng.standard_normal(g.shape, dtype=np.float32), 0.6)
     hu += noise * np.float32(a.noise_sd / noise.std())
     masks = {"lung": lung > 0.5, "lung_right": (lung > 0.5) & right, "lung_left": (lung > 0.5) & ~right,
-             "heart": heart < 0, "body": body > 0.5, "bone": bone > 0.5, **{f"lobe_{k}": v for k, v in lobes.items()}}
+             "heart": heart < 0, "body": body > 0.5, "bone": bone > 0.5, **{f"lobe_{k}": v for k, v in lobes.items()},
+             **findings_masks}
     hu16 = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
     return Phantom(hu16, affine_for(shape_zyx, spacing_zyx), masks, lesions)
 
 
 def paint_lungs(hu: np.ndarray, g: Grid, a: Anatomy, f: Findings, lung: np.ndarray, right: np.ndarray,
-                lobes: dict[str, np.ndarray], wall: dict[str, np.ndarray], rng: np.random.Generator) -> list[Lesion]:
-    """Parenchyma (denser posteriorly), vessel trees, and the lung findings; returns nodule/mass centres."""
+                lobes: dict[str, np.ndarray], wall: dict[str, np.ndarray], rng: np.random.Generator,
+                masks: dict[str, np.ndarray] | None = None) -> list[Lesion]:
+    """Parenchyma (denser posteriorly), vessel trees, and the lung findings; returns nodule/mass centres. Where
+    the painted weight of a consolidation or a pleural effusion is at least one half, ``masks`` (when given) gets
+    it as "consolidation" / "pleural_effusion" (bool (X, Y, Z)): the truth that evidence maps are checked against."""
+    masks = {} if masks is None else masks
     h, zc, hard, cavity = g.h, a.zc(g), lung > 0.5, soft(wall["cavity"], g.h)
     field = a.lung_hu + 35 * smoothstep((-10 - g.y) / 70) + 30 * (low_freq_noise(g.shape, 6, rng) - 0.5)
     if f.emphysema:
@@ -147,6 +153,7 @@ def paint_lungs(hu: np.ndarray, g: Grid, a: Anatomy, f: Findings, lung: np.ndarr
             region *= soft(np.sqrt((g.x - c[0]) ** 2 + (g.y - c[1]) ** 2 + (g.z - c[2]) ** 2) - rng.uniform(35, 55), 12)
         region = ndimage.gaussian_filter(region, 0.6) * lung
         paint(hu, region, HU["consolidation"])
+        masks["consolidation"] = masks.get("consolidation", np.zeros(g.shape, bool)) | (region >= 0.5)
         bronchi = splat(g, pts + rng.normal(0, 2, 3).astype(np.float32), radii * 0.7, step)
         paint(hu, bronchi * region, HU["air"] + 200)  # air bronchograms
     if f.pleural_effusion:
@@ -159,7 +166,9 @@ def paint_lungs(hu: np.ndarray, g: Grid, a: Anatomy, f: Findings, lung: np.ndarr
             # a crescent along the chest wall: depth thick at the most dependent point, thinning up to 2x depth
             thickness = depth * np.clip((ys + 2 * depth - g.y) / (2 * depth), 0, 1) ** 0.7
             pleural_space = np.minimum(ndimage.maximum_filter(lung, 3), cavity) * side  # lung + its rim
-            paint(hu, pleural_space * soft(-wall["cavity"] - thickness, h), HU["pleural_fluid"])
+            fluid = pleural_space * soft(-wall["cavity"] - thickness, h)
+            paint(hu, fluid, HU["pleural_fluid"])
+            masks["pleural_effusion"] = masks.get("pleural_effusion", np.zeros(g.shape, bool)) | (fluid >= 0.5)
     lesions = []
     for nod in f.nodules:
         c = place_with_clearance(g, lobes[nod.lobe] if lobes[nod.lobe].any() else hard, hard, nod.diameter_mm / 2 + h, rng)

@@ -6,8 +6,10 @@ method in the same folds, write the results and figures, and fit the final model
                  main method's, ``model`` or else ``encoder_no_instruction``), risk_<method> for every method
     out/km_risk_groups.png, out/cindex.png, out/calibration.png   (the figures of repeat 0; with --repeats R > 1
                  also calibration_repeat1.png ... calibration_repeat{R-1}.png)
-    out/model/   the model fitted on the whole cohort (head, clinical schema, PCA, Breslow baseline; model.json
-                 names its checkpoint relative to out/model, e.g. the fine-tuned model/vlm, absolute as a fallback)
+    out/model/   the model fitted on the whole cohort (head, clinical schema, PCA, Breslow baseline, the cohort's
+                 risks and Kaplan-Meier curve; model.json names its checkpoint relative to out/model, e.g. the
+                 fine-tuned model/vlm, absolute as a fallback), and ood.safetensors: the out-of-distribution
+                 reference of the encoder's features (ctsurv.evaluation.explain)
 
 results.json: "methods" (see ``training.survival``), "ladder" (the methods of ``LADDER`` present, bottom rung
 first; each is compared with the rung below it), "cohort" (with "bootstrap": resamples, unit, p_floor),
@@ -28,12 +30,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from lifelines import KaplanMeierFitter
 from safetensors.torch import save_file
 
 from ctsurv.config import ExperimentConfig, save_config
 from ctsurv.errors import CtsurvError
 from ctsurv.evaluation import figures, report
 from ctsurv.evaluation.crossval import Fold, OutOfFold, compare_methods, cross_validate, make_folds
+from ctsurv.evaluation.explain import OOD_FOLDS, OutOfDistribution, pooled_features
 from ctsurv.evaluation.metrics import choose_horizons, p_floor
 from ctsurv.features import Volumes, cells_all, encode_all, volume_store
 from ctsurv.features.extract import RowBuffer
@@ -388,7 +392,7 @@ def evaluate(
     model_dir = None
     if final_model and features.answers is not None and features.checkpoint is not None:
         model_dir = out_dir / "model"
-        fit_final_model(cfg, data, features.answers, features.checkpoint, model_dir, tuning)
+        fit_final_model(cfg, data, features.answers, features.checkpoint, model_dir, tuning, grids=features.grids)
     return SurvivalRun(out_dir, results, {"crossval": clock.perf_counter() - t0}, model_dir)
 
 
@@ -415,9 +419,11 @@ def oof_table(
 
 def fit_final_model(
     cfg: ExperimentConfig, data: FoldData, answers: ImageFeatures, checkpoint: Path, out: Path,
-    tuning: Tuning | None = None,
+    tuning: Tuning | None = None, grids: torch.Tensor | None = None,
 ) -> None:
-    """The model method fitted on the whole cohort, saved for `ctsurv predict` (no pickle). With
+    """The model method fitted on the whole cohort, saved for `ctsurv predict` (no pickle): head, schema, PCA,
+    Breslow baseline, the cohort's risks (for percentiles) and Kaplan-Meier curve, and, from the encoder's pooled
+    ``grids`` (n, Dv, N), the out-of-distribution reference (``ood.safetensors``, :mod:`ctsurv.evaluation.explain`). With
     ``survival.finetune``, the model tuned on the whole cohort is saved as ``out/vlm`` (stage "survival") and
     read instead; model.json names it relative to ``out``, so the run folder can move."""
     everyone = np.arange(len(data.time))
@@ -457,9 +463,23 @@ def fit_final_model(
         "presence_labels": PRESENCE_LABELS,
         "horizon_times": choose_horizons(data.time, data.event),
         "l2": l2,
+        "km": kaplan_meier(data.time, data.event),
     }
+    if grids is not None and len(grids) >= 2 * OOD_FOLDS:
+        ood = OutOfDistribution.fit(pooled_features(grids), seed=cfg.seed)
+        ood.save(out / "ood.safetensors")
+        meta["ood"] = {"features": "pooled encoder features, mean over tokens", "quantile": ood.quantile,
+                       "threshold": ood.threshold, "folds": OOD_FOLDS}
     (out / "model.json").write_text(json.dumps(meta))
     save_config(cfg, out / "config.yaml")
+
+
+def kaplan_meier(time: np.ndarray, event: np.ndarray) -> dict[str, list[float]]:
+    """The Kaplan-Meier curve (lifelines) at the cohort's distinct times: {"times", "survival"}."""
+    kmf = KaplanMeierFitter().fit(np.asarray(time, float), np.asarray(event, bool))
+    curve = kmf.survival_function_.iloc[:, 0]
+    keep = curve.index > 0
+    return {"times": curve.index[keep].tolist(), "survival": curve[keep].tolist()}
 
 
 def checkpoint_reference(checkpoint: Path, model_dir: Path) -> str:
