@@ -95,6 +95,19 @@ def test_ood_flags_about_its_quantile_of_fresh_training_like_scans_and_all_shift
     assert ood.percentile(np.array([0.0, np.inf])).tolist() == [0.0, 100.0]
 
 
+def test_a_patients_repeat_scans_are_held_out_together_in_the_reference() -> None:
+    """Each scan twice (a repeat study): split by scan, a scan's twin sits in the model that measures it and its
+    reference distance is too small; split by patient it is not."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(40, 30))
+    twice, patients = np.repeat(x, 2, axis=0), np.repeat(np.arange(40), 2)
+    by_scan = OutOfDistribution.fit(twice, seed=0).reference
+    by_patient = OutOfDistribution.fit(twice, seed=0, groups=patients).reference
+    alone = OutOfDistribution.fit(x, seed=0).reference
+    assert np.median(by_scan) < np.median(by_patient)
+    assert np.median(by_patient) >= 0.95 * np.median(alone)  # as far as scans measured by a model without them
+
+
 def test_ood_reference_round_trips_and_too_few_scans_are_refused(tmp_path) -> None:
     rng = np.random.default_rng(2)
     ood = OutOfDistribution.fit(rng.normal(size=(30, 4)))
@@ -103,6 +116,8 @@ def test_ood_reference_round_trips_and_too_few_scans_are_refused(tmp_path) -> No
     for name in ("mean", "scale", "precision", "reference"):
         np.testing.assert_array_equal(getattr(back, name), getattr(ood, name))
     assert back.quantile == ood.quantile and back.threshold == ood.threshold
+    with pytest.raises(CtsurvError, match="at least 10 training scans"):
+        OutOfDistribution.fit(rng.normal(size=(30, 4)), groups=np.arange(30) % 9)
     with pytest.raises(CtsurvError, match="at least 10 training scans"):
         OutOfDistribution.fit(rng.normal(size=(9, 4)))
     with pytest.raises(CtsurvError, match="NaN"):

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
 from sklearn.covariance import LedoitWolf
-from sklearn.model_selection import KFold
+from sklearn.model_selection import GroupKFold, KFold
 
 from ctsurv.errors import CtsurvError
 
@@ -126,16 +126,26 @@ class OutOfDistribution:
     quantile: float = OOD_QUANTILE
 
     @classmethod
-    def fit(cls, features: np.ndarray, seed: int = 0, folds: int = OOD_FOLDS, quantile: float = OOD_QUANTILE) -> OutOfDistribution:
+    def fit(
+        cls, features: np.ndarray, seed: int = 0, folds: int = OOD_FOLDS, quantile: float = OOD_QUANTILE,
+        groups: np.ndarray | None = None,
+    ) -> OutOfDistribution:
         """Fit on the training scans' features (n, D); ``reference`` holds each scan's distance under a model
-        fitted on the other folds."""
+        fitted on the other folds (``groups``, e.g. patient ids: a patient's scans are held out together, so that
+        a repeat scan does not sit in the model that measures it)."""
         x = np.asarray(features, dtype=np.float64)
-        if x.ndim != 2 or len(x) < 2 * folds:
-            raise CtsurvError(f"the OOD score needs at least {2 * folds} training scans' features (n, D), got {x.shape}")
+        units = len(x) if groups is None else len(set(np.asarray(groups).tolist()))
+        if x.ndim != 2 or units < 2 * folds:
+            raise CtsurvError(f"the OOD score needs at least {2 * folds} training scans (patients) with features (n, D), "
+                              f"got {x.shape} from {units}")
         if not np.isfinite(x).all():
             raise CtsurvError("the training scans' encoder features hold NaN or inf; check the volumes and the encoder")
         reference = np.empty(len(x))
-        for train, held in KFold(folds, shuffle=True, random_state=seed).split(x):
+        if groups is None:
+            splits = KFold(folds, shuffle=True, random_state=seed).split(x)
+        else:
+            splits = GroupKFold(folds, shuffle=True, random_state=seed).split(x, groups=np.asarray(groups))
+        for train, held in splits:
             reference[held] = cls._fit(x[train]).distance(x[held])
         whole = cls._fit(x)
         return cls(whole.mean, whole.scale, whole.precision, np.sort(reference), quantile)

@@ -465,8 +465,8 @@ def fit_final_model(
         "l2": l2,
         "km": kaplan_meier(data.time, data.event),
     }
-    if grids is not None and len(grids) >= 2 * OOD_FOLDS:
-        ood = OutOfDistribution.fit(pooled_features(grids), seed=cfg.seed)
+    if grids is not None and len(set(data.groups.tolist())) >= 2 * OOD_FOLDS:
+        ood = OutOfDistribution.fit(pooled_features(grids), seed=cfg.seed, groups=data.groups)
         ood.save(out / "ood.safetensors")
         meta["ood"] = {"features": "pooled encoder features, mean over tokens", "quantile": ood.quantile,
                        "threshold": ood.threshold, "folds": OOD_FOLDS}
