@@ -147,10 +147,11 @@ def clinical_values(schema, values: list[Any]) -> dict[str, Any]:
 class App:
     """The page's logic, apart from Gradio so that it reads (and tests) as plain Python."""
 
-    def __init__(self, run_dir: str | Path) -> None:
-        from ctsurv.reading import PatientReader
+    def __init__(self, run_dir: str | Path, blocks_zyx: tuple[int, int, int] | None = None) -> None:
+        from ctsurv.reading import DEFAULT_BLOCKS_ZYX, PatientReader
 
         self.reader = PatientReader(run_dir)
+        self.blocks_zyx = tuple(blocks_zyx or DEFAULT_BLOCKS_ZYX)
         self.scans = Scans()
         self.workdir = Path(tempfile.mkdtemp(prefix="ctsurv-serve-"))
         self._model_lock = threading.Lock()  # one read of the model at a time: torch already uses every core
@@ -186,7 +187,7 @@ class App:
         with entry.lock:
             if entry.maps is None:
                 with self._model_lock:
-                    blocks = self.reader.evidence(entry.scan, entry.clinical)
+                    blocks = self.reader.evidence(entry.scan, entry.clinical, self.blocks_zyx)
                 shape = tuple(entry.scan.hu.shape)
                 entry.maps = {name: to_voxels(b, shape) for name, b in blocks.items()}
         return entry.maps
@@ -330,9 +331,11 @@ def build(app: App):
     reader = app.reader
     schema = reader.schema
     horizons = [float(t) for t in reader.fitted.meta["horizon_times"]]
-    with gr.Blocks(title="ctsurv — read one patient") as page:
+    # uploads are copied into Gradio's cache: files older than an hour are deleted every 10 minutes
+    with gr.Blocks(title="ctsurv — read one patient", delete_cache=(600, 3600)) as page:
         gr.Markdown(
             f"## ctsurv: read one patient\nModel: `{reader.run_dir}` (checkpoint `{reader.fitted.checkpoint().resolve()}`). "
+            f"Evidence maps: occlusion in {' × '.join(map(str, app.blocks_zyx))} blocks (Z × Y × X). "
             "A research tool, not a medical device."
         )
         key = gr.State(None)
@@ -421,15 +424,18 @@ def build(app: App):
     return page
 
 
-def launch(run_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, block: bool = True):
+def launch(
+    run_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, block: bool = True,
+    blocks_zyx: tuple[int, int, int] | None = None,
+):
     """Load the model once and serve the page on ``host:port`` (blocks until interrupted unless ``block`` is false;
-    then returns the Gradio Blocks, whose ``close()`` stops it)."""
+    then returns the Gradio Blocks, whose ``close()`` stops it). ``blocks_zyx``: the evidence maps' occlusion grid."""
     try:
         import gradio as gr
     except ImportError:
         raise CtsurvError('ctsurv serve needs Gradio: pip install -e ".[serve]" (or pip install "gradio>=6,<7")') from None
 
-    page = build(App(run_dir))
+    page = build(App(run_dir, blocks_zyx))
     theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["monospace"])  # no web fonts: offline
     page.queue(default_concurrency_limit=4)
     page.launch(server_name=host, server_port=port, share=False, ssr_mode=False, show_error=True, quiet=not block,

@@ -244,11 +244,18 @@ def serve(
     run: Path = typer.Argument(..., metavar="RUN_DIR", help="A `ctsurv survival` output folder (it holds the fitted model)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 exposes the page to your network)."),
     port: int = typer.Option(7860, "--port", help="Port to listen on."),
+    blocks: tuple[int, int, int] = typer.Option(
+        (6, 8, 8), "--evidence-blocks", help="Evidence-map blocks Z Y X (one read of the scan per block: fewer for a "
+        "large encoder on a CPU)."
+    ),
 ) -> None:
     """A local web page to read one patient: slices, answers with evidence maps, risk and survival curve, OOD warning."""
+    from ctsurv.errors import CtsurvError
     from ctsurv.serve import launch
 
-    launch(run, host=host, port=port)
+    if min(blocks) < 1:
+        raise CtsurvError(f"--evidence-blocks must be three integers >= 1 (Z Y X), got {blocks}")
+    launch(run, host=host, port=port, blocks_zyx=blocks)
 
 
 @app.command()
