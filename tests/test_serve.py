@@ -23,9 +23,9 @@ import pytest
 from survival_setups import Cohorts, read_table
 from tiny_setups import assert_user_error, cli, one_torch_thread  # noqa: F401 (autouse)
 
-from ctsurv.evaluation.explain import OutOfDistribution
+from ctsurv.evaluation.explain import OutOfDistribution, to_voxels
 from ctsurv.reading import RISK, PatientReader
-from ctsurv.serve import App, volume_path
+from ctsurv.serve import NONE, App, volume_path
 from ctsurv.text.questions import PRESENCE_LABELS, PRESENCE_QUESTIONS
 
 PRESENCE_QUESTION_OF = dict(zip(PRESENCE_LABELS, PRESENCE_QUESTIONS))
@@ -54,7 +54,7 @@ def predicted(run: Path, subset: Path, tmp_path_factory: pytest.TempPathFactory)
 
 @pytest.fixture(scope="module")
 def app(run: Path) -> App:
-    return App(run)
+    return App(run, blocks_zyx=(2, 2, 3))  # predict's --evidence-blocks below
 
 
 def clinical_form(reader: PatientReader, row: pd.Series) -> list:
@@ -115,13 +115,13 @@ def test_the_page_reads_a_patient_as_predict_does(app: App, subset: Path, predic
 def test_the_pages_evidence_is_predicts_evidence_on_the_scans_grid(app: App, subset: Path, predicted: Path) -> None:
     row = read_table(subset).iloc[0]
     _, key, _ = app.read(None, row["volume"], "", *clinical_form(app.reader, row))
-    entry = app.scans.get(key)
-    blocks = app.reader.evidence(entry.scan, entry.clinical, blocks_zyx=(2, 2, 3))
+    shape = app.scans.get(key).scan.hu.shape
     with np.load(predicted / "evidence" / f"{row['id']}.npz") as saved:
         for name in (RISK, *PRESENCE_LABELS):
-            np.testing.assert_allclose(blocks[name], saved[name], atol=1e-3)
-    maps = app.evidence(key)
-    assert maps[RISK].shape == entry.scan.hu.shape
+            np.testing.assert_allclose(app.evidence(key, name), to_voxels(saved[name], shape), atol=1e-3)
+    assert app.evidence(key, NONE) is None
+    peak = app.peak(key, RISK)
+    assert app.evidence(key, RISK)[peak] == app.evidence(key, RISK).max()
     view = app.view(key, "axial", 3, "mediastinum", RISK)
     assert view.dtype == np.uint8 and view.ndim == 3
 
@@ -185,6 +185,7 @@ def test_a_zipped_dicom_series_reads_like_its_folder(app: App, realdata: Path, t
     unpacked = volume_path(str(archive), None, tmp_path)
     assert unpacked.is_dir() and len(list(unpacked.iterdir())) == len([f for f in series.rglob("*") if f.is_file()])
     _, key_zip, from_zip = app.read(str(archive), None)
+    assert list(app.workdir.iterdir()) == []  # what the zip held is removed once read
     _, key_dir, from_dir = app.read(None, str(series))
     assert key_zip and key_dir
     assert from_zip["risk"] == pytest.approx(from_dir["risk"], abs=1e-6)

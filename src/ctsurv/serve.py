@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import uuid
@@ -48,12 +49,12 @@ UPLOAD_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".npz", 
 @dataclass
 class Entry:
     """A read scan, server-side: the scan, its reading, the clinical values it was read with, and its evidence
-    maps once computed (label or "risk" -> voxel map)."""
+    maps once computed."""
 
     scan: Any
     reading: Any
     clinical: dict[str, Any]
-    maps: dict[str, np.ndarray] | None = None
+    maps: dict[str, np.ndarray] | None = None  # label or "risk" -> block map (bx, by, bz), once computed
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -166,9 +167,13 @@ class App:
             self.reader.clinical(values)  # a wrong field is named before the scan is read
             spacing_zyx = parse_spacing(spacing)
             source = volume_path(upload, path, self.workdir)
-            with self._model_lock:
-                scan = self.reader.scan(source, spacing_zyx, study_id=_study_id(upload, path))
-                reading = self.reader.read(scan, values)
+            try:
+                with self._model_lock:
+                    scan = self.reader.scan(source, spacing_zyx, study_id=_study_id(upload, path))
+                    reading = self.reader.read(scan, values)
+            finally:  # an unpacked zip is not needed once read
+                if self.workdir in source.parents:
+                    shutil.rmtree(self.workdir / source.relative_to(self.workdir).parts[0], ignore_errors=True)
         except CtsurvError as e:
             return _error(str(e)), None, {}
         except Exception as e:  # a file the readers choke on must not take the page down
@@ -177,20 +182,20 @@ class App:
         key = self.scans.put(Entry(scan, reading, values))
         return banner(reading), key, reading_dict(reading)
 
-    def evidence(self, key: str | None) -> dict[str, np.ndarray] | None:
-        """The evidence maps of a kept scan (computed once, on first request)."""
+    def evidence(self, key: str | None, target: str) -> np.ndarray | None:
+        """The evidence map (X, Y, Z) of ``target`` (a presence label or "risk") for a kept scan; all maps are
+        computed on the first request and kept as blocks (a few hundred numbers each, not a volume each)."""
         from ctsurv.evaluation.explain import to_voxels
 
         entry = self.scans.get(key)
-        if entry is None:
+        if entry is None or not target or target == NONE:
             return None
         with entry.lock:
             if entry.maps is None:
                 with self._model_lock:
-                    blocks = self.reader.evidence(entry.scan, entry.clinical, self.blocks_zyx)
-                shape = tuple(entry.scan.hu.shape)
-                entry.maps = {name: to_voxels(b, shape) for name, b in blocks.items()}
-        return entry.maps
+                    entry.maps = self.reader.evidence(entry.scan, entry.clinical, self.blocks_zyx)
+        blocks = entry.maps.get(target)
+        return None if blocks is None else to_voxels(blocks, tuple(entry.scan.hu.shape))
 
     def view(self, key: str | None, plane: str, index: int, window: str, target: str) -> np.ndarray | None:
         """A slice of a kept scan, with the evidence map of ``target`` (a label, "risk" or NONE) over it."""
@@ -199,22 +204,14 @@ class App:
         entry = self.scans.get(key)
         if entry is None:
             return None
-        overlay = None
-        if target and target != NONE:
-            maps = self.evidence(key)
-            overlay = None if maps is None else maps.get(target)
-        return render(entry.scan.hu, entry.scan.spacing_xyz, plane, int(index), window, overlay)
+        return render(entry.scan.hu, entry.scan.spacing_xyz, plane, int(index), window, self.evidence(key, target))
 
     def peak(self, key: str | None, target: str) -> tuple[int, int, int] | None:
         """The voxel (x, y, z) where ``target``'s evidence is largest: where the sliders jump to."""
         from ctsurv.evaluation.viewer import peak_index
 
-        if not target or target == NONE:
-            return None
-        maps = self.evidence(key)
-        if maps is None or target not in maps:
-            return None
-        return peak_index(maps[target])
+        values = self.evidence(key, target)
+        return None if values is None else peak_index(values)
 
     def ask(self, key: str | None, question: str) -> str:
         entry = self.scans.get(key)
