@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from tiny_setups import TINY_PIPELINE, cli
+from tiny_setups import TINY_PIPELINE, cli, torch_threads
 
 from ctsurv.synthetic.simulate import simulate
 
@@ -65,7 +65,8 @@ def cohorts(tmp_path_factory: pytest.TempPathFactory) -> Cohorts:
 @pytest.fixture(scope="session")
 def pretrained(cohorts: Cohorts, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("survival_pretrain") / "run"
-    result = cli("pretrain", "--config", CONFIG, "--cohort", cohorts.pretrain, "--out", out, *RUN)
+    with torch_threads(1):  # as every test module reads it (one_torch_thread): predict reproduces its numbers
+        result = cli("pretrain", "--config", CONFIG, "--cohort", cohorts.pretrain, "--out", out, *RUN)
     assert result.exit_code == 0, result.output
     return out
 
@@ -73,8 +74,9 @@ def pretrained(cohorts: Cohorts, tmp_path_factory: pytest.TempPathFactory) -> Pa
 @pytest.fixture(scope="session")
 def run(cohorts: Cohorts, pretrained: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("survival_run") / "survival"
-    result = cli("survival", "--config", CONFIG, "--cohort", cohorts.cohort, "--out", out, "--pretrained", pretrained,
-                 "--folds", 3, *SURVIVAL)
+    with torch_threads(1):
+        result = cli("survival", "--config", CONFIG, "--cohort", cohorts.cohort, "--out", out, "--pretrained", pretrained,
+                     "--folds", 3, *SURVIVAL)
     assert result.exit_code == 0, result.output
     assert f"model: {out / 'model'}" in result.stdout
     return out

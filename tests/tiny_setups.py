@@ -8,6 +8,7 @@ The local LM is a tiny LLaMA saved with ``save_pretrained`` (the route a real Mi
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -71,14 +72,24 @@ needs_astra_weights = pytest.mark.skipif(
 )
 
 
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``n`` inside the block, restored after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread() -> Iterator[None]:
     """Tiny models are overhead-bound: on the shared 2-core machine, torch's intra-op threads spin against
-    other processes and make a 32-wide linear layer take milliseconds. One thread per test module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    other processes and make a 32-wide linear layer take milliseconds. One thread per test module (session
+    fixtures, set up before any module's, use :func:`torch_threads` themselves)."""
+    with torch_threads(1):
+        yield
 
 
 def tiny_config(*overrides: str) -> ExperimentConfig:

@@ -32,8 +32,8 @@ from ctsurv.evaluation.explain import OutOfDistribution, pooled_features
 from ctsurv.evaluation.vlm_eval import SHORT_ANSWER_TOKENS, answer_questions
 from ctsurv.features import cells_all, encode_all, volume_store
 from ctsurv.io.cohort import TABLE_SUFFIXES, load_cohort
-from ctsurv.reading import DEFAULT_BLOCKS_ZYX, RISK, FittedModel, PatientReader
-from ctsurv.text.questions import PRESENCE_LABELS, QUESTIONS
+from ctsurv.reading import DEFAULT_BLOCKS_ZYX, DETAIL_QUESTIONS, RISK, FittedModel, PatientReader
+from ctsurv.text.questions import PRESENCE_LABELS
 from ctsurv.training.checkpoint import load_checkpoint
 from ctsurv.training.survival import vlm_features
 
@@ -80,11 +80,10 @@ def predict(
         distance = ood.distance(pooled_features(grids))
         table["ood_score"], table["ood_percentile"] = distance, ood.percentile(distance)
         table["ood"] = (distance > ood.threshold).astype(int)
-    details = [q for q in QUESTIONS if q.kind not in ("presence", "report")]
-    generated = answer_questions(vlm, volumes, "images", [q.text for q in details], max_new_tokens=SHORT_ANSWER_TOKENS)
+    generated = answer_questions(vlm, volumes, "images", list(DETAIL_QUESTIONS), max_new_tokens=SHORT_ANSWER_TOKENS)
     volumes.close()  # removes a temporary cache (data.cache_dir unset)
-    for j, q in enumerate(details):
-        table[f"answer: {q.text}"] = [g[j] for g in generated]
+    for j, q in enumerate(DETAIL_QUESTIONS):
+        table[f"answer: {q}"] = [g[j] for g in generated]
 
     out_dir.mkdir(parents=True, exist_ok=True)
     curves = fitted.baseline.survival_function(risk, grid)  # (n, T)
