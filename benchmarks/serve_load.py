@@ -3,10 +3,11 @@
 Starts ``ctsurv serve RUN --port PORT`` as its own process, then through the page's HTTP API (``/read``, via
 gradio_client, each request uploading the scan as the page does):
 
-- 50 sequential reads of synthetic scans (cycling through ``--volumes``), then 4 concurrent clients reading 5 scans
-  each (20 requests, 4 at a time);
-- the server's resident memory (its process and children, from /proc) after each request; "flat" means the
-  memory after the last request is within a few percent of the memory after the first ten (warm-up);
+- 50 sequential reads of synthetic scans (cycling through ``--volumes``), then 3 rounds of 4 concurrent clients
+  reading 5 scans each (20 requests a round, 4 at a time);
+- the server's resident memory (its process and children, from /proc) after each sequential request and after
+  each concurrent round; "flat" means the memory after the last sequential request is within a few percent of
+  the memory after the first ten (warm-up), and the concurrent rounds after the first add little;
 - with ``--screenshot``: headless Chromium opens the page, reads one scan, shows the evidence map of
   ``--finding`` and saves a screenshot.
 
@@ -72,7 +73,7 @@ def screenshot(url: str, volume: Path, finding: str, path: Path) -> None:
     from selenium.webdriver.support.ui import WebDriverWait
 
     options = webdriver.ChromeOptions()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1500"):
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1250"):
         options.add_argument(arg)
     options.binary_location = "/usr/bin/chromium"
     driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
@@ -91,6 +92,8 @@ def screenshot(url: str, volume: Path, finding: str, path: Path) -> None:
         time.sleep(0.5)
         target.send_keys(Keys.ENTER)
         time.sleep(30)  # the evidence maps: one read of the scan per block
+        driver.execute_script("window.scrollTo(0, 0)")
+        time.sleep(1)
         driver.save_screenshot(str(path))
     finally:
         driver.quit()
@@ -103,6 +106,7 @@ def main() -> None:
     ap.add_argument("--sequential", type=int, default=50)
     ap.add_argument("--concurrent", type=int, default=4)
     ap.add_argument("--per-client", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of the concurrent phase (memory after each)")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--screenshot", type=Path)
     ap.add_argument("--screenshot-volume", type=Path)
@@ -134,22 +138,29 @@ def main() -> None:
             seq_latency.append(read(volumes[i % len(volumes)]))
             seq_rss.append(rss_mb(server.pid))
         clients = [Client(url, verbose=False) for _ in range(args.concurrent)]
+        conc_latency, conc_rss = [], []
         t0 = time.perf_counter()
-        with ThreadPoolExecutor(args.concurrent) as pool:
-            jobs = [pool.submit(lambda k=k: [read(volumes[(k * args.per_client + j) % len(volumes)], clients[k])
-                                             for j in range(args.per_client)]) for k in range(args.concurrent)]
-            conc_latency = [t for job in jobs for t in job.result()]
-        conc_wall = time.perf_counter() - t0
+        for r in range(args.rounds):
+            with ThreadPoolExecutor(args.concurrent) as pool:
+                jobs = [pool.submit(lambda k=k, r=r: [read(volumes[(r * 97 + k * args.per_client + j) % len(volumes)], clients[k])
+                                                 for j in range(args.per_client)]) for k in range(args.concurrent)]
+                conc_latency += [t for job in jobs for t in job.result()]
+            conc_rss.append(round(rss_mb(server.pid)))
+        conc_wall = (time.perf_counter() - t0) / args.rounds
         after = rss_mb(server.pid)
         warm = statistics.mean(seq_rss[5:10])
         result = {
             "run": str(args.run), "server_rss_mb": {"idle": round(idle), "after_10": round(warm),
                                                    "after_sequential": round(seq_rss[-1]), "after_concurrent": round(after),
-                                                   "max_during_sequential": round(max(seq_rss))},
-            "growth_after_warmup_pct": round(100 * (after - warm) / warm, 1),
+                                                   "max_during_sequential": round(max(seq_rss)),
+                                                   "after_each_concurrent_round": conc_rss,
+                                                   "sequential_every_10": [round(v) for v in seq_rss[9::10]]},
+            "growth_sequential_after_warmup_pct": round(100 * (seq_rss[-1] - warm) / warm, 1),
+            "growth_over_concurrent_rounds_pct": round(100 * (conc_rss[-1] - conc_rss[0]) / conc_rss[0], 1),
             "sequential": {"requests": args.sequential, "median_s": round(statistics.median(seq_latency), 3),
                            "p95_s": round(sorted(seq_latency)[int(0.95 * len(seq_latency)) - 1], 3)},
-            "concurrent": {"clients": args.concurrent, "requests": len(conc_latency), "wall_s": round(conc_wall, 2),
+            "concurrent": {"clients": args.concurrent, "rounds": args.rounds, "requests": len(conc_latency),
+                           "wall_s_per_round": round(conc_wall, 2),
                            "median_s": round(statistics.median(conc_latency), 3), "max_s": round(max(conc_latency), 3)},
             "server_alive": server.poll() is None,
         }
