@@ -76,8 +76,17 @@ def test_predict_writes_the_ood_score_of_the_saved_reference(run: Path, predicte
     assert {"ood_score", "ood_percentile", "ood"} <= set(pred.columns)
     assert (pred["ood"] == (pred["ood_score"] > ood.threshold).astype(int)).all()
     np.testing.assert_allclose(pred["ood_percentile"], ood.percentile(pred["ood_score"].to_numpy()))
-    km = meta["km"]
-    assert np.all(np.diff(km["times"]) > 0) and np.all(np.diff(km["survival"]) <= 0)
+
+
+
+def test_the_saved_kaplan_meier_curve_is_scikit_survivals(run: Path, cohorts: Cohorts) -> None:
+    from sksurv.nonparametric import kaplan_meier_estimator
+
+    km = json.loads((run / "model" / "model.json").read_text())["km"]
+    table = read_table(cohorts.cohort)
+    times, survival = kaplan_meier_estimator(table["event"].to_numpy(bool), table["time"].to_numpy(float))
+    np.testing.assert_allclose(km["times"], times)
+    np.testing.assert_allclose(km["survival"], survival, atol=1e-12)
 
 
 def test_predict_evidence_files_hold_every_map_as_blocks(predicted: Path, subset: Path) -> None:
