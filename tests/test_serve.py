@@ -223,6 +223,7 @@ def test_headless_chromium_uploads_a_scan_and_finds_predicts_answers_risk_and_cu
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
+    from ctsurv.evaluation.viewer import PLANES
     from ctsurv.serve import launch
 
     row = read_table(subset).iloc[1]
@@ -280,8 +281,21 @@ def test_headless_chromium_uploads_a_scan_and_finds_predicts_answers_risk_and_cu
             question = PRESENCE_QUESTION_OF[label]
             assert by_question[question] == pred[f"answer: {label}"], label
         assert ("unlike the training scans" in text("#banner")) == bool(pred["ood"])
-        for plane in ("axial", "coronal", "sagittal"):
-            assert driver.find_elements(By.CSS_SELECTOR, f"#view-{plane} img")
+        views = {p: driver.find_element(By.CSS_SELECTOR, f"#view-{p} img").get_attribute("src") for p in PLANES}
+
+        # the evidence map of the risk: the views are drawn again, with the map over them
+        target = driver.find_element(By.CSS_SELECTOR, "#target input")
+        target.click()
+        target.send_keys(Keys.CONTROL, "a")
+        target.send_keys("risk")
+        target.send_keys(Keys.ENTER)
+        wait.until(lambda d: all(d.find_element(By.CSS_SELECTOR, f"#view-{p} img").get_attribute("src") != views[p]
+                                 for p in PLANES))
+
+        # a free question gets a generated answer
+        driver.find_element(By.CSS_SELECTOR, "#question textarea, #question input").send_keys("Is there a pleural effusion?")
+        driver.find_element(By.CSS_SELECTOR, "#ask").click()
+        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#reply textarea, #reply input").get_attribute("value"))
         driver.save_screenshot(str(tmp_path / "serve.png"))
         if os.environ.get("CTSURV_SCREENSHOT"):
             shutil.copy(tmp_path / "serve.png", os.environ["CTSURV_SCREENSHOT"])
