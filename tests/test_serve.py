@@ -309,5 +309,10 @@ def test_headless_chromium_uploads_a_scan_and_finds_predicts_answers_risk_and_cu
 def test_serve_and_predict_refuse_bad_options_in_one_line(run: Path, subset: Path, tmp_path: Path) -> None:
     assert_user_error(cli("serve", tmp_path, "--port", free_port()), "no fitted survival model")
     assert_user_error(cli("serve", run, "--evidence-blocks", 0, 8, 8), "--evidence-blocks")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        assert_user_error(cli("serve", run, "--port", busy.getsockname()[1]), "cannot listen on 127.0.0.1", "--port")
+    assert_user_error(cli("serve", run, "--port", 70000), "--port must be between")
     assert_user_error(cli("predict", run, subset, "--out", tmp_path / "p", "--evidence-blocks", 2, 0, 2), "--evidence-blocks")
     assert not (tmp_path / "p").exists()

@@ -25,6 +25,7 @@ import io
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import uuid
@@ -452,13 +453,28 @@ def launch(
     except ImportError:
         raise CtsurvError('ctsurv serve needs Gradio: pip install -e ".[serve]" (or pip install "gradio>=6,<7")') from None
 
+    check_port(host, port)  # before the model loads: a busy port is a one-line error at once
     _few_malloc_arenas()
     page = build(App(run_dir, blocks_zyx))
     theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["monospace"])  # no web fonts: offline
     page.queue(default_concurrency_limit=4)
     # no share link, no server-side rendering (needs node), no run history (it would keep patients' scans and
     # answers in the browser, or in a hub bucket); sessions' state is one key each, and at most 100 sessions keep it
-    page.launch(server_name=host, server_port=port, share=False, ssr_mode=False, show_error=True, quiet=not block,
-                theme=theme, css=CSS, prevent_thread_lock=not block, footer_links=["api"], run_history=False,
-                state_session_capacity=100)
+    try:
+        page.launch(server_name=host, server_port=port, share=False, ssr_mode=False, show_error=True, quiet=not block,
+                    theme=theme, css=CSS, prevent_thread_lock=not block, footer_links=["api"], run_history=False,
+                    state_session_capacity=100)
+    except OSError as e:  # the port was taken meanwhile, or the host is not an address of this machine
+        raise CtsurvError(f"cannot serve on {host}:{port} ({e}); choose another --port or --host") from None
     return page
+
+
+def check_port(host: str, port: int) -> None:
+    """A CtsurvError when ``host:port`` cannot be listened on (in use, not this machine's address, privileged)."""
+    if not 0 < port < 65536:
+        raise CtsurvError(f"--port must be between 1 and 65535, got {port}")
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.bind((host, port))
+    except OSError as e:
+        raise CtsurvError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --port, or --host") from None
