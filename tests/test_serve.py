@@ -78,7 +78,6 @@ def test_predict_writes_the_ood_score_of_the_saved_reference(run: Path, predicte
     np.testing.assert_allclose(pred["ood_percentile"], ood.percentile(pred["ood_score"].to_numpy()))
 
 
-
 def test_the_saved_kaplan_meier_curve_is_scikit_survivals(run: Path, cohorts: Cohorts) -> None:
     from sksurv.nonparametric import kaplan_meier_estimator
 
@@ -272,8 +271,6 @@ def test_headless_chromium_uploads_a_scan_and_finds_predicts_answers_risk_and_cu
         for label in PRESENCE_LABELS:
             percent = labels[labels.index(label) + 1]
             assert float(percent.rstrip("%")) == pytest.approx(100 * pred[f"p_yes: {label}"], abs=0.51), label
-        answers = text("#answers")
-        assert "Is there a pleural effusion?" in answers
         cells = [[td.text for td in tr.find_elements(By.CSS_SELECTOR, "td")] for tr in
                  driver.find_elements(By.CSS_SELECTOR, "#answers tr")]
         by_question = {c[0].strip(): c[1].strip() for c in cells if len(c) >= 2}
