@@ -313,3 +313,28 @@ def test_serve_and_predict_refuse_bad_options_in_one_line(run: Path, subset: Pat
     assert_user_error(cli("serve", run, "--port", 70000), "--port must be between")
     assert_user_error(cli("predict", run, subset, "--out", tmp_path / "p", "--evidence-blocks", 2, 0, 2), "--evidence-blocks")
     assert not (tmp_path / "p").exists()
+
+
+def test_the_same_scan_as_nrrd_mha_and_npz_reads_like_its_nifti(app: App, subset: Path, tmp_path: Path) -> None:
+    """The upload formats the page names: the same voxels and geometry written by SimpleITK (NRRD, MHA, in LPS) and
+    as an npz with its spacing give the NIfTI's reading."""
+    import SimpleITK as sitk
+
+    row = read_table(subset).iloc[0]
+    form = clinical_form(app.reader, row)
+    _, _, nifti = app.read(None, row["volume"], "", *form)
+    image = sitk.ReadImage(row["volume"])
+    for suffix in (".nrrd", ".mha"):
+        sitk.WriteImage(image, str(tmp_path / f"scan{suffix}"))
+        _, key, other = app.read(str(tmp_path / f"scan{suffix}"), None, "", *form)
+        assert key is not None, suffix
+        assert other["risk"] == pytest.approx(nifti["risk"], abs=1e-6), suffix
+    array = nib.load(row["volume"])
+    assert np.allclose(array.affine[:3, :3], np.diag(np.diag(array.affine[:3, :3])))  # axis-aligned RAS, as simulated
+    spacing_xyz = np.abs(np.diag(array.affine[:3, :3]))
+    # NumPy volumes are (Z, Y, X) growing towards superior, posterior, left (read_volume); the NIfTI is RAS
+    zyx = np.asarray(array.dataobj).transpose(2, 1, 0)[:, ::-1, ::-1]
+    np.savez(tmp_path / "scan.npz", volume=np.ascontiguousarray(zyx))
+    _, key, from_npz = app.read(str(tmp_path / "scan.npz"), None, " ".join(map(str, spacing_xyz[::-1])), *form)
+    assert key is not None
+    assert from_npz["risk"] == pytest.approx(nifti["risk"], abs=1e-6)
