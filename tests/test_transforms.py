@@ -46,6 +46,19 @@ def test_at_native_spacing_the_pipeline_is_orientation_plus_window(realdata: Pat
     np.testing.assert_allclose(out, expected, atol=1e-4)
 
 
+@pytest.mark.parametrize("crop", ["center", "foreground"])
+def test_the_viewers_hu_grid_is_the_models_input_before_the_window(realdata: Path, crop: str) -> None:
+    """with_hu / hu_on_grid: HU on the model's grid, voxel for voxel where its channel is (resampled, cropped and
+    padded alike; padding is air): windowing it gives the model's channel; with_hu's tensor is __call__'s."""
+    volume = read_volume(realdata / "chest_cta_pulmonary_crop.nii.gz")  # LPS: orientation must be followed
+    pre = Preprocessor(config(crop=crop, target_shape_zyx=(40, 40, 48)))  # larger than the scan: padded in x
+    image, hu = pre.with_hu(volume)
+    np.testing.assert_array_equal(image.numpy(), pre(volume).numpy())
+    np.testing.assert_array_equal(hu, pre.hu_on_grid(volume))
+    assert hu.shape == image.shape[1:] and hu.min() == transforms.AIR_HU  # the air padding
+    np.testing.assert_allclose(image[0].numpy(), np.clip((hu + 1000.0) / 1400.0, 0.0, 1.0), atol=1e-4)
+
+
 def test_each_extra_window_is_one_more_channel(realdata: Path) -> None:
     """Channel k is the RAS array in window k, voxel for voxel; channel 0 is the single-window output."""
     volume = read_volume(realdata / "chest_cta_aorta_crop.nii.gz")

@@ -24,17 +24,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from matplotlib.figure import Figure
 
 from ctsurv.config import load_config
 from ctsurv.errors import CtsurvError
-from ctsurv.evaluation.explain import OutOfDistribution, pooled_features
+from ctsurv.evaluation.explain import pooled_features
+from ctsurv.evaluation.figures import patient_curve
 from ctsurv.evaluation.vlm_eval import SHORT_ANSWER_TOKENS, answer_questions
 from ctsurv.features import cells_all, encode_all, volume_store
 from ctsurv.io.cohort import TABLE_SUFFIXES, load_cohort
 from ctsurv.reading import DEFAULT_BLOCKS_ZYX, DETAIL_QUESTIONS, RISK, FittedModel, PatientReader
 from ctsurv.text.questions import PRESENCE_LABELS
-from ctsurv.training.checkpoint import load_checkpoint
 from ctsurv.training.survival import vlm_features
 
 
@@ -46,7 +45,7 @@ def predict(
     ``evidence``, the evidence maps of every study too (one occluded read per block of ``blocks_zyx``)."""
     run_dir, target, out_dir = Path(run_dir), Path(target), Path(out_dir)
     fitted = FittedModel.load(run_dir)
-    checkpoint = fitted.checkpoint()
+    fitted.checkpoint()  # a missing or stage-0 checkpoint is refused before any work
     cfg = load_config(run_dir / "config.yaml")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise CtsurvError(f"{out_dir} already exists and is not empty; choose a new --out folder")
@@ -56,7 +55,8 @@ def predict(
         cohort = _single_volume_cohort(target, cfg, out_dir, spacing_zyx)
     clinical_frame = cohort.clinical()
     fitted.schema.check(clinical_frame)  # unseen categorical levels -> a clear error before any work
-    vlm, _ = load_checkpoint(checkpoint)
+    reader = PatientReader(run_dir, fitted)  # the model, its OOD reference; evidence maps read scans through it
+    vlm = reader.vlm
     volumes = volume_store(cohort, cfg.data, progress=True)  # streamed from disk batch by batch
     grids = encode_all(vlm, volumes)  # read as `ctsurv survival` reads them: from the pooled encoder grids
     answers = vlm_features(vlm, grids, kind="features", cells=cells_all(vlm, volumes), visual_tokens=False)
@@ -74,9 +74,8 @@ def predict(
         table[f"p_yes: {label}"] = answers.p_yes[:, j]
     for j, label in enumerate(PRESENCE_LABELS):
         table[f"answer: {label}"] = np.where(answers.p_yes[:, j] >= 0.5, "Yes.", "No.")
-    ood_file = fitted.model_dir / "ood.safetensors"
-    if ood_file.is_file():
-        ood = OutOfDistribution.load(ood_file)
+    ood = reader.ood
+    if ood is not None:
         distance = ood.distance(pooled_features(grids))
         table["ood_score"], table["ood_percentile"] = distance, ood.percentile(distance)
         table["ood"] = (distance > ood.threshold).astype(int)
@@ -92,19 +91,21 @@ def predict(
     ).to_csv(out_dir / "curves.csv", index=False)
     (out_dir / "curves").mkdir(exist_ok=True)
     for i, study in enumerate(cohort.ids):
-        _curve_png(grid, curves[i], f"{study}: risk percentile {table.risk_percentile[i]:.0f}", out_dir / "curves" / f"{study}.png")
+        fig = patient_curve(grid, curves[i], f"{study}: risk percentile {table.risk_percentile[i]:.0f}")
+        fig.savefig(out_dir / "curves" / f"{study}.png", dpi=120, bbox_inches="tight")
     if evidence:
-        _evidence_files(run_dir, cohort, clinical_frame, answers.p_yes, blocks_zyx, out_dir / "evidence")
+        _evidence_files(reader, cohort, clinical_frame, answers.p_yes, blocks_zyx, out_dir / "evidence")
     table.to_csv(out_dir / "predictions.csv", index=False)
     return table
 
 
-def _evidence_files(run_dir: Path, cohort, clinical: pd.DataFrame, p_yes: np.ndarray, blocks_zyx, folder: Path) -> None:
+def _evidence_files(
+    reader: PatientReader, cohort, clinical: pd.DataFrame, p_yes: np.ndarray, blocks_zyx, folder: Path
+) -> None:
     """evidence/<id>.png and .npz for every study (see the module docstring)."""
     from ctsurv.evaluation.explain import to_voxels
     from ctsurv.evaluation.viewer import evidence_panel
 
-    reader = PatientReader(run_dir)
     folder.mkdir(exist_ok=True)
     for i, study in enumerate(cohort.ids):
         scan = reader.scan(cohort.volume_paths[i], cohort.spacing_zyx(i), study)
@@ -128,12 +129,3 @@ def _single_volume_cohort(volume: Path, cfg, out_dir: Path, spacing_zyx):
     table = out_dir / "input.csv"
     pd.DataFrame([row]).to_csv(table, index=False)
     return load_cohort(table, cfg.data)
-
-
-def _curve_png(times: np.ndarray, survival: np.ndarray, title: str, png: Path) -> None:
-    fig = Figure(figsize=(5, 3.5))
-    ax = fig.add_subplot()
-    ax.step(np.r_[0, times], np.r_[1, survival], where="post")
-    ax.set(xlabel="time", ylabel="survival probability", ylim=(0, 1.02), title=title)
-    ax.grid(alpha=0.3)
-    fig.savefig(png, dpi=120, bbox_inches="tight")

@@ -117,9 +117,10 @@ class Reading:
 class PatientReader:
     """A survival run's final model, loaded once, reading one patient at a time."""
 
-    def __init__(self, run_dir: str | Path) -> None:
+    def __init__(self, run_dir: str | Path, fitted: FittedModel | None = None) -> None:
+        """``fitted``: the run's :class:`FittedModel` when the caller has loaded it already."""
         self.run_dir = Path(run_dir)
-        self.fitted = FittedModel.load(self.run_dir)
+        self.fitted = fitted or FittedModel.load(self.run_dir)
         self.cfg = load_config(self.run_dir / "config.yaml")
         self.vlm, self.model_cfg = load_checkpoint(self.fitted.checkpoint())
         self.vlm.eval()
@@ -140,9 +141,9 @@ class PatientReader:
     def scan(self, path: str | Path, spacing_zyx: tuple[float, float, float] | None = None, study_id: str | None = None) -> Scan:
         """Read and preprocess a volume (any format of :func:`~ctsurv.io.volumes.read_volume`)."""
         volume = read_volume(path, spacing_zyx, None, self.cfg.data.array_key)
-        image = self.preprocessor(volume).to(STORE_DTYPE).float()  # the values training and predict read
-        return Scan(study_id or Path(path).name.split(".")[0], image, self.preprocessor.hu_on_grid(volume),
-                    self.preprocessor.spacing_xyz)
+        image, hu = self.preprocessor.with_hu(volume)
+        image = image.to(STORE_DTYPE).float()  # the values training and predict read
+        return Scan(study_id or Path(path).name.split(".")[0], image, hu, self.preprocessor.spacing_xyz)
 
     def clinical(self, values: dict[str, object] | None = None) -> torch.Tensor:
         """The design row (1, F) of the patient's clinical ``values`` (column -> value; absent or None = missing,
@@ -177,29 +178,27 @@ class PatientReader:
     def scores(self, images: torch.Tensor, clinical: torch.Tensor) -> torch.Tensor:
         """(B, Q + 1) per image (B, C, X, Y, Z): P(yes) for every presence question, then the risk (with the one
         patient's clinical row (1, F)), read as `ctsurv predict` reads them (pooled encoder features)."""
-        p_yes, hidden, _ = self._answers(images)
-        image = torch.as_tensor(self.fitted.image_features(p_yes, hidden), dtype=torch.float32)
-        risk = self.fitted.head.predict_risk(image, clinical.expand(len(image), -1))
+        p_yes, risk, _, _ = self._read(images, clinical)
         return torch.cat([torch.as_tensor(p_yes, dtype=torch.float32), risk.float()[:, None]], 1)
 
-    def _answers(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    def _read(self, images: torch.Tensor, clinical: torch.Tensor) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """P(yes) (B, Q), the risk (B,), the pooled encoder grids and the visual tokens of images (B, C, X, Y, Z)."""
         images = images.float()
         grids = self.vlm.projector.pool(self.vlm.vision_encoder.features(images))
-        tokens = self.vlm.project_features(grids, cells=self.vlm.projector.cells(images))
+        tokens = self.vlm.project_features(grids, cells=self.vlm.projector.cells(images))  # = vlm.encode_image
         p, h = answer_features(self.vlm, tokens, PRESENCE_QUESTIONS)
-        return p.numpy().astype(np.float64), h.flatten(1).numpy().astype(np.float64), grids
+        p_yes, hidden = p.numpy().astype(np.float64), h.flatten(1).numpy().astype(np.float64)
+        image = torch.as_tensor(self.fitted.image_features(p_yes, hidden), dtype=torch.float32)
+        return p_yes, self.fitted.head.predict_risk(image, clinical.expand(len(images), -1)), grids, tokens
 
     @torch.no_grad()
     def read(self, scan: Scan, clinical: dict[str, object] | None = None, generate: bool = True) -> Reading:
         """The patient's answers, risk, survival curve and OOD score; ``generate``: also the generated answers to
         the detail questions (size, side, ...; slower)."""
-        row = self.clinical(clinical)
-        p_yes, hidden, grids = self._answers(scan.image[None])
-        image = torch.as_tensor(self.fitted.image_features(p_yes, hidden), dtype=torch.float32)
-        risk = float(self.fitted.head.predict_risk(image, row)[0])
+        p_yes, risks, grids, tokens = self._read(scan.image[None], self.clinical(clinical))
+        risk = float(risks[0])
         answers = {q: "Yes." if p >= 0.5 else "No." for q, p in zip(PRESENCE_QUESTIONS, p_yes[0])}
-        if generate:
-            tokens = self.vlm.encode_image(scan.image[None].float())
+        if generate:  # the visual tokens just computed: the encoder runs once per read
             generated = self.vlm.generate(tokens.expand(len(DETAIL_QUESTIONS), -1, -1), list(DETAIL_QUESTIONS),
                                           max_new_tokens=SHORT_ANSWER_TOKENS)
             answers.update(zip(DETAIL_QUESTIONS, generated))

@@ -287,22 +287,16 @@ def risk_markdown(reading, horizons: list[float]) -> str:
 
 def curve_image(reading) -> np.ndarray:
     """The patient's survival curve against the training cohort's Kaplan-Meier curve, as an RGB image."""
-    from matplotlib.figure import Figure
     from PIL import Image
 
-    fig = Figure(figsize=(5.5, 3.6))
-    ax = fig.add_subplot()
-    if reading.km_times is not None:
-        ax.step(np.r_[0, reading.km_times], np.r_[1, reading.km_survival], where="post", color="0.55",
-                label="training cohort (Kaplan-Meier)")
-    ax.step(np.r_[0, reading.times], np.r_[1, reading.survival], where="post", color="C3", lw=2, label="this patient")
-    ax.set(xlabel="time", ylabel="survival probability", ylim=(0, 1.02))
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower left", fontsize=8)
+    from ctsurv.evaluation.figures import patient_curve
+
+    km = None if reading.km_times is None else (reading.km_times, reading.km_survival)
+    fig = patient_curve(reading.times, reading.survival, km=km)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     fig.clear()
-    del fig, ax
+    del fig
     # a figure is a reference cycle holding megabytes in few Python objects: collected now, not whenever the cyclic
     # collector next reaches them (the load check's memory grew ~0.5 MB per request without this); the young
     # generations hold it and take microseconds, a full collection 0.3 s with the model loaded

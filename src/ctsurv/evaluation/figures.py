@@ -2,7 +2,8 @@
 
 Kaplan–Meier curves of out-of-fold risk groups with an at-risk table and the log-rank p-value
 (``km_by_risk_group``), a forest plot of C-indices (``cindex_forest``), calibration at the horizon
-(``calibration_plot``) and the ΔC-vs-clinical-signal sweep (``signal_sweep_plot``).
+(``calibration_plot``), the ΔC-vs-clinical-signal sweep (``signal_sweep_plot``), and one patient's predicted
+curve (``patient_curve``, for `ctsurv predict` and `ctsurv serve`).
 
 Survival statistics come from lifelines (Kaplan–Meier, its Greenwood CI, the multivariate log-rank
 test, the at-risk table); figures are ``matplotlib.figure.Figure`` objects, never pyplot's global
@@ -229,3 +230,21 @@ def signal_sweep_plot(sweep: list[dict], png: Path) -> Path:
     ax.grid(alpha=0.25)
     ax.legend(frameon=False, fontsize=9)
     return _save(fig, png)
+
+
+def patient_curve(
+    times: np.ndarray, survival: np.ndarray, title: str | None = None,
+    km: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Figure:
+    """One patient's predicted survival step curve (1 at time 0), against the training cohort's Kaplan–Meier curve
+    ``km`` = (times, survival) when given."""
+    fig = Figure(figsize=(5.5, 3.6))
+    ax = fig.add_subplot()
+    if km is not None:
+        ax.step(np.r_[0, km[0]], np.r_[1, km[1]], where="post", color="0.55", label="training cohort (Kaplan-Meier)")
+    ax.step(np.r_[0, times], np.r_[1, survival], where="post", color="C3", lw=2, label="this patient")
+    ax.set(xlabel="time", ylabel="survival probability", ylim=(0, 1.02), title=title)
+    ax.grid(alpha=0.3)
+    if km is not None:
+        ax.legend(loc="lower left", fontsize=8)
+    return fig

@@ -142,7 +142,15 @@ class Preprocessor:
         :func:`~ctsurv.io.volumes.mask_on_grid`): ((C, X, Y, Z) float32, (X, Y, Z) bool or None). The mask takes
         the volume's every geometric step (orientation, spacing, the same crop and pad), so that voxel (x, y, z)
         of both is the same place in the patient."""
-        image, region = self._spatial(volume, mask)
+        return self._windowed(*self._spatial(volume, mask))
+
+    def with_hu(self, volume: Volume) -> tuple[torch.Tensor, np.ndarray]:
+        """:meth:`__call__` and :meth:`hu_on_grid` of one volume, its geometric steps run once."""
+        image, _ = self._spatial(volume)
+        return self._windowed(image, None)[0], self._hu(image)
+
+    def _windowed(self, image: MetaTensor, region: MetaTensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The steps after :meth:`_spatial`: windows, resize (crop/pad), blob channels; the region resized alike."""
         image = torch.cat([w(image) for w in self.windows]) if len(self.windows) > 1 else self.windows[0](image)
         out = self.resize(image)
         out = out.as_tensor() if isinstance(out, MetaTensor) else out  # plain tensor: no metadata to collate
@@ -179,7 +187,9 @@ class Preprocessor:
         """The volume in HU on the model's input grid (X, Y, Z) float32, RAS, voxel for voxel where the model's
         channels are (same orientation, spacing, crop and pad; padding is air, -1024 HU): what a viewer shows
         under the model's evidence maps."""
-        image, _ = self._spatial(volume)
+        return self._hu(self._spatial(volume)[0])
+
+    def _hu(self, image: MetaTensor) -> np.ndarray:
         shifted = (image - AIR_HU).clamp(min=0)  # air -> 0, so that the zero padding of the resize is air
         out = self.resize(shifted)
         out = out.as_tensor() if isinstance(out, MetaTensor) else out
