@@ -137,16 +137,25 @@ def main() -> None:
     others = {"synthetic head": head_phantom(np.random.default_rng(args.seed)),
               "noise volume": Volume(np.random.default_rng(args.seed).uniform(-1000, 1000, (64, 64, 48)).astype(np.float32),
                                      np.diag([5.0, 5.0, 6.0, 1.0]))}
-    for name in ("abdomen_ct_small.nii.gz", "chest_cta_pulmonary_crop.nii.gz", "chest_cta_aorta_crop.nii.gz"):
-        if (args.realdata / name).is_file():
-            others[f"real {name.split('.')[0]}"] = read_volume(args.realdata / name)
+    others.update(real_volumes(args.realdata))
     for name, volume in others.items():
         d, flagged = ood_of(reader, as_scan(reader, volume, name)[0])
         out["ood"][name] = {"distance": d, "flagged": bool(flagged)}
-    text = json.dumps(out, indent=2)
+    emit(out, args.out)
+
+
+def real_volumes(folder: Path) -> dict[str, Volume]:
+    """The real non-training volumes of ../shared/realdata that the OOD checks score, by name (those present)."""
+    names = ("abdomen_ct_small.nii.gz", "chest_cta_pulmonary_crop.nii.gz", "chest_cta_aorta_crop.nii.gz")
+    return {f"real {name.split('.')[0]}": read_volume(folder / name) for name in names if (folder / name).is_file()}
+
+
+def emit(result: dict, out: Path | None) -> None:
+    """Print the result as JSON, and write it to ``out`` when given."""
+    text = json.dumps(result, indent=2)
     print(text)
-    if args.out:
-        args.out.write_text(text)
+    if out:
+        out.write_text(text)
 
 
 if __name__ == "__main__":

@@ -15,12 +15,11 @@ real-cohort recipe reads: I3ResNet-152 (pretrained, ``configs/nsclc.yaml``'s pre
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
-from evidence_ood import head_phantom
+from evidence_ood import emit, head_phantom, real_volumes
 from sklearn.model_selection import KFold
 
 from ctsurv.config import load_config
@@ -28,7 +27,7 @@ from ctsurv.evaluation.explain import OutOfDistribution
 from ctsurv.features import volume_store
 from ctsurv.features.preprocess import Preprocessor
 from ctsurv.io.cohort import load_cohort
-from ctsurv.io.volumes import Volume, read_volume
+from ctsurv.io.volumes import Volume
 from ctsurv.models.vision import build_vision_encoder
 from ctsurv.synthetic.geometry import affine_for
 from ctsurv.synthetic.patients import draw_cohort, stream
@@ -76,9 +75,7 @@ def main() -> None:
             affine_for((48, 64, 64), (6.0, 5.0, 5.0)),
         ),
     }
-    for name in ("abdomen_ct_small.nii.gz", "chest_cta_pulmonary_crop.nii.gz", "chest_cta_aorta_crop.nii.gz"):
-        if (args.realdata / name).is_file():
-            others[f"real {name.split('.')[0]}"] = read_volume(args.realdata / name)
+    others.update(real_volumes(args.realdata))
     scores = {}
     for name, volume in others.items():
         d = float(whole.distance(pooled(encoder, pre(volume)[None]))[0])
@@ -88,10 +85,7 @@ def main() -> None:
         "held_out_real_chest_crops_flagged": float(flagged.mean()), "threshold_all_100": round(whole.threshold, 1),
         "median_reference_distance": round(float(np.median(whole.reference)), 1), "others": scores,
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    emit(result, args.out)
 
 
 if __name__ == "__main__":
